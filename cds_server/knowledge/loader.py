@@ -1,0 +1,524 @@
+"""Reads ``cards/``, validates every file, and builds the immutable ``KnowledgeBase``.
+
+All problems are collected as ``file: field: problem`` and raised together in one
+``KnowledgeError`` so a pharmacist sees every mistake at once, before the service starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+from marshmallow import ValidationError
+
+from cds_server.knowledge.model import (
+    Agent,
+    Applicability,
+    CardPolicy,
+    CodeEntry,
+    CrossReactivity,
+    DesensitizationProtocol,
+    DoseRange,
+    DoseStep,
+    Drug,
+    DrugClass,
+    Identity,
+    KnowledgeBase,
+    MonitoringRequirement,
+    OverrideReason,
+    PremedAgent,
+    PremedRegimen,
+    Prerequisite,
+    Provenance,
+    RateSchedule,
+    ReactionGuidance,
+    Source,
+    StepUpSchedule,
+    TocilizumabReadiness,
+    Topic,
+    WeightBand,
+    WeightBasedDosing,
+)
+from cds_server.knowledge.schema import FORMAT, SCHEMAS, flatten_errors
+from cds_server.model import ATC, NDC, RXNORM, SNOMED, Coding, Quantity
+
+SYSTEM_URIS = {"rxnorm": RXNORM, "atc": ATC, "snomed": SNOMED, "ndc": NDC}
+SUBDIRS = {"drugs": "drug", "classes": "class", "agents": "agent", "protocols": "protocol"}
+DEFAULT_CARDS_DIR = Path(__file__).resolve().parents[2] / "cards"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation problem, located precisely."""
+
+    file: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.field}: {self.message}"
+
+
+class KnowledgeError(Exception):
+    """The knowledge base is invalid; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in the knowledge base:\n{lines}")
+
+
+class _FileContext:
+    """Resolves citation ids of one file and records problems against it."""
+
+    def __init__(self, name: str, sources: Mapping[str, Any], problems: list[Problem]):
+        self.name = name
+        self.problems = problems
+        self.sources = {
+            sid: Source(
+                id=sid,
+                title=s["title"],
+                url=s.get("url"),
+                label_version=s.get("label_version"),
+                via=s.get("via"),
+                jurisdiction=s.get("jurisdiction"),
+            )
+            for sid, s in sources.items()
+        }
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(Problem(self.name, path, message))
+
+    def provenance(self, data: Mapping[str, Any], path: str) -> Provenance:
+        cited: list[Source] = []
+        for cid in data["cite"]:
+            if cid in self.sources:
+                cited.append(self.sources[cid])
+            else:
+                self.problem(f"{path}.cite", f"unknown source id '{cid}' (add it under sources:)")
+        return Provenance(
+            evidence=data["evidence"],
+            sources=tuple(cited),
+            jurisdiction=data.get("jurisdiction"),
+            note=data.get("note"),
+        )
+
+
+def _qty(data: Mapping[str, Any] | None) -> Quantity | None:
+    return Quantity(value=float(data["value"]), unit=data["unit"]) if data else None
+
+
+def _applies(data: Mapping[str, Any]) -> Applicability:
+    return Applicability(
+        infusions=data.get("infusions", "all"),
+        infusion_numbers=tuple(data.get("infusion_numbers", ())),
+        steps=tuple(data.get("steps", ())),
+        condition=data.get("condition"),
+    )
+
+
+def _identity(ctx: _FileContext, data: Mapping[str, Any], path: str) -> Identity:
+    codes = tuple(
+        CodeEntry(
+            coding=Coding(SYSTEM_URIS[c["system"]], c["code"], c.get("display")),
+            tty=c.get("tty"),
+            provenance=ctx.provenance(c, f"{path}.codes.{i}"),
+        )
+        for i, c in enumerate(data.get("codes", ()))
+    )
+    return Identity(
+        names=tuple(n.lower() for n in data["names"]),
+        brands=tuple(data.get("brands", ())),
+        biosimilars=tuple((b["name"].lower(), b.get("brand")) for b in data.get("biosimilars", ())),
+        exclude_terms=tuple(t.lower() for t in data.get("exclude_terms", ())),
+        codes=codes,
+    )
+
+
+def _dose_range(data: Mapping[str, Any] | None) -> DoseRange | None:
+    if not data:
+        return None
+    if "value" in data:
+        return DoseRange(data["value"], data["value"], data["unit"])
+    return DoseRange(data["min"], data["max"], data["unit"])
+
+
+def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
+    label = None
+    if "label" in d:
+        label = ctx.sources.get(d["label"])
+        if label is None:
+            ctx.problem("label", f"unknown source id '{d['label']}'")
+    premeds = tuple(
+        PremedRegimen(
+            id=r["id"],
+            applies=_applies(r["applies"]),
+            agents=tuple(
+                PremedAgent(
+                    role=a["role"],
+                    agent=a.get("agent"),
+                    alternatives=tuple(a.get("alternatives", ())),
+                    dose=_dose_range(a.get("dose")),
+                    route=a.get("route"),
+                    timing=a["timing"],
+                    required=a["required"],
+                    provenance=ctx.provenance(a, f"premedication.{i}.agents.{j}"),
+                )
+                for j, a in enumerate(r["agents"])
+            ),
+            text=r.get("text"),
+            provenance=ctx.provenance(r, f"premedication.{i}"),
+        )
+        for i, r in enumerate(d.get("premedication", ()))
+    )
+    rates = tuple(
+        RateSchedule(
+            id=r["id"],
+            label=r["label"],
+            kind=r["kind"],
+            applies=_applies(r["applies"]),
+            start=_qty(r.get("start")),
+            increment=_qty(r.get("increment")),
+            every_min=r.get("every_min"),
+            steps=tuple(Quantity(s["value"], s["unit"]) for s in r.get("steps", ())),
+            max=_qty(r.get("max")),
+            duration=_qty(r.get("duration")),
+            text=r.get("text"),
+            provenance=ctx.provenance(r, f"rate_schedules.{i}"),
+        )
+        for i, r in enumerate(d.get("rate_schedules", ()))
+    )
+    step_up = tuple(
+        StepUpSchedule(
+            id=s["id"],
+            label=s["label"],
+            steps=tuple(
+                DoseStep(st["id"], st["label"], Quantity(**st["dose"]), st.get("day"))
+                for st in s["steps"]
+            ),
+            provenance=ctx.provenance(s, f"step_up.{i}"),
+        )
+        for i, s in enumerate(d.get("step_up", ()))
+    )
+    monitoring = tuple(
+        MonitoringRequirement(
+            id=m["id"],
+            kind=m["kind"],
+            applies=_applies(m["applies"]),
+            duration=_qty(m.get("duration")),
+            text=m["text"],
+            provenance=ctx.provenance(m, f"monitoring.{i}"),
+        )
+        for i, m in enumerate(d.get("monitoring", ()))
+    )
+    prereqs = tuple(
+        Prerequisite(
+            id=p["id"],
+            applies=_applies(p["applies"]),
+            requires_drug=p["requires_drug"],
+            lookback_days=p["lookback_days"],
+            text=p["text"],
+            provenance=ctx.provenance(p, f"prerequisites.{i}"),
+        )
+        for i, p in enumerate(d.get("prerequisites", ()))
+    )
+    toci = tuple(
+        TocilizumabReadiness(
+            applies=_applies(t["applies"]),
+            doses_on_hand=t.get("doses_on_hand"),
+            text=t["text"],
+            provenance=ctx.provenance(t, f"tocilizumab.{i}"),
+        )
+        for i, t in enumerate(d.get("tocilizumab", ()))
+    )
+    reactions = tuple(
+        ReactionGuidance(
+            id=r["id"],
+            kind=r["kind"],
+            grades=r.get("grades"),
+            text=r["text"],
+            provenance=ctx.provenance(r, f"reactions.{i}"),
+        )
+        for i, r in enumerate(d.get("reactions", ()))
+    )
+    step_ids = [st.id for s in step_up for st in s.steps]
+    dupes = {s for s in step_ids if step_ids.count(s) > 1}
+    for dup in sorted(dupes):
+        ctx.problem("step_up", f"step id '{dup}' is used more than once")
+    for section, items in (
+        ("premedication", premeds),
+        ("rate_schedules", rates),
+        ("monitoring", monitoring),
+        ("prerequisites", prereqs),
+        ("tocilizumab", toci),
+    ):
+        for i, item in enumerate(items):
+            for step in item.applies.steps:
+                if step not in step_ids:
+                    ctx.problem(f"{section}.{i}.applies.steps", f"unknown step id '{step}'")
+    return Drug(
+        id=d["id"],
+        name=d["name"],
+        display=d["display"],
+        drug_class=d.get("drug_class"),
+        families=tuple(d.get("families", ())),
+        route=d.get("route"),
+        label=label,
+        identity=_identity(ctx, d["identity"], "identity"),
+        premedication=premeds,
+        rate_schedules=rates,
+        step_up=step_up,
+        monitoring=monitoring,
+        prerequisites=prereqs,
+        tocilizumab=toci,
+        reactions=reactions,
+        desensitization_eligible=d["desensitization_eligible"],
+        crs_risk=d["crs_risk"],
+        notes=tuple(d.get("notes", ())),
+        source_file=ctx.name,
+    )
+
+
+def _build_class(ctx: _FileContext, d: Mapping[str, Any]) -> DrugClass:
+    return DrugClass(
+        id=d["id"],
+        name=d["name"],
+        members=tuple(d["members"]),
+        identity=_identity(ctx, d["identity"], "identity"),
+        cross_reactivity=tuple(
+            CrossReactivity(
+                id=c["id"],
+                members=tuple(c["members"]),
+                text=c["text"],
+                provenance=ctx.provenance(c, f"cross_reactivity.{i}"),
+            )
+            for i, c in enumerate(d.get("cross_reactivity", ()))
+        ),
+        source_file=ctx.name,
+    )
+
+
+def _build_agent(ctx: _FileContext, d: Mapping[str, Any]) -> Agent:
+    return Agent(
+        id=d["id"],
+        name=d["name"],
+        roles=tuple(d["roles"]),
+        identity=_identity(ctx, d["identity"], "identity"),
+        weight_based_dosing=tuple(
+            WeightBasedDosing(
+                id=w["id"],
+                indication=w["indication"],
+                bands=tuple(
+                    WeightBand(b.get("min_kg"), b.get("max_kg"), Quantity(**b["dose"]))
+                    for b in w["bands"]
+                ),
+                max_dose=_qty(w.get("max_dose")),
+                route=w.get("route"),
+                text=w.get("text"),
+                provenance=ctx.provenance(w, f"weight_based_dosing.{i}"),
+            )
+            for i, w in enumerate(d.get("weight_based_dosing", ()))
+        ),
+        source_file=ctx.name,
+    )
+
+
+def _build_protocol(ctx: _FileContext, d: Mapping[str, Any]) -> DesensitizationProtocol:
+    bags = tuple(d["bag_dilutions"])
+    steps = d["steps"]
+    for i, s in enumerate(steps):
+        if s["bag"] > len(bags):
+            ctx.problem(f"steps.{i}.bag", f"bag {s['bag']} does not exist ({len(bags)} bags)")
+    return DesensitizationProtocol(
+        id=d["id"],
+        name=d["name"],
+        bag_dilutions=bags,
+        step_bags=tuple(s["bag"] for s in steps),
+        step_rates_ml_h=tuple(s["rate_ml_h"] for s in steps),
+        step_minutes=d["step_minutes"],
+        convention=d["convention"],
+        min_final_rate_ml_h=d.get("min_final_rate_ml_h"),
+        text=d["text"],
+        provenance=ctx.provenance(d, "(file)"),
+        source_file=ctx.name,
+    )
+
+
+def _build_policy(d: Mapping[str, Any], problems: list[Problem]) -> CardPolicy:
+    reason_codes = {r["code"] for r in d["override_reasons"]}
+    for i, t in enumerate(d["topics"]):
+        for code in t["override_reasons"]:
+            if code not in reason_codes:
+                problems.append(
+                    Problem("policy.yaml", f"topics.{i}.override_reasons", f"unknown reason '{code}'")
+                )
+    return CardPolicy(
+        system=d["topic_system"],
+        topics=tuple(
+            Topic(t["code"], t["display"], tuple(t["override_reasons"])) for t in d["topics"]
+        ),
+        override_system=d["override_reason_system"],
+        override_reasons=tuple(OverrideReason(t["code"], t["display"]) for t in d["override_reasons"]),
+        publisher=d["publisher"],
+        publisher_url=d.get("publisher_url"),
+    )
+
+
+_BUILDERS = {
+    "drug": _build_drug,
+    "class": _build_class,
+    "agent": _build_agent,
+    "protocol": _build_protocol,
+}
+
+
+def _read_yaml(path: Path, rel: str, problems: list[Problem]) -> Any:
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(file)"
+        problems.append(Problem(rel, where, f"not valid YAML: {getattr(exc, 'problem', exc)}"))
+    except OSError as exc:
+        problems.append(Problem(rel, "(file)", f"cannot read: {exc.strerror}"))
+    return None
+
+
+def _validate(rel: str, raw: Any, kind: str, problems: list[Problem]) -> dict[str, Any] | None:
+    if not isinstance(raw, dict):
+        problems.append(Problem(rel, "(file)", "must be a YAML mapping"))
+        return None
+    if raw.get("kind") != kind:
+        problems.append(Problem(rel, "kind", f"must be '{kind}' for a file in this folder"))
+        return None
+    try:
+        return SCHEMAS[kind]().load(raw)
+    except ValidationError as err:
+        problems.extend(Problem(rel, f, m) for f, m in flatten_errors(err.messages))
+        return None
+
+
+def _cross_checks(kb: dict[str, dict[str, Any]], problems: list[Problem]) -> None:
+    drugs, classes, agents = kb["drug"], kb["class"], kb["agent"]
+    for drug in drugs.values():
+        if drug.drug_class and drug.drug_class not in classes:
+            problems.append(
+                Problem(drug.source_file, "drug_class", f"unknown class '{drug.drug_class}'")
+            )
+        for i, reg in enumerate(drug.premedication):
+            for j, ag in enumerate(reg.agents):
+                for aid in (ag.agent, *ag.alternatives):
+                    if aid and aid not in agents:
+                        problems.append(
+                            Problem(
+                                drug.source_file,
+                                f"premedication.{i}.agents.{j}",
+                                f"unknown agent '{aid}' (add cards/agents/{aid}.yaml)",
+                            )
+                        )
+                    elif aid and ag.role not in agents[aid].roles:
+                        problems.append(
+                            Problem(
+                                drug.source_file,
+                                f"premedication.{i}.agents.{j}",
+                                f"agent '{aid}' does not have role '{ag.role}'",
+                            )
+                        )
+        for i, pre in enumerate(drug.prerequisites):
+            if pre.requires_drug not in drugs:
+                problems.append(
+                    Problem(
+                        drug.source_file,
+                        f"prerequisites.{i}.requires_drug",
+                        f"unknown drug '{pre.requires_drug}'",
+                    )
+                )
+    for cls in classes.values():
+        for member in cls.members:
+            if member not in drugs:
+                problems.append(Problem(cls.source_file, "members", f"unknown drug '{member}'"))
+        for i, cr in enumerate(cls.cross_reactivity):
+            for member in cr.members:
+                if member not in drugs:
+                    problems.append(
+                        Problem(
+                            cls.source_file,
+                            f"cross_reactivity.{i}.members",
+                            f"unknown drug '{member}'",
+                        )
+                    )
+    _check_unique_codes(drugs.values(), problems)
+
+
+def _check_unique_codes(drugs: Iterable[Drug], problems: list[Problem]) -> None:
+    """A code or name may identify only one drug, or recognition would be ambiguous."""
+    seen: dict[tuple[str | None, str | None], str] = {}
+    for drug in drugs:
+        for entry in drug.identity.codes:
+            key = (entry.coding.system, entry.coding.code)
+            if key in seen and seen[key] != drug.id:
+                problems.append(
+                    Problem(
+                        drug.source_file,
+                        "identity.codes",
+                        f"code {entry.coding.code} is also claimed by '{seen[key]}'",
+                    )
+                )
+            seen.setdefault(key, drug.id)
+
+
+def load_knowledge(cards_dir: Path | str | None = None) -> KnowledgeBase:
+    """Load and validate the whole knowledge base; raise ``KnowledgeError`` on any problem."""
+    root = Path(cards_dir) if cards_dir else DEFAULT_CARDS_DIR
+    problems: list[Problem] = []
+    built: dict[str, dict[str, Any]] = {k: {} for k in SUBDIRS.values()}
+    digest = hashlib.sha256()
+    files: list[str] = []
+    if not root.is_dir():
+        raise KnowledgeError([Problem(str(root), "(folder)", "knowledge folder not found")])
+
+    policy_path = root / "policy.yaml"
+    policy = None
+    raw_policy = _read_yaml(policy_path, "policy.yaml", problems)
+    if raw_policy is not None:
+        digest.update(policy_path.read_bytes())
+        files.append("policy.yaml")
+        data = _validate("policy.yaml", raw_policy, "policy", problems)
+        if data:
+            policy = _build_policy(data, problems)
+
+    for sub, kind in SUBDIRS.items():
+        for path in sorted((root / sub).glob("*.yaml")):
+            rel = f"{sub}/{path.name}"
+            raw = _read_yaml(path, rel, problems)
+            if raw is None:
+                continue
+            digest.update(rel.encode() + b"\0" + path.read_bytes())
+            files.append(rel)
+            data = _validate(rel, raw, kind, problems)
+            if data is None:
+                continue
+            if data["id"] != path.stem:
+                problems.append(Problem(rel, "id", f"must equal the file name '{path.stem}'"))
+            ctx = _FileContext(rel, data["sources"], problems)
+            built[kind][data["id"]] = _BUILDERS[kind](ctx, data)
+
+    _cross_checks(built, problems)
+    if problems or policy is None:
+        raise KnowledgeError(problems or [Problem("policy.yaml", "(file)", "missing")])
+    return KnowledgeBase(
+        version=f"{FORMAT}+{digest.hexdigest()[:12]}",
+        format=FORMAT,
+        drugs=MappingProxyType(built["drug"]),
+        classes=MappingProxyType(built["class"]),
+        agents=MappingProxyType(built["agent"]),
+        protocols=MappingProxyType(built["protocol"]),
+        policy=policy,
+        files=tuple(files),
+    )

@@ -1,0 +1,381 @@
+"""Immutable objects the knowledge base is made of, built from validated ``cards/*.yaml``.
+
+Every clinical number lives in a ``Fact``-like object that carries its evidence level and
+citations; rules read these objects and never the YAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from cds_server.model import Citation, Coding, Evidence, Quantity
+
+EVIDENCE_LEVELS: tuple[Evidence, ...] = ("verified", "secondary", "unverified")
+
+AgentRole = Literal[
+    "h1-antihistamine",
+    "h2-antagonist",
+    "corticosteroid",
+    "antipyretic",
+    "leukotriene-antagonist",
+    "il6-antagonist",
+    "anaphylaxis-treatment",
+    "antiemetic",
+]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A citable source named in a knowledge file."""
+
+    id: str
+    title: str
+    url: str | None = None
+    label_version: str | None = None
+    via: str | None = None
+    jurisdiction: str | None = None
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Evidence level plus the sources of one fact."""
+
+    evidence: Evidence
+    sources: tuple[Source, ...]
+    jurisdiction: str | None = None
+    note: str | None = None
+
+    def citations(self) -> tuple[Citation, ...]:
+        """Render-ready citations for this fact."""
+        return tuple(
+            Citation(
+                title=s.title,
+                url=s.url,
+                label_version=s.label_version,
+                evidence=self.evidence,
+                jurisdiction=self.jurisdiction or s.jurisdiction,
+            )
+            for s in self.sources
+        )
+
+
+@dataclass(frozen=True)
+class Applicability:
+    """Which administrations a fact applies to.
+
+    ``infusions``: ``first`` (no earlier administration), ``subsequent``, or ``all``.
+    ``infusion_numbers``: explicit 1-based administration numbers. ``steps``: step-up
+    step ids. ``condition``: a clinical condition the service cannot check; facts with a
+    condition are shown as "consider" notes and never turned into suggestions.
+    """
+
+    infusions: Literal["first", "subsequent", "all"] = "all"
+    infusion_numbers: tuple[int, ...] = ()
+    steps: tuple[str, ...] = ()
+    condition: str | None = None
+
+
+@dataclass(frozen=True)
+class DoseRange:
+    """A dose: a single value (``min == max``) or a range, with a unit."""
+
+    min: float
+    max: float
+    unit: str
+
+    @property
+    def single(self) -> bool:
+        return self.min == self.max
+
+
+@dataclass(frozen=True)
+class PremedAgent:
+    """One agent of a premedication regimen."""
+
+    role: AgentRole
+    agent: str | None
+    alternatives: tuple[str, ...]
+    dose: DoseRange | None
+    route: str | None
+    timing: str
+    required: bool
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class PremedRegimen:
+    """Premedication that applies to some administrations of a drug."""
+
+    id: str
+    applies: Applicability
+    agents: tuple[PremedAgent, ...]
+    text: str | None
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class RateSchedule:
+    """How fast an infusion may run (titrated, fixed-duration or rapid)."""
+
+    id: str
+    label: str
+    kind: Literal["titrated", "fixed-duration", "rapid"]
+    applies: Applicability
+    start: Quantity | None
+    increment: Quantity | None
+    every_min: float | None
+    steps: tuple[Quantity, ...]
+    max: Quantity | None
+    duration: Quantity | None
+    text: str | None
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class DoseStep:
+    """One dose of a step-up schedule."""
+
+    id: str
+    label: str
+    dose: Quantity
+    day: str | None
+
+
+@dataclass(frozen=True)
+class StepUpSchedule:
+    """A step-up dosing schedule (e.g. glofitamab DLBCL)."""
+
+    id: str
+    label: str
+    steps: tuple[DoseStep, ...]
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class MonitoringRequirement:
+    """Observation, hospitalization or proximity requirement for some administrations."""
+
+    id: str
+    kind: Literal["hospitalization", "observation", "proximity", "vital-signs"]
+    applies: Applicability
+    duration: Quantity | None
+    text: str
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class Prerequisite:
+    """Something that must have happened before an administration (e.g. pretreatment)."""
+
+    id: str
+    applies: Applicability
+    requires_drug: str
+    lookback_days: int
+    text: str
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class TocilizumabReadiness:
+    """Tocilizumab that must be available before administration."""
+
+    applies: Applicability
+    doses_on_hand: int | None
+    text: str
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class ReactionGuidance:
+    """What to do about a reaction: management, rechallenge, contraindication."""
+
+    id: str
+    kind: Literal["management", "rechallenge", "after-severe", "contraindication", "desensitization"]
+    grades: str | None
+    text: str
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class CrossReactivity:
+    """A cross-reactivity statement between drugs of a class."""
+
+    id: str
+    members: tuple[str, ...]
+    text: str
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class CodeEntry:
+    """A code for a drug, agent or class, with its provenance."""
+
+    coding: Coding
+    tty: str | None
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class Identity:
+    """How a drug is named and coded, for recognition."""
+
+    names: tuple[str, ...]
+    brands: tuple[str, ...]
+    biosimilars: tuple[tuple[str, str | None], ...]
+    exclude_terms: tuple[str, ...]
+    codes: tuple[CodeEntry, ...]
+
+
+@dataclass(frozen=True)
+class WeightBand:
+    """A weight-based dose for a weight range (kg, min inclusive, max exclusive)."""
+
+    min_kg: float | None
+    max_kg: float | None
+    dose: Quantity
+
+
+@dataclass(frozen=True)
+class WeightBasedDosing:
+    """Weight-based dosing of an agent (e.g. tocilizumab for CRS)."""
+
+    id: str
+    indication: str
+    bands: tuple[WeightBand, ...]
+    max_dose: Quantity | None
+    route: str | None
+    text: str | None
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class Drug:
+    """One infusion drug of the knowledge base."""
+
+    id: str
+    name: str
+    display: str
+    drug_class: str | None
+    families: tuple[str, ...]
+    route: str | None
+    label: Source | None
+    identity: Identity
+    premedication: tuple[PremedRegimen, ...]
+    rate_schedules: tuple[RateSchedule, ...]
+    step_up: tuple[StepUpSchedule, ...]
+    monitoring: tuple[MonitoringRequirement, ...]
+    prerequisites: tuple[Prerequisite, ...]
+    tocilizumab: tuple[TocilizumabReadiness, ...]
+    reactions: tuple[ReactionGuidance, ...]
+    desensitization_eligible: bool
+    crs_risk: bool
+    notes: tuple[str, ...]
+    source_file: str
+
+
+@dataclass(frozen=True)
+class DrugClass:
+    """A drug class with class-level facts (cross-reactivity, allergy names)."""
+
+    id: str
+    name: str
+    members: tuple[str, ...]
+    identity: Identity
+    cross_reactivity: tuple[CrossReactivity, ...]
+    source_file: str
+
+
+@dataclass(frozen=True)
+class Agent:
+    """A premedication or rescue agent (diphenhydramine, dexamethasone, tocilizumab…)."""
+
+    id: str
+    name: str
+    roles: tuple[AgentRole, ...]
+    identity: Identity
+    weight_based_dosing: tuple[WeightBasedDosing, ...]
+    source_file: str
+
+
+@dataclass(frozen=True)
+class DesensitizationProtocol:
+    """A multi-bag rapid desensitization protocol (dilutions, step rates and times)."""
+
+    id: str
+    name: str
+    bag_dilutions: tuple[float, ...]
+    step_bags: tuple[int, ...]
+    step_rates_ml_h: tuple[float, ...]
+    step_minutes: float
+    convention: Literal["adjusted-concentration", "full-strength"]
+    min_final_rate_ml_h: float | None
+    text: str
+    provenance: Provenance
+    source_file: str
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A rule topic (``source.topic`` coding on cards) and the override reasons it offers."""
+
+    code: str
+    display: str
+    override_reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OverrideReason:
+    """A coded override reason offered on cards."""
+
+    code: str
+    display: str
+
+
+@dataclass(frozen=True)
+class CardPolicy:
+    """Rule topics and override reasons, declared once in ``cards/policy.yaml``."""
+
+    system: str
+    topics: tuple[Topic, ...]
+    override_system: str
+    override_reasons: tuple[OverrideReason, ...]
+    publisher: str
+    publisher_url: str | None
+
+    def topic(self, code: str) -> Topic:
+        for t in self.topics:
+            if t.code == code:
+                return t
+        raise KeyError(code)
+
+    def reason(self, code: str) -> OverrideReason:
+        for r in self.override_reasons:
+            if r.code == code:
+                return r
+        raise KeyError(code)
+
+
+@dataclass(frozen=True)
+class KnowledgeBase:
+    """The whole validated knowledge base, with lookup indexes, read-only."""
+
+    version: str
+    format: str
+    drugs: MappingProxyType[str, Drug]
+    classes: MappingProxyType[str, DrugClass]
+    agents: MappingProxyType[str, Agent]
+    protocols: MappingProxyType[str, DesensitizationProtocol]
+    policy: CardPolicy
+    files: tuple[str, ...] = field(default=())
+
+    def drug(self, drug_id: str) -> Drug:
+        return self.drugs[drug_id]
+
+    def classes_of(self, drug_id: str) -> tuple[DrugClass, ...]:
+        """Every class that lists ``drug_id`` as a member."""
+        return tuple(c for c in self.classes.values() if drug_id in c.members)
+
+    def agents_with_role(self, role: str) -> tuple[Agent, ...]:
+        return tuple(a for a in self.agents.values() if role in a.roles)

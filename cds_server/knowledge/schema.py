@@ -1,0 +1,332 @@
+"""Marshmallow schemas for the ``cards/*.yaml`` knowledge format (unknown keys are errors).
+
+The format is documented for pharmacists in ``cards/README.md``; this module is its
+machine-checked definition. Schemas validate structure and vocabulary only; citation
+ids and cross-file references are checked by the loader.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+FORMAT = "infusion-cds-knowledge/1"
+
+EVIDENCE = validate.OneOf(["verified", "secondary", "unverified"])
+ROLES = validate.OneOf(
+    [
+        "h1-antihistamine",
+        "h2-antagonist",
+        "corticosteroid",
+        "antipyretic",
+        "leukotriene-antagonist",
+        "il6-antagonist",
+        "anaphylaxis-treatment",
+        "antiemetic",
+    ]
+)
+CODE_SYSTEMS = validate.OneOf(["rxnorm", "atc", "snomed", "ndc"])
+ID = validate.Regexp(r"^[a-z0-9][a-z0-9-]*$", error="must be lower-case letters, digits and '-'")
+NON_EMPTY = validate.Length(min=1)
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class ProvenanceFields(_Strict):
+    """Fields every fact carries: evidence level and citations."""
+
+    evidence = fields.String(required=True, validate=EVIDENCE)
+    cite = fields.List(fields.String(), required=True, validate=NON_EMPTY)
+    jurisdiction = fields.String()
+    note = fields.String()
+
+
+class SourceSchema(_Strict):
+    title = fields.String(required=True, validate=NON_EMPTY)
+    url = fields.Url(schemes={"http", "https"})
+    label_version = fields.String()
+    via = fields.String()
+    jurisdiction = fields.String()
+
+
+class QuantitySchema(_Strict):
+    value = fields.Float(required=True, validate=validate.Range(min=0, min_inclusive=False))
+    unit = fields.String(required=True, validate=NON_EMPTY)
+
+
+class DoseRangeSchema(_Strict):
+    value = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
+    min = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
+    max = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
+    unit = fields.String(required=True, validate=NON_EMPTY)
+
+    @validates_schema
+    def _one_form(self, data: dict[str, Any], **_: Any) -> None:
+        if "value" in data and ("min" in data or "max" in data):
+            raise ValidationError("give either value or min/max, not both")
+        if "value" not in data and not ("min" in data and "max" in data):
+            raise ValidationError("give value, or both min and max")
+        if "min" in data and "max" in data and data["min"] > data["max"]:
+            raise ValidationError("min is greater than max")
+
+
+class ApplicabilitySchema(_Strict):
+    infusions = fields.String(validate=validate.OneOf(["first", "subsequent", "all"]))
+    infusion_numbers = fields.List(fields.Integer(validate=validate.Range(min=1)))
+    steps = fields.List(fields.String(validate=ID))
+    condition = fields.String(validate=NON_EMPTY)
+
+
+class CodeSchema(ProvenanceFields):
+    system = fields.String(required=True, validate=CODE_SYSTEMS)
+    code = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9.-]+$"))
+    display = fields.String()
+    tty = fields.String()
+
+
+class BiosimilarSchema(_Strict):
+    name = fields.String(required=True, validate=NON_EMPTY)
+    brand = fields.String()
+
+
+class IdentitySchema(_Strict):
+    names = fields.List(fields.String(validate=NON_EMPTY), required=True, validate=NON_EMPTY)
+    brands = fields.List(fields.String(validate=NON_EMPTY))
+    biosimilars = fields.List(fields.Nested(BiosimilarSchema))
+    exclude_terms = fields.List(fields.String(validate=NON_EMPTY))
+    codes = fields.List(fields.Nested(CodeSchema))
+
+
+class PremedAgentSchema(ProvenanceFields):
+    role = fields.String(required=True, validate=ROLES)
+    agent = fields.String(validate=ID)
+    alternatives = fields.List(fields.String(validate=ID))
+    dose = fields.Nested(DoseRangeSchema)
+    route = fields.String()
+    timing = fields.String(required=True, validate=NON_EMPTY)
+    required = fields.Boolean(load_default=True)
+
+
+class PremedRegimenSchema(ProvenanceFields):
+    id = fields.String(required=True, validate=ID)
+    applies = fields.Nested(ApplicabilitySchema, required=True)
+    agents = fields.List(fields.Nested(PremedAgentSchema), required=True, validate=NON_EMPTY)
+    text = fields.String()
+
+
+class RateScheduleSchema(ProvenanceFields):
+    id = fields.String(required=True, validate=ID)
+    label = fields.String(required=True, validate=NON_EMPTY)
+    kind = fields.String(
+        required=True, validate=validate.OneOf(["titrated", "fixed-duration", "rapid"])
+    )
+    applies = fields.Nested(ApplicabilitySchema, required=True)
+    start = fields.Nested(QuantitySchema)
+    increment = fields.Nested(QuantitySchema)
+    every_min = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
+    steps = fields.List(fields.Nested(QuantitySchema))
+    max = fields.Nested(QuantitySchema)
+    duration = fields.Nested(QuantitySchema)
+    text = fields.String()
+
+    @validates_schema
+    def _shape(self, data: dict[str, Any], **_: Any) -> None:
+        kind = data.get("kind")
+        if kind == "titrated":
+            if "start" not in data:
+                raise ValidationError("a titrated schedule needs a start rate", "start")
+            if ("increment" in data or "steps" in data) and "every_min" not in data:
+                raise ValidationError("increments or steps need every_min", "every_min")
+            units = {data[k]["unit"] for k in ("start", "increment", "max") if k in data}
+            units |= {s["unit"] for s in data.get("steps", [])}
+            if len(units) > 1:
+                raise ValidationError(f"rates use different units: {sorted(units)}")
+        if kind == "fixed-duration" and "duration" not in data:
+            raise ValidationError("a fixed-duration schedule needs a duration", "duration")
+        if kind == "rapid" and "text" not in data and "duration" not in data:
+            raise ValidationError("a rapid schedule needs a duration or a text", "text")
+
+
+class DoseStepSchema(_Strict):
+    id = fields.String(required=True, validate=ID)
+    label = fields.String(required=True, validate=NON_EMPTY)
+    dose = fields.Nested(QuantitySchema, required=True)
+    day = fields.String()
+
+
+class StepUpScheduleSchema(ProvenanceFields):
+    id = fields.String(required=True, validate=ID)
+    label = fields.String(required=True, validate=NON_EMPTY)
+    steps = fields.List(fields.Nested(DoseStepSchema), required=True, validate=NON_EMPTY)
+
+
+class MonitoringSchema(ProvenanceFields):
+    id = fields.String(required=True, validate=ID)
+    kind = fields.String(
+        required=True,
+        validate=validate.OneOf(["hospitalization", "observation", "proximity", "vital-signs"]),
+    )
+    applies = fields.Nested(ApplicabilitySchema, required=True)
+    duration = fields.Nested(QuantitySchema)
+    text = fields.String(required=True, validate=NON_EMPTY)
+
+
+class PrerequisiteSchema(ProvenanceFields):
+    id = fields.String(required=True, validate=ID)
+    applies = fields.Nested(ApplicabilitySchema, required=True)
+    requires_drug = fields.String(required=True, validate=ID)
+    lookback_days = fields.Integer(required=True, validate=validate.Range(min=1))
+    text = fields.String(required=True, validate=NON_EMPTY)
+
+
+class TocilizumabReadinessSchema(ProvenanceFields):
+    applies = fields.Nested(ApplicabilitySchema, required=True)
+    doses_on_hand = fields.Integer(validate=validate.Range(min=1))
+    text = fields.String(required=True, validate=NON_EMPTY)
+
+
+class ReactionSchema(ProvenanceFields):
+    id = fields.String(required=True, validate=ID)
+    kind = fields.String(
+        required=True,
+        validate=validate.OneOf(
+            ["management", "rechallenge", "after-severe", "contraindication", "desensitization"]
+        ),
+    )
+    grades = fields.String()
+    text = fields.String(required=True, validate=NON_EMPTY)
+
+
+class CrossReactivitySchema(ProvenanceFields):
+    id = fields.String(required=True, validate=ID)
+    members = fields.List(fields.String(validate=ID), required=True, validate=NON_EMPTY)
+    text = fields.String(required=True, validate=NON_EMPTY)
+
+
+class WeightBandSchema(_Strict):
+    min_kg = fields.Float()
+    max_kg = fields.Float()
+    dose = fields.Nested(QuantitySchema, required=True)
+
+
+class WeightBasedDosingSchema(ProvenanceFields):
+    id = fields.String(required=True, validate=ID)
+    indication = fields.String(required=True, validate=NON_EMPTY)
+    bands = fields.List(fields.Nested(WeightBandSchema), required=True, validate=NON_EMPTY)
+    max_dose = fields.Nested(QuantitySchema)
+    route = fields.String()
+    text = fields.String()
+
+
+class _FileHeader(_Strict):
+    format = fields.String(required=True, validate=validate.Equal(FORMAT))
+    id = fields.String(required=True, validate=ID)
+    kind = fields.String(required=True)
+    name = fields.String(required=True, validate=NON_EMPTY)
+    sources = fields.Dict(
+        keys=fields.String(validate=ID), values=fields.Nested(SourceSchema), required=True
+    )
+    notes = fields.List(fields.String(validate=NON_EMPTY))
+
+
+class DrugFileSchema(_FileHeader):
+    display = fields.String(required=True, validate=NON_EMPTY)
+    drug_class = fields.String(validate=ID)
+    families = fields.List(fields.String(validate=ID))
+    route = fields.String()
+    label = fields.String(validate=ID)
+    crs_risk = fields.Boolean(load_default=False)
+    desensitization_eligible = fields.Boolean(load_default=False)
+    identity = fields.Nested(IdentitySchema, required=True)
+    premedication = fields.List(fields.Nested(PremedRegimenSchema))
+    rate_schedules = fields.List(fields.Nested(RateScheduleSchema))
+    step_up = fields.List(fields.Nested(StepUpScheduleSchema))
+    monitoring = fields.List(fields.Nested(MonitoringSchema))
+    prerequisites = fields.List(fields.Nested(PrerequisiteSchema))
+    tocilizumab = fields.List(fields.Nested(TocilizumabReadinessSchema))
+    reactions = fields.List(fields.Nested(ReactionSchema))
+
+
+class ClassFileSchema(_FileHeader):
+    members = fields.List(fields.String(validate=ID), required=True, validate=NON_EMPTY)
+    identity = fields.Nested(IdentitySchema, required=True)
+    cross_reactivity = fields.List(fields.Nested(CrossReactivitySchema))
+
+
+class AgentFileSchema(_FileHeader):
+    roles = fields.List(fields.String(validate=ROLES), required=True, validate=NON_EMPTY)
+    identity = fields.Nested(IdentitySchema, required=True)
+    weight_based_dosing = fields.List(fields.Nested(WeightBasedDosingSchema))
+
+
+class ProtocolFileSchema(_FileHeader, ProvenanceFields):
+    bag_dilutions = fields.List(
+        fields.Float(validate=validate.Range(min=1)), required=True, validate=NON_EMPTY
+    )
+    steps = fields.List(fields.Nested(lambda: ProtocolStepSchema()), required=True)
+    step_minutes = fields.Float(required=True, validate=validate.Range(min=0, min_inclusive=False))
+    convention = fields.String(
+        required=True, validate=validate.OneOf(["adjusted-concentration", "full-strength"])
+    )
+    min_final_rate_ml_h = fields.Float()
+    text = fields.String(required=True)
+
+
+class ProtocolStepSchema(_Strict):
+    bag = fields.Integer(required=True, validate=validate.Range(min=1))
+    rate_ml_h = fields.Float(required=True, validate=validate.Range(min=0, min_inclusive=False))
+
+
+class CodeDisplaySchema(_Strict):
+    code = fields.String(required=True, validate=ID)
+    display = fields.String(required=True, validate=NON_EMPTY)
+
+
+class TopicSchema(CodeDisplaySchema):
+    override_reasons = fields.List(fields.String(validate=ID), load_default=list)
+
+
+class PolicyFileSchema(_Strict):
+    format = fields.String(required=True, validate=validate.Equal(FORMAT))
+    kind = fields.String(required=True, validate=validate.Equal("policy"))
+    publisher = fields.String(required=True, validate=NON_EMPTY)
+    publisher_url = fields.Url(schemes={"https"})
+    topic_system = fields.String(required=True, validate=NON_EMPTY)
+    topics = fields.List(fields.Nested(TopicSchema), required=True, validate=NON_EMPTY)
+    override_reason_system = fields.String(required=True, validate=NON_EMPTY)
+    override_reasons = fields.List(
+        fields.Nested(CodeDisplaySchema), required=True, validate=NON_EMPTY
+    )
+
+
+SCHEMAS: dict[str, type[Schema]] = {
+    "drug": DrugFileSchema,
+    "class": ClassFileSchema,
+    "agent": AgentFileSchema,
+    "protocol": ProtocolFileSchema,
+    "policy": PolicyFileSchema,
+}
+
+
+def flatten_errors(messages: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Turn marshmallow's nested error dict into ``(field.path, message)`` pairs."""
+    out: list[tuple[str, str]] = []
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            path = f"{prefix}.{key}" if prefix and key != "_schema" else (prefix or str(key))
+            if key == "_schema":
+                path = prefix or "(file)"
+            out.extend(flatten_errors(value, path))
+    elif isinstance(messages, list):
+        for msg in messages:
+            if isinstance(msg, dict | list):
+                out.extend(flatten_errors(msg, prefix))
+            else:
+                out.append((prefix or "(file)", str(msg)))
+    else:
+        out.append((prefix or "(file)", str(messages)))
+    return out

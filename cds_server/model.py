@@ -1,0 +1,238 @@
+"""Plain data objects that cross stage boundaries (FHIR data → recognition → reasoning → render).
+
+This module imports nothing from the package and nothing from Flask, requests or
+fhir.resources: rules read these frozen dataclasses, never raw JSON or HTTP requests.
+Missing data is represented explicitly (``None`` or a ``*_known`` flag), never as False.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Literal
+
+Indicator = Literal["info", "warning", "critical"]
+Evidence = Literal["verified", "secondary", "unverified"]
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ATC = "http://www.whocc.no/atc"
+SNOMED = "http://snomed.info/sct"
+NDC = "http://hl7.org/fhir/sid/ndc"
+UCUM = "http://unitsofmeasure.org"
+
+
+@dataclass(frozen=True)
+class Coding:
+    """A code from a code system (FHIR Coding, reduced)."""
+
+    system: str | None
+    code: str | None
+    display: str | None = None
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A value with a unit as written (``mg``, ``mg/kg``, ``mL/h``, ``mg/h``, ``h``, ``min``)."""
+
+    value: float
+    unit: str
+
+
+@dataclass(frozen=True)
+class MedicationOrder:
+    """One MedicationRequest, flattened from FHIR (a draft order or a history entry).
+
+    ``resource`` is the original JSON object; it is opaque to rules and read only by
+    the renderer, which needs the whole resource to propose an ``update`` action.
+    """
+
+    ref: str | None
+    status: str | None
+    intent: str | None
+    codings: tuple[Coding, ...] = ()
+    ingredient_codings: tuple[Coding, ...] = ()
+    texts: tuple[str, ...] = ()
+    dose: Quantity | None = None
+    rate: Quantity | None = None
+    route: str | None = None
+    dosage_text: str | None = None
+    authored_on: datetime | None = None
+    is_draft: bool = False
+    selected: bool = True
+    resource: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """One AllergyIntolerance.reaction entry."""
+
+    manifestations: tuple[Coding, ...] = ()
+    manifestation_texts: tuple[str, ...] = ()
+    severity: str | None = None
+    onset: datetime | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class Allergy:
+    """One AllergyIntolerance, flattened from FHIR."""
+
+    ref: str | None
+    clinical_status: str | None
+    verification_status: str | None
+    criticality: str | None
+    category: tuple[str, ...] = ()
+    codings: tuple[Coding, ...] = ()
+    texts: tuple[str, ...] = ()
+    reactions: tuple[Reaction, ...] = ()
+    recorded: datetime | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Weight:
+    """The latest body weight, converted to kilograms."""
+
+    kg: float
+    effective: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    """Everything the rules may read about one patient for one hook call.
+
+    ``*_known`` is False when the data could be neither prefetched nor fetched:
+    rules must then say what they could not check rather than assume "none".
+    ``warnings`` describe what could not be read; they never contain patient data.
+    """
+
+    patient_id: str
+    birth_date: date | None = None
+    weight: Weight | None = None
+    draft_orders: tuple[MedicationOrder, ...] = ()
+    medication_history: tuple[MedicationOrder, ...] = ()
+    allergies: tuple[Allergy, ...] = ()
+    history_known: bool = True
+    allergies_known: bool = True
+    weight_known: bool = True
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """The protocol facts of one hook invocation that reasoning may need."""
+
+    hook: str
+    service_id: str
+    hook_instance: str
+    patient_id: str
+    user_id: str | None = None
+    encounter_id: str | None = None
+    now: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RecognisedOrder:
+    """An order matched to a knowledge-base drug, and how it was matched."""
+
+    order: MedicationOrder
+    drug_id: str
+    matched_by: str
+
+
+@dataclass(frozen=True)
+class RecognisedAllergy:
+    """An allergy matched to a drug or a drug class of the knowledge base."""
+
+    allergy: Allergy
+    target_kind: Literal["drug", "class"]
+    target_id: str
+    matched_by: str
+
+
+@dataclass(frozen=True)
+class Situation:
+    """What the rules evaluate: the call, the record, and the recognised data."""
+
+    call: HookCall
+    record: PatientRecord
+    orders: tuple[RecognisedOrder, ...]
+    history: tuple[RecognisedOrder, ...]
+    allergies: tuple[RecognisedAllergy, ...]
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A fact's provenance as shown on a card."""
+
+    title: str
+    url: str | None
+    label_version: str | None
+    evidence: Evidence
+    jurisdiction: str | None = None
+
+
+@dataclass(frozen=True)
+class ProposedMedication:
+    """A draft MedicationRequest to create (e.g. a missing premedication)."""
+
+    label: str
+    agent_name: str
+    coding: Coding | None
+    dose: Quantity | None
+    dose_text: str | None
+    route: str | None
+    timing_text: str
+    recommended: bool
+    for_order_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class ProposedRateChange:
+    """Replace the rate of a draft order (an ``update`` action with the whole resource)."""
+
+    label: str
+    order: MedicationOrder
+    new_rate: Quantity
+    recommended: bool = True
+
+
+@dataclass(frozen=True)
+class ProposedServiceRequest:
+    """A text-coded ServiceRequest to create (admission, observation, referral)."""
+
+    label: str
+    text: str
+    coding: Coding | None = None
+    recommended: bool = True
+    for_order_ref: str | None = None
+
+
+ProposedAction = ProposedMedication | ProposedRateChange | ProposedServiceRequest
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One rule's conclusion about one drug problem, before it becomes a card.
+
+    ``topic`` names the rule (stable; used for feedback and de-duplication).
+    ``points`` are Markdown paragraphs or bullets built from knowledge text;
+    ``table`` is an optional header row plus rows. ``unknowns`` lists what the rule
+    could not check. ``critical_eligible`` is True only when every fact that drove
+    a critical indicator is verified.
+    """
+
+    topic: str
+    drug_id: str
+    drug_name: str
+    indicator: Indicator
+    headline: str
+    points: tuple[str, ...] = ()
+    table: tuple[tuple[str, ...], ...] = ()
+    citations: tuple[Citation, ...] = ()
+    actions: tuple[ProposedAction, ...] = ()
+    unknowns: tuple[str, ...] = ()
+    override_reasons: tuple[str, ...] = ()
+    order_ref: str | None = None
