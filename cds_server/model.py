@@ -20,6 +20,7 @@ ATC = "http://www.whocc.no/atc"
 SNOMED = "http://snomed.info/sct"
 NDC = "http://hl7.org/fhir/sid/ndc"
 UCUM = "http://unitsofmeasure.org"
+MINUTES_PER_HOUR = 60.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class MedicationOrder:
     texts: tuple[str, ...] = ()
     dose: Quantity | None = None
     rate: Quantity | None = None
+    volume: Quantity | None = None
     route: str | None = None
     dosage_text: str | None = None
     authored_on: datetime | None = None
@@ -153,7 +155,12 @@ class RecognisedAllergy:
 
 @dataclass(frozen=True)
 class Situation:
-    """What the rules evaluate: the call, the record, and the recognised data."""
+    """What the rules evaluate: the call, the record, and the recognised data.
+
+    ``orders``: recognised draft orders; ``history``: recognised history orders;
+    ``agents``: (order, agent id) for premedication/rescue agents among the draft orders and
+    the history orders in force.
+    """
 
     call: HookCall
     record: PatientRecord
@@ -161,6 +168,7 @@ class Situation:
     history: tuple[RecognisedOrder, ...]
     allergies: tuple[RecognisedAllergy, ...]
     now: datetime
+    agents: tuple[tuple[MedicationOrder, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -181,8 +189,8 @@ class ProposedMedication:
     label: str
     agent_name: str
     coding: Coding | None
-    dose: Quantity | None
-    dose_text: str | None
+    dose_low: Quantity | None
+    dose_high: Quantity | None
     route: str | None
     timing_text: str
     recommended: bool

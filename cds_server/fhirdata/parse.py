@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
@@ -165,11 +165,19 @@ def _unit(quantity: Any) -> str | None:
     return _UNIT_ALIASES.get(raw.strip().lower(), raw.strip())
 
 
+_TO_MG = {"g": 1000.0, "µg": 0.001}
+
+
 def _quantity(q: Any) -> Quantity | None:
+    """A FHIR Quantity with a normalised unit; masses in g or µg are converted to mg."""
     if q is None or q.value is None:
         return None
     unit = _unit(q)
-    return Quantity(float(q.value), unit) if unit else None
+    if not unit:
+        return None
+    if unit in _TO_MG:
+        return Quantity(float(q.value) * _TO_MG[unit], "mg")
+    return Quantity(float(q.value), unit)
 
 
 def _ratio_rate(ratio: Any) -> Quantity | None:
@@ -190,9 +198,9 @@ def _datetime(value: Any) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
     text = str(value)
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -202,10 +210,12 @@ def _datetime(value: Any) -> datetime | None:
             return None
         year, month, day = (int(g) if g else 1 for g in match.groups())
         parsed = datetime(year, month, day)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _medication_codes(med: Medication) -> tuple[tuple[Coding, ...], tuple[Coding, ...], tuple[str, ...]]:
+def _medication_codes(
+    med: Medication,
+) -> tuple[tuple[Coding, ...], tuple[Coding, ...], tuple[str, ...]]:
     codings = _codings(med.code)
     texts = list(_texts(med.code))
     ingredients: list[Coding] = []
@@ -291,6 +301,7 @@ def parse_medication_request(
         if when is None and dosage.timing is not None and dosage.timing.event:
             when = _datetime(dosage.timing.event[0])
     authored = _datetime(mr.authoredOn) or when
+    volume = _infusion_volume(mr, (*texts, dosage_text or ""))
     return MedicationOrder(
         ref=f"MedicationRequest/{mr.id}" if mr.id else None,
         status=mr.status,
@@ -300,6 +311,7 @@ def parse_medication_request(
         texts=texts,
         dose=dose,
         rate=rate,
+        volume=volume,
         route=route,
         dosage_text=dosage_text,
         authored_on=authored,
@@ -307,6 +319,23 @@ def parse_medication_request(
         selected=selected,
         resource=dict(resource),
     )
+
+
+_VOLUME_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*ml\b", re.IGNORECASE)
+
+
+def _infusion_volume(mr: MedicationRequest, texts: Iterable[str]) -> Quantity | None:
+    """The infusion bag volume: ``dispenseRequest.quantity`` in mL, else "… 250 mL" in the text."""
+    dispense = mr.dispenseRequest
+    if dispense is not None and dispense.quantity is not None:
+        q = _quantity(dispense.quantity)
+        if q is not None and q.unit == "mL":
+            return q
+    for text in texts:
+        match = _VOLUME_TEXT.search(text or "")
+        if match:
+            return Quantity(float(match.group(1)), "mL")
+    return None
 
 
 def parse_allergy(resource: Mapping[str, Any], where: str, log: ParseLog) -> Allergy | None:

@@ -27,6 +27,7 @@ from cds_server.knowledge.model import (
     DoseStep,
     Drug,
     DrugClass,
+    EngineSettings,
     Identity,
     KnowledgeBase,
     MonitoringRequirement,
@@ -355,15 +356,37 @@ def _build_policy(d: Mapping[str, Any], problems: list[Problem]) -> CardPolicy:
         for code in t["override_reasons"]:
             if code not in reason_codes:
                 problems.append(
-                    Problem("policy.yaml", f"topics.{i}.override_reasons", f"unknown reason '{code}'")
+                    Problem(
+                        "policy.yaml", f"topics.{i}.override_reasons", f"unknown reason '{code}'"
+                    )
                 )
+    ctx = _FileContext("policy.yaml", d["sources"], problems)
+    eng = d["engine"]
+    severe = eng["severe_reaction"]
+    engine = EngineSettings(
+        dose_match_tolerance=eng["dose_match_tolerance"],
+        desensitization_terms=tuple(t.lower() for t in eng["desensitization_terms"]),
+        severe_codes=tuple(
+            Coding(SYSTEM_URIS[c["system"]], c["code"], c["display"])
+            for c in severe["manifestation_codes"]
+        ),
+        severe_terms=tuple(t.lower() for t in severe["manifestation_terms"]),
+        severe_text=severe["text"],
+        severe_provenance=tuple(
+            ctx.provenance(c, f"engine.severe_reaction.manifestation_codes.{i}")
+            for i, c in enumerate(severe["manifestation_codes"])
+        ),
+    )
     return CardPolicy(
+        engine=engine,
         system=d["topic_system"],
         topics=tuple(
             Topic(t["code"], t["display"], tuple(t["override_reasons"])) for t in d["topics"]
         ),
         override_system=d["override_reason_system"],
-        override_reasons=tuple(OverrideReason(t["code"], t["display"]) for t in d["override_reasons"]),
+        override_reasons=tuple(
+            OverrideReason(t["code"], t["display"]) for t in d["override_reasons"]
+        ),
         publisher=d["publisher"],
         publisher_url=d.get("publisher_url"),
     )

@@ -192,7 +192,9 @@ class ReactionGuidance:
     """What to do about a reaction: management, rechallenge, contraindication."""
 
     id: str
-    kind: Literal["management", "rechallenge", "after-severe", "contraindication", "desensitization"]
+    kind: Literal[
+        "management", "rechallenge", "after-severe", "contraindication", "desensitization"
+    ]
     grades: str | None
     text: str
     provenance: Provenance
@@ -334,6 +336,23 @@ class OverrideReason:
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    """Engine parameters kept with the knowledge (not clinical facts, but reviewed like them).
+
+    ``dose_match_tolerance``: relative difference under which an ordered dose is taken to be a
+    step-up dose (absorbs rounding of mg/kg doses). ``severe_codes``/``severe_terms``: reaction
+    manifestations that make a documented reaction severe (anaphylaxis and the like).
+    """
+
+    dose_match_tolerance: float
+    desensitization_terms: tuple[str, ...]
+    severe_codes: tuple[Coding, ...]
+    severe_terms: tuple[str, ...]
+    severe_text: str
+    severe_provenance: tuple[Provenance, ...] = ()
+
+
+@dataclass(frozen=True)
 class CardPolicy:
     """Rule topics and override reasons, declared once in ``cards/policy.yaml``."""
 
@@ -343,6 +362,7 @@ class CardPolicy:
     override_reasons: tuple[OverrideReason, ...]
     publisher: str
     publisher_url: str | None
+    engine: EngineSettings
 
     def topic(self, code: str) -> Topic:
         for t in self.topics:

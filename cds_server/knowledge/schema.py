@@ -290,6 +290,26 @@ class TopicSchema(CodeDisplaySchema):
     override_reasons = fields.List(fields.String(validate=ID), load_default=list)
 
 
+class ReactionCodeSchema(ProvenanceFields):
+    system = fields.String(required=True, validate=CODE_SYSTEMS)
+    code = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9.-]+$"))
+    display = fields.String(required=True)
+
+
+class SevereReactionSchema(_Strict):
+    manifestation_codes = fields.List(fields.Nested(ReactionCodeSchema), required=True)
+    manifestation_terms = fields.List(fields.String(validate=NON_EMPTY), required=True)
+    text = fields.String(required=True)
+
+
+class EngineSchema(_Strict):
+    dose_match_tolerance = fields.Float(
+        required=True, validate=validate.Range(min=0, max=0.5, min_inclusive=False)
+    )
+    desensitization_terms = fields.List(fields.String(validate=NON_EMPTY), required=True)
+    severe_reaction = fields.Nested(SevereReactionSchema, required=True)
+
+
 class PolicyFileSchema(_Strict):
     format = fields.String(required=True, validate=validate.Equal(FORMAT))
     kind = fields.String(required=True, validate=validate.Equal("policy"))
@@ -301,6 +321,10 @@ class PolicyFileSchema(_Strict):
     override_reasons = fields.List(
         fields.Nested(CodeDisplaySchema), required=True, validate=NON_EMPTY
     )
+    sources = fields.Dict(
+        keys=fields.String(validate=ID), values=fields.Nested(SourceSchema), required=True
+    )
+    engine = fields.Nested(EngineSchema, required=True)
 
 
 SCHEMAS: dict[str, type[Schema]] = {

@@ -1,0 +1,198 @@
+"""Where an order sits in a drug's course: prior administrations, infusion number, step-up step.
+
+Shared by the rules. Missing data gives ``None`` (unknown), never a guess: a rule that gets
+``None`` must say what it could not determine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cds_server.knowledge.model import Applicability, DoseStep, Drug, KnowledgeBase
+from cds_server.model import MedicationOrder, Quantity, RecognisedOrder, Situation
+
+# MedicationRequest statuses that mean the dose was (at least partly) given.
+ADMINISTERED = frozenset({"completed", "stopped"})
+# Statuses that mean an order is in force (covers premedication, planned doses).
+IN_FORCE = frozenset({"active", "on-hold"})
+
+
+@dataclass(frozen=True)
+class DosePosition:
+    """Where one order sits: its infusion number and the step-up steps its dose matches.
+
+    ``number`` is None when the history is unknown; ``steps`` is None when the step cannot
+    be determined (no dose, or an mg/kg step without a weight), and empty when the dose is
+    not a step-up dose.
+    """
+
+    number: int | None
+    steps: frozenset[str] | None
+    prior: tuple[MedicationOrder, ...]
+    dose_mg: float | None
+    unknowns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Applies:
+    """The result of checking an ``Applicability`` against a dose position."""
+
+    value: bool | None
+    conditional: bool
+
+
+def prior_administrations(
+    situation: Situation, drug_id: str, order: MedicationOrder | None = None
+) -> tuple[MedicationOrder, ...]:
+    """Earlier administrations of a drug (history entries completed or stopped), oldest first."""
+    own = order.ref if order is not None else None
+    found = [
+        r.order
+        for r in situation.history
+        if r.drug_id == drug_id
+        and r.order.status in ADMINISTERED
+        and (own is None or r.order.ref != own)
+        and (
+            order is None
+            or order.authored_on is None
+            or r.order.authored_on is None
+            or r.order.authored_on <= order.authored_on
+        )
+    ]
+    return tuple(sorted(found, key=lambda o: (o.authored_on is None, o.authored_on)))
+
+
+def dose_in_mg(dose: Quantity | None, weight_kg: float | None) -> float | None:
+    """An ordered dose in mg (mg as is; mg/kg with the weight), else None.
+
+    Parsing already converts g to mg, so no other mass unit reaches the rules.
+    """
+    if dose is None:
+        return None
+    unit = dose.unit.lower()
+    if unit == "mg":
+        return dose.value
+    if unit == "mg/kg" and weight_kg is not None:
+        return dose.value * weight_kg
+    return None
+
+
+def _matches(
+    actual_mg: float | None, step: DoseStep, weight_kg: float | None, tol: float
+) -> bool | None:
+    if actual_mg is None:
+        return None
+    target = dose_in_mg(step.dose, weight_kg)
+    if target is None:
+        return None
+    return abs(actual_mg - target) <= tol * target
+
+
+def position(situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBase) -> DosePosition:
+    """Infusion number and step-up step of one ordered dose."""
+    drug = kb.drug(recognised.drug_id)
+    order = recognised.order
+    record = situation.record
+    weight = record.weight.kg if record.weight else None
+    prior = prior_administrations(situation, drug.id, order)
+    unknowns: list[str] = []
+    number = len(prior) + 1 if record.history_known else None
+    if number is None:
+        unknowns.append("the patient's medication history (first or later infusion)")
+    ordered_unit = order.dose.unit.lower() if order.dose else None
+    dose_mg = dose_in_mg(order.dose, weight)
+    steps = _steps(drug, order, dose_mg, prior, weight, number, kb, unknowns)
+    if ordered_unit == "mg/kg" and weight is None:
+        unknowns.append("the patient's weight (the dose is ordered in mg/kg)")
+    return DosePosition(number, steps, prior, dose_mg, tuple(unknowns))
+
+
+def _steps(
+    drug: Drug,
+    order: MedicationOrder,
+    dose_mg: float | None,
+    prior: tuple[MedicationOrder, ...],
+    weight: float | None,
+    number: int | None,
+    kb: KnowledgeBase,
+    unknowns: list[str],
+) -> frozenset[str] | None:
+    if not drug.step_up:
+        return frozenset()
+    tol = kb.policy.engine.dose_match_tolerance
+    prior_mg = [dose_in_mg(p.dose, weight) for p in prior]
+    matched: set[str] = set()
+    undecided = False
+    for schedule in drug.step_up:
+        for step in schedule.steps:
+            hit = _matches(dose_mg, step, weight, tol)
+            if hit is None:
+                undecided = True
+                continue
+            if not hit:
+                continue
+            # A step is the FIRST administration at that dose level.
+            earlier = [_matches(mg, step, weight, tol) for mg in prior_mg]
+            if any(earlier):
+                continue
+            matched.add(step.id)
+    if matched:
+        return frozenset(matched)
+    if not undecided:
+        return frozenset()
+    # Dose unknown or not comparable: fall back to the position in the schedule.
+    if number is not None:
+        by_position = {s.steps[number - 1].id for s in drug.step_up if len(s.steps) >= number}
+        if by_position:
+            unknowns.append(
+                f"the ordered dose; step taken from the number of prior doses ({number - 1})"
+            )
+            return frozenset(by_position)
+        return frozenset()
+    unknowns.append("which step-up dose this is (no comparable dose and no history)")
+    return None
+
+
+def applies(app: Applicability, pos: DosePosition) -> Applies:
+    """Does a fact apply to this dose? ``value`` None means it cannot be determined."""
+    value: bool | None = True
+    if app.steps:
+        value = None if pos.steps is None else bool(pos.steps & set(app.steps))
+    elif app.infusion_numbers:
+        value = None if pos.number is None else pos.number in app.infusion_numbers
+    elif app.infusions == "first":
+        value = None if pos.number is None else pos.number == 1
+    elif app.infusions == "subsequent":
+        value = None if pos.number is None else pos.number > 1
+    return Applies(value=value, conditional=app.condition is not None)
+
+
+def step_labels(drug: Drug, step_ids: Iterable[str]) -> list[str]:
+    """Human labels of the given steps, e.g. "step-up dose 1 (2.5 mg, cycle 1 day 8)"."""
+    wanted = set(step_ids)
+    out = []
+    for schedule in drug.step_up:
+        for step in schedule.steps:
+            if step.id in wanted:
+                where = f", {step.day}" if step.day else ""
+                out.append(f"{step.label} ({fmt_qty(step.dose)}{where})")
+    return out
+
+
+def fmt_number(value: float) -> str:
+    """12.0 → "12", 2.5 → "2.5", 1000 → "1,000"."""
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.4g}" if abs(value) < 1 else f"{value:,.2f}".rstrip("0").rstrip(".")
+
+
+def fmt_qty(q: Quantity) -> str:
+    return f"{fmt_number(q.value)} {q.unit}"
+
+
+def in_force_orders(situation: Situation) -> tuple[MedicationOrder, ...]:
+    """Draft orders of this session plus history orders in force (active or on hold)."""
+    drafts = situation.record.draft_orders
+    active = tuple(o for o in situation.record.medication_history if o.status in IN_FORCE)
+    return drafts + active

@@ -1,0 +1,164 @@
+"""Premedication rule.
+
+When: a recognised infusion order whose knowledge lists premedication for this dose (by
+infusion number or step-up step), and an agent role it requires (H1 antihistamine, H2
+antagonist, corticosteroid, antipyretic…) is in neither the draft orders nor the active orders.
+Then: a ``warning`` naming the missing agents with the label's dose, route and timing, and a
+draft MedicationRequest per missing agent (recommended when the label requires it).
+Conditional regimens (e.g. "if CRS occurred with the previous dose") are shown as "consider"
+notes only. Covered roles are matched by agent class, so famotidine covers "H2 antagonist".
+"""
+
+from __future__ import annotations
+
+from cds_server.knowledge.model import KnowledgeBase, PremedAgent, PremedRegimen
+from cds_server.model import (
+    RXNORM,
+    Citation,
+    Coding,
+    Finding,
+    ProposedMedication,
+    Quantity,
+    RecognisedOrder,
+    Situation,
+)
+from cds_server.reasoning.dosing import DosePosition, applies, fmt_number, position
+from cds_server.reasoning.orders import covered_roles, target_orders
+
+TOPIC = "premedication"
+
+ROLE_NAMES = {
+    "h1-antihistamine": "H1 antihistamine",
+    "h2-antagonist": "H2 antagonist",
+    "corticosteroid": "corticosteroid",
+    "antipyretic": "antipyretic/analgesic",
+    "leukotriene-antagonist": "leukotriene antagonist",
+    "il6-antagonist": "IL-6 antagonist",
+    "anaphylaxis-treatment": "anaphylaxis treatment",
+    "antiemetic": "antiemetic",
+}
+
+
+def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
+    """Premedication findings for every targeted order (see module docstring)."""
+    covered = covered_roles(situation, kb)
+    findings = []
+    for recognised in target_orders(situation):
+        finding = _for_order(situation, recognised, kb, covered)
+        if finding is not None:
+            findings.append(finding)
+    return findings
+
+
+def describe_agent(entry: PremedAgent, kb: KnowledgeBase) -> str:
+    """ "diphenhydramine 50 mg intravenous, 30 to 60 minutes before" from a knowledge entry."""
+    name = kb.agents[entry.agent].name if entry.agent else ROLE_NAMES[entry.role]
+    alternatives = [kb.agents[a].name for a in entry.alternatives]
+    parts = [name + (f" (or {', '.join(alternatives)})" if alternatives else "")]
+    if entry.dose is not None:
+        d = entry.dose
+        amount = fmt_number(d.min) if d.single else f"{fmt_number(d.min)}–{fmt_number(d.max)}"
+        parts.append(f"{amount} {d.unit}")
+    if entry.route:
+        parts.append(entry.route)
+    return " ".join(parts) + f", {entry.timing}"
+
+
+def _required(
+    regimens: tuple[PremedRegimen, ...], pos: DosePosition
+) -> tuple[dict[str, tuple[PremedAgent, PremedRegimen]], list[PremedRegimen], list[PremedRegimen]]:
+    """Roles required for this dose, conditional regimens, and regimens we cannot decide."""
+    required: dict[str, tuple[PremedAgent, PremedRegimen]] = {}
+    conditional: list[PremedRegimen] = []
+    undecided: list[PremedRegimen] = []
+    for regimen in regimens:
+        result = applies(regimen.applies, pos)
+        if result.value is False:
+            continue
+        if result.conditional:
+            conditional.append(regimen)
+            continue
+        if result.value is None:
+            undecided.append(regimen)
+        for agent in regimen.agents:
+            current = required.get(agent.role)
+            # Prefer the entry that carries a dose (more specific), then the first seen.
+            if current is None or (current[0].dose is None and agent.dose is not None):
+                required[agent.role] = (agent, regimen)
+    return required, conditional, undecided
+
+
+def _for_order(
+    situation: Situation,
+    recognised: RecognisedOrder,
+    kb: KnowledgeBase,
+    covered: frozenset[str],
+) -> Finding | None:
+    drug = kb.drug(recognised.drug_id)
+    if not drug.premedication:
+        return None
+    pos = position(situation, recognised, kb)
+    required, conditional, undecided = _required(drug.premedication, pos)
+    missing = {role: pair for role, pair in required.items() if role not in covered}
+    if not missing:
+        return None
+    points = [
+        f"- **Missing:** {describe_agent(agent, kb)}" + ("" if agent.required else " (optional)")
+        for agent, _ in missing.values()
+    ]
+    already = sorted(ROLE_NAMES[r] for r in required if r in covered)
+    if already:
+        points.append(f"- Already ordered: {', '.join(already)}.")
+    for regimen in {id(r): r for _, r in missing.values()}.values():
+        if regimen.text:
+            points.append(f"- Label: {regimen.text}")
+    for regimen in conditional:
+        points.append(f"- Consider, if {regimen.applies.condition}: {regimen.text or ''}".rstrip())
+    unknowns = list(pos.unknowns)
+    if undecided:
+        unknowns.append("which premedication regimen applies; all candidate regimens are shown")
+    citations: list[Citation] = []
+    for agent, regimen in missing.values():
+        citations.extend(regimen.provenance.citations())
+        citations.extend(agent.provenance.citations())
+    actions = tuple(
+        ProposedMedication(
+            label=f"Order {describe_agent(agent, kb)}",
+            agent_name=kb.agents[agent.agent].name if agent.agent else ROLE_NAMES[role],
+            coding=_rxnorm(agent, kb),
+            dose_low=Quantity(agent.dose.min, agent.dose.unit) if agent.dose else None,
+            dose_high=Quantity(agent.dose.max, agent.dose.unit) if agent.dose else None,
+            route=agent.route,
+            timing_text=f"{agent.timing} ({drug.name})",
+            recommended=agent.required,
+            for_order_ref=recognised.order.ref,
+        )
+        for role, (agent, _) in missing.items()
+    )
+    names = ", ".join(ROLE_NAMES[r] for r in missing)
+    return Finding(
+        topic=TOPIC,
+        drug_id=drug.id,
+        drug_name=drug.display,
+        indicator="warning",
+        headline=f"premedication missing ({names})",
+        points=tuple(points),
+        citations=tuple(citations),
+        actions=actions,
+        unknowns=tuple(unknowns),
+        order_ref=recognised.order.ref,
+    )
+
+
+def _rxnorm(agent: PremedAgent, kb: KnowledgeBase) -> Coding | None:
+    """The agent's verified RxNorm ingredient coding, if the knowledge has one."""
+    if not agent.agent:
+        return None
+    for entry in kb.agents[agent.agent].identity.codes:
+        if (
+            entry.tty == "IN"
+            and entry.provenance.evidence == "verified"
+            and entry.coding.system == RXNORM
+        ):
+            return entry.coding
+    return None

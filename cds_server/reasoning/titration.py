@@ -1,0 +1,201 @@
+"""Rate-titration rule.
+
+When: a recognised draft order of a drug with a *titrated* rate schedule for this infusion
+(first vs subsequent decided from the patient's history), and either the order's rate is
+above the schedule's start rate (same unit), or the order carries no rate.
+Then: rate above the start → ``warning`` with the schedule and an update suggestion that sets
+the start rate; no rate → ``info`` with the schedule. An order already at or below the start
+rate gets no card (already handled). Rapid schedules whose conditions the service cannot
+check are mentioned as "may be eligible" notes only. Rates in different units (mg/h vs mL/h)
+are converted through the bag concentration when dose and volume are known; otherwise the
+card says the rate could not be compared.
+"""
+
+from __future__ import annotations
+
+from cds_server.knowledge.model import KnowledgeBase, RateSchedule
+from cds_server.model import (
+    Finding,
+    MedicationOrder,
+    ProposedRateChange,
+    Quantity,
+    RecognisedOrder,
+    Situation,
+)
+from cds_server.reasoning.dosing import DosePosition, applies, fmt_number, fmt_qty, position
+from cds_server.reasoning.orders import target_orders
+
+TOPIC = "rate-titration"
+
+
+def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
+    """Rate findings for every targeted order (see module docstring)."""
+    out = []
+    for recognised in target_orders(situation):
+        finding = _for_order(situation, recognised, kb)
+        if finding is not None:
+            out.append(finding)
+    return out
+
+
+def schedule_table(schedule: RateSchedule) -> tuple[tuple[str, ...], ...]:
+    """A compact table: start, increase, every, maximum."""
+    increase = (
+        fmt_qty(schedule.increment)
+        if schedule.increment
+        else " → ".join(fmt_number(s.value) for s in schedule.steps) + f" {schedule.steps[0].unit}"
+        if schedule.steps
+        else "—"
+    )
+    every = f"{fmt_number(schedule.every_min)} min" if schedule.every_min else "—"
+    return (
+        ("Start", "Increase", "Every", "Maximum"),
+        (
+            fmt_qty(schedule.start) if schedule.start else "—",
+            increase,
+            every,
+            fmt_qty(schedule.max) if schedule.max else "—",
+        ),
+    )
+
+
+def _comparable_rate(order: MedicationOrder, unit: str) -> Quantity | None:
+    """The order's rate in ``unit``, converting mg/h ↔ mL/h through dose/volume if needed."""
+    rate = order.rate
+    if rate is None:
+        return None
+    if rate.unit == unit:
+        return rate
+    if order.dose is None or order.volume is None or order.dose.unit != "mg":
+        return None
+    mg_per_ml = order.dose.value / order.volume.value
+    if rate.unit == "mL/h" and unit == "mg/h":
+        return Quantity(rate.value * mg_per_ml, unit)
+    if rate.unit == "mg/h" and unit == "mL/h":
+        return Quantity(rate.value / mg_per_ml, unit)
+    return None
+
+
+def _start_in_order_unit(order: MedicationOrder, schedule: RateSchedule) -> Quantity | None:
+    """The schedule's start rate expressed in the order's own rate unit (for the update)."""
+    assert schedule.start is not None
+    if order.rate is None or order.rate.unit == schedule.start.unit:
+        return schedule.start
+    if order.dose is None or order.volume is None:
+        return None
+    mg_per_ml = order.dose.value / order.volume.value
+    if schedule.start.unit == "mg/h" and order.rate.unit == "mL/h":
+        return Quantity(schedule.start.value / mg_per_ml, "mL/h")
+    if schedule.start.unit == "mL/h" and order.rate.unit == "mg/h":
+        return Quantity(schedule.start.value * mg_per_ml, "mg/h")
+    return None
+
+
+def choose(
+    drug_schedules: tuple[RateSchedule, ...], pos: DosePosition
+) -> tuple[list[RateSchedule], list[RateSchedule], bool]:
+    """Schedules that apply to this dose, rapid/conditional ones, and whether any is undecided."""
+    standard: list[RateSchedule] = []
+    optional: list[RateSchedule] = []
+    undecided = False
+    for schedule in drug_schedules:
+        result = applies(schedule.applies, pos)
+        if result.value is False:
+            continue
+        if result.value is None:
+            undecided = True
+        if result.conditional or schedule.kind == "rapid":
+            optional.append(schedule)
+        else:
+            standard.append(schedule)
+    return standard, optional, undecided
+
+
+def _for_order(
+    situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBase
+) -> Finding | None:
+    drug = kb.drug(recognised.drug_id)
+    pos = position(situation, recognised, kb)
+    standard, optional, undecided = choose(drug.rate_schedules, pos)
+    titrated = [s for s in standard if s.kind == "titrated" and s.start is not None]
+    if not titrated:
+        return None
+    # With an unknown history, the most cautious (lowest) start rate is shown.
+    schedule = min(titrated, key=lambda s: s.start.value if s.start else 0)
+    order = recognised.order
+    assert schedule.start is not None
+    comparable = _comparable_rate(order, schedule.start.unit)
+    points: list[str] = []
+    actions: tuple[ProposedRateChange, ...] = ()
+    unknowns = list(pos.unknowns)
+    if undecided:
+        unknowns.append("whether this is a first or later infusion; the slowest schedule is shown")
+    which = "first" if pos.number == 1 else "later" if pos.number else "unknown-position"
+    if order.rate is not None and comparable is None:
+        unknowns.append(
+            f"how the ordered rate ({fmt_qty(order.rate)}) compares: different unit and no "
+            "dose/volume to convert"
+        )
+        indicator, headline = (
+            "info",
+            f"titrate from {fmt_qty(schedule.start)} ({schedule.label.lower()})",
+        )
+    elif comparable is not None and comparable.value > schedule.start.value:
+        indicator = "warning"
+        headline = (
+            f"ordered rate {fmt_qty(order.rate)} exceeds the {schedule.label.lower()} start rate "
+            f"{fmt_qty(schedule.start)}"
+        )
+        points.append(
+            f"- The order starts at **{fmt_qty(order.rate)}**"
+            + (
+                f" (≈ {fmt_qty(comparable)})"
+                if order.rate and comparable.unit != order.rate.unit
+                else ""
+            )
+            + f"; the label allows a start of **{fmt_qty(schedule.start)}** for this infusion."
+        )
+        new_rate = _start_in_order_unit(order, schedule)
+        if new_rate is not None and order.resource is not None:
+            actions = (
+                ProposedRateChange(
+                    label=f"Set the starting rate to {fmt_qty(new_rate)}",
+                    order=order,
+                    new_rate=new_rate,
+                ),
+            )
+    elif comparable is not None:
+        return None  # already at or below the allowed start rate
+    else:
+        indicator, headline = (
+            "info",
+            f"titrate from {fmt_qty(schedule.start)} ({schedule.label.lower()})",
+        )
+    position_text = {
+        "first": "This is the patient's **first** infusion of this drug.",
+        "later": f"This is infusion **{pos.number}** of this drug for the patient.",
+    }.get(which)
+    if position_text:
+        points.insert(0, f"- {position_text}")
+    if schedule.text:
+        points.append(f"- {schedule.text}")
+    for opt in optional:
+        condition = f" if {opt.applies.condition}" if opt.applies.condition else ""
+        detail = opt.text or (fmt_qty(opt.duration) if opt.duration else "")
+        points.append(f"- May be eligible{condition}: **{opt.label}** — {detail}")
+    citations = schedule.provenance.citations() + tuple(
+        c for opt in optional for c in opt.provenance.citations()
+    )
+    return Finding(
+        topic=TOPIC,
+        drug_id=drug.id,
+        drug_name=drug.display,
+        indicator=indicator,
+        headline=headline,
+        points=tuple(points),
+        table=schedule_table(schedule),
+        citations=citations,
+        actions=actions,
+        unknowns=tuple(unknowns),
+        order_ref=order.ref,
+    )
