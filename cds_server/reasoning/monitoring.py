@@ -6,8 +6,8 @@ the knowledge: hospitalization, proximity to the treating centre, or observation
 specific doses (first infusion, step-up doses).
 Then: hospitalization or proximity → ``warning`` stating the requirement and its duration,
 with a text-coded ServiceRequest suggestion (no verified code exists for these orders);
-dose-specific observation → ``info``. Observation required at every infusion is a routine
-reminder and is left to the patient-view summary, not interrupting order signing.
+timed observation of particular doses → ``info``. Other observation (every infusion, or
+without a duration) is a routine reminder left to the patient-view summary.
 Conditional requirements ("if CRS occurred with step-up dose 1") are shown as notes.
 """
 
@@ -42,6 +42,11 @@ def dose_specific(req: MonitoringRequirement) -> bool:
     """True when a requirement is tied to particular doses rather than every infusion."""
     app = req.applies
     return bool(app.steps or app.infusion_numbers or app.infusions == "first")
+
+
+def interrupts_signing(req: MonitoringRequirement) -> bool:
+    """Shown at order entry: admission, proximity, or timed observation of particular doses."""
+    return req.kind in _INTERRUPTIVE or (dose_specific(req) and req.duration is not None)
 
 
 def applicable(
@@ -81,7 +86,7 @@ def _for_order(
         return None
     pos = position(situation, recognised, kb)
     firm, conditional, undecided = applicable(drug.monitoring, pos)
-    shown = [r for r in firm if r.kind in _INTERRUPTIVE or dose_specific(r)]
+    shown = [r for r in firm if interrupts_signing(r)]
     maybe = [r for r in undecided if r.kind in _INTERRUPTIVE]
     if not shown and not maybe:
         return None

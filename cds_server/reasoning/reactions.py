@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from cds_server.knowledge.model import Drug, KnowledgeBase, Provenance
+from cds_server.knowledge.model import Drug, KnowledgeBase, Provenance, ReactionGuidance
 from cds_server.model import (
     MINUTES_PER_HOUR,
     Citation,
@@ -162,6 +162,24 @@ def _critical_backing(drug: Drug, kb: KnowledgeBase) -> tuple[Provenance, ...]:
     return backing
 
 
+def _guidance(drug: Drug, *, severe: bool) -> list[ReactionGuidance]:
+    """The knowledge's reaction guidance relevant to the tier: few lines, most relevant first.
+
+    Severe: after-severe and contraindication statements plus the first desensitization
+    statement. Otherwise: rechallenge statements, else general management.
+    """
+    by_kind: dict[str, list[ReactionGuidance]] = {}
+    for g in drug.reactions:
+        by_kind.setdefault(g.kind, []).append(g)
+    if severe:
+        return [
+            *by_kind.get("after-severe", []),
+            *by_kind.get("contraindication", []),
+            *by_kind.get("desensitization", [])[:1],
+        ]
+    return by_kind.get("rechallenge") or by_kind.get("management", [])[:1]
+
+
 def _plan_in_drafts(situation: Situation, drug_id: str, kb: KnowledgeBase) -> bool:
     terms = kb.policy.engine.desensitization_terms
     for r in situation.orders:
@@ -262,11 +280,10 @@ def _finding(
                 citations.extend(prov.citations())
         if all(m.tolerated_since for m in matches):
             indicator = "info"
-    for guidance in drug.reactions:
-        if guidance.kind in ("rechallenge", "after-severe", "contraindication", "desensitization"):
-            grades = f" (grade {guidance.grades})" if guidance.grades else ""
-            points.append(f"- {guidance.kind.capitalize()}{grades}: {guidance.text}")
-            citations.extend(guidance.provenance.citations())
+    for guidance in _guidance(drug, severe=bool(definite)):
+        grades = f" (grade {guidance.grades})" if guidance.grades else ""
+        points.append(f"- {guidance.kind.capitalize()}{grades}: {guidance.text}")
+        citations.extend(guidance.provenance.citations())
     table: tuple[tuple[str, ...], ...] = ()
     actions: tuple[ProposedServiceRequest, ...] = ()
     if definite:
