@@ -21,6 +21,8 @@ SNOMED = "http://snomed.info/sct"
 NDC = "http://hl7.org/fhir/sid/ndc"
 UCUM = "http://unitsofmeasure.org"
 MINUTES_PER_HOUR = 60.0
+MICROGRAMS_PER_MG = 1000.0
+MICROGRAM_UNITS = frozenset({"µg", "ug", "mcg"})
 
 
 @dataclass(frozen=True)

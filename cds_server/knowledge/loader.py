@@ -222,7 +222,7 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
             id=p["id"],
             applies=_applies(p["applies"]),
             requires_drug=p["requires_drug"],
-            lookback_days=p["lookback_days"],
+            lookback_days=p.get("lookback_days"),
             text=p["text"],
             provenance=ctx.provenance(p, f"prerequisites.{i}"),
         )

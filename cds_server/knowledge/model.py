@@ -172,7 +172,7 @@ class Prerequisite:
     id: str
     applies: Applicability
     requires_drug: str
-    lookback_days: int
+    lookback_days: int | None
     text: str
     provenance: Provenance
 

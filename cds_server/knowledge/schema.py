@@ -179,7 +179,7 @@ class PrerequisiteSchema(ProvenanceFields):
     id = fields.String(required=True, validate=ID)
     applies = fields.Nested(ApplicabilitySchema, required=True)
     requires_drug = fields.String(required=True, validate=ID)
-    lookback_days = fields.Integer(required=True, validate=validate.Range(min=1))
+    lookback_days = fields.Integer(validate=validate.Range(min=1))
     text = fields.String(required=True, validate=NON_EMPTY)
 
 

@@ -10,7 +10,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cds_server.knowledge.model import Applicability, DoseStep, Drug, KnowledgeBase
-from cds_server.model import MedicationOrder, Quantity, RecognisedOrder, Situation
+from cds_server.model import (
+    MICROGRAM_UNITS,
+    MICROGRAMS_PER_MG,
+    MedicationOrder,
+    Quantity,
+    RecognisedOrder,
+    Situation,
+)
 
 # MedicationRequest statuses that mean the dose was (at least partly) given.
 ADMINISTERED = frozenset({"completed", "stopped"})
@@ -73,6 +80,8 @@ def dose_in_mg(dose: Quantity | None, weight_kg: float | None) -> float | None:
     unit = dose.unit.lower()
     if unit == "mg":
         return dose.value
+    if unit in MICROGRAM_UNITS:
+        return dose.value / MICROGRAMS_PER_MG
     if unit == "mg/kg" and weight_kg is not None:
         return dose.value * weight_kg
     return None
@@ -155,16 +164,24 @@ def _steps(
 
 
 def applies(app: Applicability, pos: DosePosition) -> Applies:
-    """Does a fact apply to this dose? ``value`` None means it cannot be determined."""
-    value: bool | None = True
+    """Does a fact apply to this dose? Every key given must hold (they are ANDed).
+
+    ``value`` is False as soon as one key fails, None when one cannot be determined.
+    """
+    checks: list[bool | None] = []
     if app.steps:
-        value = None if pos.steps is None else bool(pos.steps & set(app.steps))
-    elif app.infusion_numbers:
-        value = None if pos.number is None else pos.number in app.infusion_numbers
-    elif app.infusions == "first":
-        value = None if pos.number is None else pos.number == 1
+        checks.append(None if pos.steps is None else bool(pos.steps & set(app.steps)))
+    if app.infusion_numbers:
+        checks.append(None if pos.number is None else pos.number in app.infusion_numbers)
+    if app.infusions == "first":
+        checks.append(None if pos.number is None else pos.number == 1)
     elif app.infusions == "subsequent":
-        value = None if pos.number is None else pos.number > 1
+        checks.append(None if pos.number is None else pos.number > 1)
+    value: bool | None = True
+    if False in checks:
+        value = False
+    elif None in checks:
+        value = None
     return Applies(value=value, conditional=app.condition is not None)
 
 

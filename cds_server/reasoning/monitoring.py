@@ -78,6 +78,34 @@ def describe_position(drug_steps: list[str], pos: DosePosition) -> str | None:
     return None
 
 
+def _conditional_only(
+    display: str,
+    drug_id: str,
+    recognised: RecognisedOrder,
+    pos: DosePosition,
+    conditional: list[MonitoringRequirement],
+) -> Finding | None:
+    """An info card for admission/proximity that applies only under a condition we cannot check."""
+    relevant = [r for r in conditional if r.kind in _INTERRUPTIVE]
+    if not relevant:
+        return None
+    return Finding(
+        topic=TOPIC,
+        drug_id=drug_id,
+        drug_name=display,
+        indicator="info",
+        headline="check whether this dose needs admission or proximity monitoring",
+        points=tuple(
+            f"- If {r.applies.condition}: **{r.kind}"
+            f"{' (' + fmt_qty(r.duration) + ')' if r.duration else ''}** — {r.text}"
+            for r in relevant
+        ),
+        citations=tuple(c for r in relevant for c in r.provenance.citations()),
+        unknowns=(*pos.unknowns, "the condition that decides it (not in the FHIR data)"),
+        order_ref=recognised.order.ref,
+    )
+
+
 def _for_order(
     situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBase
 ) -> Finding | None:
@@ -89,7 +117,7 @@ def _for_order(
     shown = [r for r in firm if interrupts_signing(r)]
     maybe = [r for r in undecided if r.kind in _INTERRUPTIVE]
     if not shown and not maybe:
-        return None
+        return _conditional_only(drug.display, drug.id, recognised, pos, conditional)
     indicator: Indicator = (
         "warning" if any(r.kind in _INTERRUPTIVE for r in shown + maybe) else "info"
     )

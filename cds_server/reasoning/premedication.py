@@ -61,7 +61,15 @@ def describe_agent(entry: PremedAgent, kb: KnowledgeBase) -> str:
         parts.append(f"{amount} {d.unit}")
     if entry.route:
         parts.append(entry.route)
-    return " ".join(parts) + f", {entry.timing}"
+    flag = "" if entry.provenance.evidence == "verified" else f" [{entry.provenance.evidence}]"
+    return " ".join(parts) + f", {entry.timing}{flag}"
+
+
+def prefilled_dose(entry: PremedAgent) -> tuple[Quantity | None, Quantity | None]:
+    """The dose to pre-fill in a suggestion: only a verified dose, never a guess."""
+    if entry.dose is None or entry.provenance.evidence != "verified":
+        return None, None
+    return Quantity(entry.dose.min, entry.dose.unit), Quantity(entry.dose.max, entry.dose.unit)
 
 
 def _required(
@@ -126,14 +134,15 @@ def _for_order(
             label=f"Order {describe_agent(agent, kb)}",
             agent_name=kb.agents[agent.agent].name if agent.agent else ROLE_NAMES[role],
             coding=_rxnorm(agent, kb),
-            dose_low=Quantity(agent.dose.min, agent.dose.unit) if agent.dose else None,
-            dose_high=Quantity(agent.dose.max, agent.dose.unit) if agent.dose else None,
+            dose_low=prefilled_dose(agent)[0],
+            dose_high=prefilled_dose(agent)[1],
             route=agent.route,
             timing_text=f"{agent.timing} ({drug.name})",
-            recommended=agent.required,
+            recommended=agent.required and agent.provenance.evidence == "verified",
             for_order_ref=recognised.order.ref,
         )
         for role, (agent, _) in missing.items()
+        if agent.agent  # a class-only label ("an H2 antagonist") is listed, not ordered
     )
     names = ", ".join(ROLE_NAMES[r] for r in missing)
     return Finding(

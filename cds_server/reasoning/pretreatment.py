@@ -9,7 +9,7 @@ the pretreatment could not be checked (``info``).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from cds_server.knowledge.model import KnowledgeBase, Prerequisite
 from cds_server.model import Finding, Indicator, RecognisedOrder, Situation
@@ -42,7 +42,11 @@ def satisfied(situation: Situation, pre: Prerequisite, recognised: RecognisedOrd
     if any(r.drug_id == pre.requires_drug for r in situation.orders):
         return True
     reference = recognised.order.authored_on or situation.now
-    earliest = reference - timedelta(days=pre.lookback_days)
+    earliest = (
+        reference - timedelta(days=pre.lookback_days)
+        if pre.lookback_days
+        else datetime.min.replace(tzinfo=UTC)
+    )
     for r in situation.history:
         if r.drug_id != pre.requires_drug:
             continue
@@ -71,9 +75,10 @@ def _check(
     if labels:
         points.insert(0, f"- This dose is {' or '.join(labels)}.")
     if known:
+        window = f"the last {pre.lookback_days} days of " if pre.lookback_days else ""
         points.append(
-            f"- No {required} order or administration was found in the draft orders or in the "
-            f"last {pre.lookback_days} days of the medication history."
+            f"- No {required} order or administration was found in the draft orders or in "
+            f"{window}the medication history."
         )
     return Finding(
         topic=TOPIC,

@@ -111,13 +111,27 @@ def choose(
     return standard, optional, undecided
 
 
+def specificity(schedule: RateSchedule) -> int:
+    """Step-specific beats infusion-number-specific beats first/subsequent/all."""
+    app = schedule.applies
+    return 2 if app.steps else 1 if app.infusion_numbers else 0
+
+
+def most_specific(schedules: list[RateSchedule]) -> list[RateSchedule]:
+    """Keep only the schedules of the highest specificity (e.g. obinutuzumab's C1D2 table)."""
+    if not schedules:
+        return schedules
+    top = max(specificity(s) for s in schedules)
+    return [s for s in schedules if specificity(s) == top]
+
+
 def _for_order(
     situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBase
 ) -> Finding | None:
     drug = kb.drug(recognised.drug_id)
     pos = position(situation, recognised, kb)
     standard, optional, undecided = choose(drug.rate_schedules, pos)
-    titrated = [s for s in standard if s.kind == "titrated" and s.start is not None]
+    titrated = most_specific([s for s in standard if s.kind == "titrated" and s.start is not None])
     if not titrated:
         return None
     # With an unknown history, the most cautious (lowest) start rate is shown.

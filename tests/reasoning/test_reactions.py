@@ -1,0 +1,88 @@
+"""Prior-reaction tiering: critical only for a definite severe same-agent reaction."""
+
+import pytest
+
+from cds_server.reasoning import reactions
+
+from .builders import allergy, days_ago, given, order, situation
+
+
+def carbo(allergies, *, text="carboplatin 675 mg in 250 mL", history=None, rate=80, volume=250):
+    o = order("MedicationRequest/c", dose=675, rate=rate, rate_unit="mL/h", volume=volume, text=text)
+    return situation([("carboplatin", o)], allergies=allergies, history=history)
+
+
+def test_anaphylaxis_to_same_agent_is_critical_with_schedule_and_referral(kb):
+    [f] = reactions.evaluate(carbo([allergy("carboplatin", anaphylaxis=True)]), kb)
+    assert f.indicator == "critical"
+    assert "do not give by standard infusion" in f.headline
+    assert f.table[0][0] == "Step" and len(f.table) == 13
+    assert f.table[-1][-1] == "675"
+    [referral] = f.actions
+    assert "allergy/immunology" in referral.label
+    assert any(c.evidence == "verified" for c in f.citations)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"criticality": "high"}, {"severity": "severe"}, {"anaphylaxis": True}],
+)
+def test_each_severity_marker_makes_it_definite(kb, kwargs):
+    [f] = reactions.evaluate(carbo([allergy("carboplatin", **kwargs)]), kb)
+    assert f.indicator == "critical"
+
+
+@pytest.mark.parametrize("status", ["entered-in-error", "refuted"])
+def test_refuted_or_erroneous_records_are_ignored(kb, status):
+    a = allergy("carboplatin", anaphylaxis=True, verification=status)
+    assert reactions.evaluate(carbo([a]), kb) == []
+
+
+def test_unconfirmed_record_is_a_warning(kb):
+    a = allergy("carboplatin", anaphylaxis=True, verification="unconfirmed")
+    [f] = reactions.evaluate(carbo([a]), kb)
+    assert f.indicator == "warning"
+
+
+def test_inactive_record_is_a_warning(kb):
+    a = allergy("carboplatin", anaphylaxis=True, clinical="resolved")
+    [f] = reactions.evaluate(carbo([a]), kb)
+    assert f.indicator == "warning"
+
+
+def test_planned_desensitization_lowers_to_warning(kb):
+    a = allergy("carboplatin", anaphylaxis=True)
+    [f] = reactions.evaluate(carbo([a], text="carboplatin desensitization 12-step bag 3"), kb)
+    assert f.indicator == "warning"
+    assert any("desensitization is already planned" in p for p in f.points)
+
+
+def test_tolerated_dose_since_the_reaction_lowers_the_tier(kb):
+    a = allergy("carboplatin", anaphylaxis=True, recorded=days_ago(90))
+    later = given("carboplatin", 1, dose=675, start_days_ago=30)
+    [f] = reactions.evaluate(carbo([a], history=later), kb)
+    assert f.indicator == "warning"
+    assert any("tolerated since" in p for p in f.points)
+
+
+def test_dose_before_the_reaction_is_not_tolerance(kb):
+    a = allergy("carboplatin", anaphylaxis=True, recorded=days_ago(30))
+    earlier = given("carboplatin", 1, dose=675, start_days_ago=90)
+    [f] = reactions.evaluate(carbo([a], history=earlier), kb)
+    assert f.indicator == "critical"
+
+
+def test_mild_reaction_is_a_warning_with_guidance(kb):
+    [f] = reactions.evaluate(carbo([allergy("carboplatin", severity="mild")]), kb)
+    assert f.indicator == "warning"
+    assert not f.table
+
+
+def test_missing_volume_reports_what_blocked_the_schedule(kb):
+    [f] = reactions.evaluate(carbo([allergy("carboplatin", anaphylaxis=True)], volume=None), kb)
+    assert f.indicator == "critical" and not f.table
+    assert any("bag volume" in u for u in f.unknowns)
+
+
+def test_allergy_to_another_drug_class_is_ignored(kb):
+    assert reactions.evaluate(carbo([allergy("rituximab", anaphylaxis=True)]), kb) == []

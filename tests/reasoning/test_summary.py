@@ -1,0 +1,45 @@
+"""Patient-view summary: one info card when a planned dose needs something; none otherwise."""
+
+from cds_server.model import RecognisedOrder
+from cds_server.reasoning import run, summary
+
+from .builders import allergy, given, order, situation
+
+
+def planned(drug_id, dose):
+    return RecognisedOrder(
+        order(f"MedicationRequest/{drug_id}-next", dose=dose, status="active", draft=False),
+        drug_id,
+        "test",
+    )
+
+
+def test_planned_step_up_dose_is_summarised(kb):
+    s = situation(history=[planned("glofitamab", 2.5)], hook="patient-view")
+    [f] = summary.evaluate(s, kb)
+    assert f.indicator == "info" and f.topic == "patient-summary"
+    assert any("Glofitamab" in p and "hospitalization 24 h" in p for p in f.points)
+
+
+def test_known_reaction_to_planned_drug_is_summarised(kb):
+    s = situation(
+        history=[*given("carboplatin", 2, dose=600), planned("carboplatin", 600)],
+        allergies=[allergy("carboplatin", anaphylaxis=True)],
+        hook="patient-view",
+    )
+    [f] = summary.evaluate(s, kb)
+    assert any("severe reaction recorded" in p for p in f.points)
+
+
+def test_nothing_applies_gives_no_card(kb):
+    s = situation(
+        history=[*given("glofitamab", 3, dose=30), planned("glofitamab", 30)], hook="patient-view"
+    )
+    assert summary.evaluate(s, kb) == []
+
+
+def test_summary_only_on_patient_view_and_other_rules_silent_there(kb):
+    s = situation(history=[planned("glofitamab", 2.5)], hook="patient-view")
+    findings = run(s, kb)
+    assert [f.topic for f in findings] == ["patient-summary"]
+    assert summary.evaluate(situation(history=[planned("glofitamab", 2.5)]), kb) == []

@@ -1,0 +1,150 @@
+"""Rendering: card hygiene, merging, critical gating, escaping, FHIR-valid suggestions."""
+
+import itertools
+
+import pytest
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.servicerequest import ServiceRequest
+
+from cds_server.knowledge.loader import load_knowledge
+from cds_server.model import (
+    Citation,
+    Coding,
+    Finding,
+    ProposedMedication,
+    ProposedRateChange,
+    ProposedServiceRequest,
+    Quantity,
+)
+from cds_server.render.cards import render_cards
+from tests.reasoning.builders import order
+
+VERIFIED = Citation("Label", "https://example.org/label", "2026", "verified")
+UNVERIFIED = Citation("Memory", None, None, "unverified")
+
+
+@pytest.fixture(scope="module")
+def kb():
+    return load_knowledge()
+
+
+def uuids():
+    counter = itertools.count(1)
+    return lambda: f"00000000-0000-4000-8000-{next(counter):012d}"
+
+
+def finding(**kw):
+    base = dict(
+        topic="premedication",
+        drug_id="rituximab",
+        drug_name="Rituximab",
+        indicator="warning",
+        headline="premedication missing",
+        points=("- a point",),
+        citations=(VERIFIED,),
+    )
+    return Finding(**(base | kw))
+
+
+def render(kb, findings, **kw):
+    return render_cards(findings, kb, new_uuid=uuids(), patient_id="p1", **kw)
+
+
+def test_card_shape(kb):
+    [card] = render(kb, [finding()])
+    assert card["uuid"] and card["indicator"] == "warning"
+    assert card["source"]["topic"] == {
+        "system": kb.policy.system,
+        "code": "premedication",
+        "display": kb.policy.topic("premedication").display,
+    }
+    assert kb.version in card["source"]["label"]
+    assert {r["code"] for r in card["overrideReasons"]} >= {"premedication-ordered-elsewhere"}
+    assert all(r["display"] and r["system"] for r in card["overrideReasons"])
+    assert "**Sources:**" in card["detail"] and "(verified)" in card["detail"]
+    assert "suggestions" not in card and "selectionBehavior" not in card
+
+
+def test_summary_is_cut_below_140(kb):
+    [card] = render(kb, [finding(headline="x" * 300)])
+    assert len(card["summary"]) < 140
+
+
+def test_same_topic_and_drug_merge_into_one_card(kb):
+    cards = render(kb, [finding(points=("- a",)), finding(points=("- b",), indicator="info")])
+    assert len(cards) == 1
+    assert "- a" in cards[0]["detail"] and "- b" in cards[0]["detail"]
+    assert cards[0]["indicator"] == "warning"
+
+
+def test_cards_sorted_by_indicator(kb):
+    cards = render(
+        kb,
+        [
+            finding(indicator="info", topic="rate-titration"),
+            finding(indicator="critical", topic="prior-reaction"),
+            finding(indicator="warning"),
+        ],
+    )
+    assert [c["indicator"] for c in cards] == ["critical", "warning", "info"]
+
+
+def test_critical_without_any_verified_fact_is_lowered(kb):
+    [card] = render(kb, [finding(indicator="critical", topic="prior-reaction", citations=(UNVERIFIED,))])
+    assert card["indicator"] == "warning"
+    [kept] = render(kb, [finding(indicator="critical", topic="prior-reaction")])
+    assert kept["indicator"] == "critical"
+
+
+def test_html_in_patient_or_knowledge_text_is_escaped(kb):
+    [card] = render(kb, [finding(points=("- <script>alert(1)</script> & <b>x</b>",))])
+    assert "<script>" not in card["detail"] and "&lt;script&gt;" in card["detail"]
+
+
+def test_suggestions_are_valid_fhir_r4_with_uuids(kb):
+    actions = (
+        ProposedMedication(
+            label="Order diphenhydramine",
+            agent_name="diphenhydramine",
+            coding=Coding("http://www.nlm.nih.gov/research/umls/rxnorm", "3498", "diphenhydramine"),
+            dose_low=Quantity(25, "mg"),
+            dose_high=Quantity(50, "mg"),
+            route="intravenous",
+            timing_text="30 minutes before rituximab",
+            recommended=True,
+        ),
+        ProposedServiceRequest(label="Order hospitalization 24 h", text="Admit for 24 h"),
+        ProposedRateChange(
+            label="Set the starting rate to 50 mg/h",
+            order=order("MedicationRequest/r", dose=700, rate=100),
+            new_rate=Quantity(50, "mg/h"),
+        ),
+    )
+    [card] = render(kb, [finding(actions=actions)])
+    assert card["selectionBehavior"] == "any"
+    assert len({s["uuid"] for s in card["suggestions"]} | {card["uuid"]}) == 4
+    med, service, update = (s["actions"][0] for s in card["suggestions"])
+    assert med["type"] == "create" and service["type"] == "create" and update["type"] == "update"
+    MedicationRequest.model_validate(med["resource"])
+    ServiceRequest.model_validate(service["resource"])
+    MedicationRequest.model_validate(update["resource"])
+    dose = med["resource"]["dosageInstruction"][0]["doseAndRate"][0]["doseRange"]
+    assert (dose["low"]["value"], dose["high"]["value"]) == (25, 50)
+    rate = update["resource"]["dosageInstruction"][0]["doseAndRate"][0]["rateQuantity"]
+    assert rate["value"] == 50 and rate["unit"] == "mg/h"
+    assert update["resource"]["id"] == "r"  # the whole resource, same id
+
+
+def test_no_empty_or_null_fields(kb):
+    [card] = render(kb, [finding(points=(), citations=())])
+
+    def walk(value):
+        assert value is not None and value not in ("", [], {})
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(card)
