@@ -72,7 +72,7 @@ def prefilled_dose(entry: PremedAgent) -> tuple[Quantity | None, Quantity | None
     return Quantity(entry.dose.min, entry.dose.unit), Quantity(entry.dose.max, entry.dose.unit)
 
 
-def _required(
+def required_roles(
     regimens: tuple[PremedRegimen, ...], pos: DosePosition
 ) -> tuple[dict[str, tuple[PremedAgent, PremedRegimen]], list[PremedRegimen], list[PremedRegimen]]:
     """Roles required for this dose, conditional regimens, and regimens we cannot decide."""
@@ -106,7 +106,7 @@ def _for_order(
     if not drug.premedication:
         return None
     pos = position(situation, recognised, kb)
-    required, conditional, undecided = _required(drug.premedication, pos)
+    required, conditional, undecided = required_roles(drug.premedication, pos)
     missing = {role: pair for role, pair in required.items() if role not in covered}
     if not missing:
         return None

@@ -1,0 +1,200 @@
+"""``cds-server explain``: what was recognised, which rules fired or not and why, the cards.
+
+For pharmacists reviewing the knowledge and integration testers checking a request. It runs
+the same pipeline as the HTTP API and only reads its intermediate results.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cds_server import pipeline, services
+from cds_server.fhirdata.client import FhirSettings
+from cds_server.knowledge.model import KnowledgeBase
+from cds_server.model import RecognisedOrder, Situation
+from cds_server.reasoning import RULES, crs, monitoring, premedication, pretreatment, reactions
+from cds_server.reasoning.dosing import DosePosition, applies, fmt_qty, position, step_labels
+from cds_server.reasoning.orders import agent_ordered, covered_roles, target_orders
+from cds_server.reasoning.titration import choose, most_specific
+
+
+def service_for(hook: str) -> str:
+    """The id of the service that handles a hook."""
+    for service in services.SERVICES:
+        if service.hook == hook:
+            return service.id
+    raise ValueError(f"no service handles the hook '{hook}'")
+
+
+def _position_text(drug_id: str, pos: DosePosition, kb: KnowledgeBase) -> str:
+    number = f"dose #{pos.number}" if pos.number else "dose number unknown"
+    if pos.steps is None:
+        step = "step unknown"
+    else:
+        labels = step_labels(kb.drug(drug_id), pos.steps)
+        step = ", ".join(labels) if labels else "not a step-up dose"
+    return f"{number}; {step}"
+
+
+def _why_premedication(
+    s: Situation, r: RecognisedOrder, kb: KnowledgeBase, pos: DosePosition
+) -> str:
+    drug = kb.drug(r.drug_id)
+    if not drug.premedication:
+        return "the knowledge lists no premedication for this drug"
+    required, conditional, _ = premedication.required_roles(drug.premedication, pos)
+    covered = covered_roles(s, kb)
+    need = sorted(required)
+    have = sorted(set(required) & covered)
+    cond = f"; conditional only: {len(conditional)} regimen(s)" if conditional else ""
+    return f"required roles {need or 'none'}; already ordered {have or 'none'}{cond}"
+
+
+def _why_titration(r: RecognisedOrder, kb: KnowledgeBase, pos: DosePosition) -> str:
+    drug = kb.drug(r.drug_id)
+    standard, _, _ = choose(drug.rate_schedules, pos)
+    titrated = most_specific([x for x in standard if x.kind == "titrated" and x.start])
+    if not titrated:
+        kinds = sorted({x.kind for x in standard}) or ["none"]
+        return f"no titrated schedule applies to this dose (schedules: {', '.join(kinds)})"
+    start = min(x.start.value for x in titrated if x.start)
+    rate = fmt_qty(r.order.rate) if r.order.rate else "no rate"
+    unit = titrated[0].start.unit if titrated[0].start else ""
+    return f"start rate allowed {start:g} {unit}; order has {rate}"
+
+
+def _why_monitoring(r: RecognisedOrder, kb: KnowledgeBase, pos: DosePosition) -> str:
+    firm, conditional, undecided = monitoring.applicable(kb.drug(r.drug_id).monitoring, pos)
+    return (
+        f"applicable: {[m.id for m in firm] or 'none'}; conditional: "
+        f"{[m.id for m in conditional] or 'none'}; undecided: {[m.id for m in undecided] or 'none'}"
+    )
+
+
+def _why_pretreatment(
+    s: Situation, r: RecognisedOrder, kb: KnowledgeBase, pos: DosePosition
+) -> str:
+    out = []
+    for pre in kb.drug(r.drug_id).prerequisites:
+        if applies(pre.applies, pos).value is False:
+            out.append(f"{pre.id}: not for this dose")
+        else:
+            ok = pretreatment.satisfied(s, pre, r)
+            out.append(f"{pre.id}: {pre.requires_drug} {'found' if ok else 'NOT found'}")
+    return "; ".join(out) or "no prerequisite in the knowledge"
+
+
+def _why_crs(s: Situation, r: RecognisedOrder, kb: KnowledgeBase, pos: DosePosition) -> str:
+    drug = kb.drug(r.drug_id)
+    if not drug.crs_risk:
+        return "not a CRS-risk drug"
+    needed = [t for t in drug.tocilizumab if applies(t.applies, pos).value is not False]
+    if not needed:
+        return "no tocilizumab requirement for this dose"
+    ordered = agent_ordered(s, crs.TOCILIZUMAB)
+    return f"tocilizumab required; {'already ordered' if ordered else 'not ordered'}"
+
+
+def _why_reactions(s: Situation, r: RecognisedOrder, kb: KnowledgeBase) -> str:
+    matches = reactions.relevant_allergies(s, r, kb)
+    if not matches:
+        return "no allergy record concerns this drug or its class"
+    return "; ".join(
+        f"{m.relation}{' severe' if m.severe else ''}"
+        f"{' tolerated-since ' + m.tolerated_since.date().isoformat() if m.tolerated_since else ''}"
+        for m in matches
+    )
+
+
+def explain_evaluation(ev: pipeline.Evaluation, kb: KnowledgeBase) -> str:
+    """A plain-text report of one evaluated hook call."""
+    s, rec = ev.situation, ev.record
+    lines = [
+        f"Hook: {s.call.hook} (service {ev.service.id}); knowledge {kb.version}",
+        f"Data: {len(rec.draft_orders)} draft order(s), {len(rec.medication_history)} history "
+        f"order(s), {len(rec.allergies)} allergy record(s), weight "
+        f"{f'{rec.weight.kg:.1f} kg' if rec.weight else 'unknown'}"
+        f"{'' if rec.history_known else '; history UNKNOWN'}"
+        f"{'' if rec.allergies_known else '; allergies UNKNOWN'}",
+    ]
+    for warning in rec.warnings:
+        lines.append(f"  ! {warning}")
+    lines.append("Recognised draft orders:")
+    recognised_refs = {r.order.ref for r in s.orders}
+    for r in s.orders:
+        pos = position(s, r, kb)
+        lines.append(
+            f"  - {r.order.ref or '(no id)'} -> {r.drug_id} (matched by {r.matched_by}); "
+            f"{_position_text(r.drug_id, pos, kb)}" + ("" if r.order.selected else "; not selected")
+        )
+    agent_refs = {o.ref for o, _ in s.agents}
+    for o in rec.draft_orders:
+        if o.ref not in recognised_refs:
+            what = "premedication agent" if o.ref in agent_refs else "not an infusion drug we know"
+            lines.append(
+                f"  - {o.ref or '(no id)'}: {', '.join(o.texts) or '(no medication)'} — {what}"
+            )
+    lines.append(
+        f"Recognised history: {', '.join(sorted({r.drug_id for r in s.history})) or 'none'}"
+    )
+    lines.append(
+        "Recognised allergies: "
+        + (
+            ", ".join(f"{a.target_kind}:{a.target_id} ({a.matched_by})" for a in s.allergies)
+            or "none"
+        )
+    )
+    lines.append("Rules:")
+    produced = {(f.topic, f.drug_id) for f in ev.findings}
+    why: dict[str, Callable[[RecognisedOrder, DosePosition], str]] = {
+        "premedication": lambda r, p: _why_premedication(s, r, kb, p),
+        "rate-titration": lambda r, p: _why_titration(r, kb, p),
+        "monitoring-admission": lambda r, p: _why_monitoring(r, kb, p),
+        "pretreatment": lambda r, p: _why_pretreatment(s, r, kb, p),
+        "crs-readiness": lambda r, p: _why_crs(s, r, kb, p),
+        "prior-reaction": lambda r, p: _why_reactions(s, r, kb),
+    }
+    for rule in RULES:
+        topic = rule.TOPIC
+        if topic == "patient-summary":
+            fired = any(f.topic == topic for f in ev.findings)
+            lines.append(f"  {topic}: {'FIRED' if fired else 'no finding'}")
+            continue
+        for r in target_orders(s):
+            pos = position(s, r, kb)
+            mark = "FIRED" if (topic, r.drug_id) in produced else "no card"
+            lines.append(f"  {topic} / {r.drug_id}: {mark} — {why[topic](r, pos)}")
+    cards = ev.response.get("cards", [])
+    lines.append(f"Cards ({len(cards)}):")
+    for card in cards:
+        lines.append(
+            f"  [{card['indicator']}] {card['summary']}  <{card['source']['topic']['code']}>"
+        )
+        lines.extend(textwrap.indent(card.get("detail", ""), "      ").splitlines())
+        for sug in card.get("suggestions", []):
+            flag = " (recommended)" if sug.get("isRecommended") else ""
+            lines.append(f"      > suggestion: {sug['label']}{flag}")
+    return "\n".join(lines)
+
+
+def explain_request(path: str | Path, kb: KnowledgeBase) -> str:
+    """Evaluate the hook request in ``path`` and explain it (plain text).
+
+    Missing prefetch is fetched from the request's ``fhirServer`` with the default (https-only)
+    outbound policy, exactly as the service would.
+    """
+    body: Any = json.loads(Path(path).read_text(encoding="utf-8"))
+    hook = body.get("hook") if isinstance(body, dict) else None
+    if not isinstance(hook, str):
+        raise ValueError("the file is not a CDS Hooks request (no 'hook')")
+    ev = pipeline.run(
+        body,
+        service_id=service_for(hook),
+        kb=kb,
+        settings=FhirSettings(),
+    )
+    return explain_evaluation(ev, kb)
