@@ -1,22 +1,386 @@
-"""Recognises knowledge-base drugs in medication orders and allergy records (codes, names, text)."""
+"""Recognises knowledge-base drugs, agents and classes in orders and allergy records.
+
+How an order is matched, in this order (the first stage that finds something wins):
+
+1. **Codes.** RxNorm codings of the order, then RxNorm codings of the Medication's
+   ingredients, then ATC, SNOMED CT and NDC the same way. Systems are compared by URI and
+   codes exactly.
+2. **Names in text.** ``medicationCodeableConcept.text``, coding displays, the Medication's
+   code and ingredient texts and ``medicationReference.display`` are searched for every
+   ingredient name, synonym, brand and biosimilar name of the knowledge base. Matching is
+   case-insensitive (Tall-Man "riTUXimab" is "rituximab") and token-based: punctuation,
+   hyphens and slashes separate tokens and "and" is ignored, so "rituximab-abbs" contains
+   the token "rituximab" and "rituximab/hyaluronidase" equals "rituximab and hyaluronidase".
+   A text equal to a name beats a name found inside a longer text, and the longest name
+   (in tokens, then characters) wins, so "Rituxan Hycela" beats "Rituxan".
+
+A drug's ``exclude_terms`` veto it in both stages: an order whose text contains one of them
+is never that drug, even when its code matches (paclitaxel RxNorm with "protein-bound" in
+the text is not solvent-based paclitaxel). Look-alike products are told apart by the
+knowledge, never by code here. ``matched_by`` records how each match was made:
+``rxnorm:121191``, ``ingredient-rxnorm:121191``, ``brand:Truxima``,
+``biosimilar:rituximab-abbs`` or ``text:glofitamab``.
+
+Orders yield at most one drug (the best match); allergy records yield every drug or class
+they name (a record may list several substances). Agents (premedication and rescue drugs)
+are recognised separately and never count as drugs or allergy targets. Nothing here
+filters by status: the rules decide what an inactive order or a refuted allergy means.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
 
-from cds_server.knowledge.model import KnowledgeBase
-from cds_server.model import Allergy, MedicationOrder, RecognisedAllergy, RecognisedOrder
+from cds_server.knowledge.model import Identity, KnowledgeBase
+from cds_server.model import (
+    ATC,
+    NDC,
+    RXNORM,
+    SNOMED,
+    Allergy,
+    Coding,
+    MedicationOrder,
+    RecognisedAllergy,
+    RecognisedOrder,
+)
+
+__all__ = [
+    "Match",
+    "Recogniser",
+    "ambiguous_names",
+    "normalise",
+    "recognise_agents",
+    "recognise_allergies",
+    "recognise_orders",
+    "recogniser_for",
+]
+
+TargetKind = Literal["drug", "agent", "class"]
+
+# Code systems in the order they are tried, with the short name used in ``matched_by``.
+_SYSTEMS: tuple[tuple[str, str], ...] = (
+    (RXNORM, "rxnorm"),
+    (ATC, "atc"),
+    (SNOMED, "snomed"),
+    (NDC, "ndc"),
+)
+_SEPARATORS = re.compile(r"[\W_]+")
+_IGNORED_TOKENS = frozenset({"and"})
+
+
+def normalise(text: str) -> tuple[str, ...]:
+    """Text as matching sees it: case-folded tokens, punctuation dropped, "and" ignored."""
+    return tuple(t for t in _SEPARATORS.split(text.casefold()) if t and t not in _IGNORED_TOKENS)
+
+
+def _find(tokens: Sequence[str], phrase: Sequence[str]) -> int:
+    """Index of the first occurrence of ``phrase`` as whole tokens in ``tokens``, or -1."""
+    n = len(phrase)
+    for i in range(len(tokens) - n + 1):
+        if tuple(tokens[i : i + n]) == tuple(phrase):
+            return i
+    return -1
+
+
+@dataclass(frozen=True)
+class _Phrase:
+    """A name of a target as matching sees it."""
+
+    tokens: tuple[str, ...]
+    kind: TargetKind
+    target: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Match:
+    """One target found in an order or allergy record, and how it was found."""
+
+    kind: TargetKind
+    target: str
+    matched_by: str
+
+
+@dataclass(frozen=True)
+class _Hit:
+    """A phrase found in one of the texts of a record."""
+
+    phrase: _Phrase
+    text_index: int
+    start: int
+    exact: bool
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.phrase.tokens)
+
+    def sort_key(self) -> tuple[int, int, int, int, int]:
+        """Best first: whole-text match, more tokens, more characters, earlier text, earlier."""
+        chars = sum(len(t) for t in self.phrase.tokens)
+        return (
+            0 if self.exact else 1,
+            -len(self.phrase.tokens),
+            -chars,
+            self.text_index,
+            self.start,
+        )
+
+    def inside(self, other: _Hit) -> bool:
+        """True when this hit lies within ``other``'s span of the same text and is shorter."""
+        return (
+            self.text_index == other.text_index
+            and other.start <= self.start
+            and self.end <= other.end
+            and len(self.phrase.tokens) < len(other.phrase.tokens)
+        )
+
+
+def _identity_phrases(kind: TargetKind, target: str, name: str, ident: Identity) -> list[_Phrase]:
+    phrases: list[_Phrase] = []
+
+    def add(text: str, label: str) -> None:
+        tokens = normalise(text)
+        if tokens:
+            phrases.append(_Phrase(tokens, kind, target, label))
+
+    for n in (name, *ident.names):
+        add(n, f"text:{n.lower()}")
+    for brand in ident.brands:
+        add(brand, f"brand:{brand}")
+    for bio_name, bio_brand in ident.biosimilars:
+        add(bio_name, f"biosimilar:{bio_name}")
+        if bio_brand:
+            add(bio_brand, f"brand:{bio_brand}")
+    return phrases
+
+
+class Recogniser:
+    """Code and name indexes over one knowledge base; build once, use for every request."""
+
+    def __init__(self, kb: KnowledgeBase):
+        self.version = kb.version
+        self._codes: dict[TargetKind, dict[tuple[str, str], str]] = {
+            "drug": {},
+            "agent": {},
+            "class": {},
+        }
+        self._phrases: dict[TargetKind, tuple[_Phrase, ...]] = {}
+        self._excludes: dict[tuple[TargetKind, str], tuple[tuple[str, ...], ...]] = {}
+        groups: tuple[tuple[TargetKind, Iterable[tuple[str, str, Identity]]], ...] = (
+            ("drug", ((d.id, d.name, d.identity) for d in kb.drugs.values())),
+            ("agent", ((a.id, a.name, a.identity) for a in kb.agents.values())),
+            ("class", ((c.id, c.name, c.identity) for c in kb.classes.values())),
+        )
+        for kind, members in groups:
+            phrases: list[_Phrase] = []
+            for target, name, ident in sorted(members, key=lambda m: m[0]):
+                for entry in ident.codes:
+                    system, code = entry.coding.system, entry.coding.code
+                    if system and code:
+                        self._codes[kind].setdefault((system, code), target)
+                phrases.extend(_identity_phrases(kind, target, name, ident))
+                self._excludes[(kind, target)] = tuple(
+                    t for t in (normalise(x) for x in ident.exclude_terms) if t
+                )
+            self._phrases[kind] = tuple(phrases)
+
+    # ---- building blocks -------------------------------------------------------------
+
+    def _vetoed(self, kind: TargetKind, target: str, texts: Sequence[tuple[str, ...]]) -> bool:
+        """True when any text contains one of the target's exclude terms."""
+        return any(
+            _find(tokens, term) >= 0
+            for term in self._excludes.get((kind, target), ())
+            for tokens in texts
+        )
+
+    def _code_matches(
+        self,
+        kind: TargetKind,
+        codings: Sequence[Coding],
+        ingredient_codings: Sequence[Coding],
+        texts: Sequence[tuple[str, ...]],
+    ) -> list[Match]:
+        """Every non-vetoed code match, best first (system order, own codes before ingredients)."""
+        out: list[Match] = []
+        index = self._codes[kind]
+        for system, short in _SYSTEMS:
+            for prefix, group in (("", codings), ("ingredient-", ingredient_codings)):
+                for c in group:
+                    if c.system != system or not c.code:
+                        continue
+                    target = index.get((system, c.code))
+                    if target is not None and not self._vetoed(kind, target, texts):
+                        out.append(Match(kind, target, f"{prefix}{short}:{c.code}"))
+        return out
+
+    def _text_hits(
+        self, kinds: Sequence[TargetKind], texts: Sequence[tuple[str, ...]]
+    ) -> list[_Hit]:
+        """Non-vetoed name hits, best first, without hits lying inside a longer hit."""
+        hits: list[_Hit] = []
+        vetoed: dict[tuple[TargetKind, str], bool] = {}
+        for kind in kinds:
+            for phrase in self._phrases[kind]:
+                key = (kind, phrase.target)
+                if key not in vetoed:
+                    vetoed[key] = self._vetoed(kind, phrase.target, texts)
+                if vetoed[key]:
+                    continue
+                for i, tokens in enumerate(texts):
+                    start = _find(tokens, phrase.tokens)
+                    if start >= 0:
+                        hits.append(_Hit(phrase, i, start, tokens == phrase.tokens))
+        kept = [h for h in hits if not any(h.inside(o) for o in hits)]
+        return sorted(kept, key=_Hit.sort_key)
+
+    def _all_matches(
+        self,
+        kinds: Sequence[TargetKind],
+        codings: Sequence[Coding],
+        ingredient_codings: Sequence[Coding],
+        raw_texts: Sequence[str],
+    ) -> list[Match]:
+        """Code matches, then text matches, each target once, best first."""
+        texts = [t for t in (normalise(x) for x in raw_texts if x) if t]
+        found: list[Match] = []
+        for kind in kinds:
+            found.extend(self._code_matches(kind, codings, ingredient_codings, texts))
+        found.extend(
+            Match(h.phrase.kind, h.phrase.target, h.phrase.label)
+            for h in self._text_hits(kinds, texts)
+        )
+        seen: set[tuple[str, str]] = set()
+        unique: list[Match] = []
+        for m in found:
+            if (m.kind, m.target) not in seen:
+                seen.add((m.kind, m.target))
+                unique.append(m)
+        return unique
+
+    # ---- public API --------------------------------------------------------------------
+
+    def match_order(self, order: MedicationOrder) -> Match | None:
+        """The knowledge-base drug an order is for, or None."""
+        codes = self._code_matches(
+            "drug",
+            order.codings,
+            order.ingredient_codings,
+            [t for t in (normalise(x) for x in order.texts if x) if t],
+        )
+        if codes:
+            return codes[0]
+        matches = self._all_matches(("drug",), (), (), order.texts)
+        return matches[0] if matches else None
+
+    def match_agents(self, order: MedicationOrder) -> tuple[str, ...]:
+        """Every agent an order is for (a combination product may hold several)."""
+        found = self._all_matches(("agent",), order.codings, order.ingredient_codings, order.texts)
+        return tuple(m.target for m in found)
+
+    def match_allergy(self, allergy: Allergy) -> tuple[Match, ...]:
+        """Every drug or class an allergy record names, best first."""
+        found = self._all_matches(("drug", "class"), allergy.codings, (), allergy.texts)
+        return tuple(found)
+
+    def recognise_order(self, order: MedicationOrder) -> RecognisedOrder | None:
+        match = self.match_order(order)
+        if match is None:
+            return None
+        return RecognisedOrder(order=order, drug_id=match.target, matched_by=match.matched_by)
+
+    def recognise_allergy(self, allergy: Allergy) -> tuple[RecognisedAllergy, ...]:
+        out: list[RecognisedAllergy] = []
+        for m in self.match_allergy(allergy):
+            kind: Literal["drug", "class"] = "drug" if m.kind == "drug" else "class"
+            out.append(RecognisedAllergy(allergy, kind, m.target, m.matched_by))
+        return tuple(out)
+
+
+class _KbKey:
+    """Cache key for a knowledge base: hashed by version, equal only to the same object."""
+
+    __slots__ = ("kb",)
+
+    def __init__(self, kb: KnowledgeBase):
+        self.kb = kb
+
+    def __hash__(self) -> int:
+        return hash(self.kb.version)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _KbKey) and other.kb is self.kb
+
+
+@lru_cache(maxsize=8)
+def _cached_recogniser(key: _KbKey) -> Recogniser:
+    return Recogniser(key.kb)
+
+
+def recogniser_for(kb: KnowledgeBase) -> Recogniser:
+    """The ``Recogniser`` of a knowledge base, built on first use and then reused."""
+    return _cached_recogniser(_KbKey(kb))
 
 
 def recognise_orders(
     orders: Iterable[MedicationOrder], kb: KnowledgeBase
 ) -> tuple[RecognisedOrder, ...]:
     """Every order that is a knowledge-base drug, with how it was matched."""
-    raise NotImplementedError  # implemented by the recognition work (issue 3)
+    rec = recogniser_for(kb)
+    out = (rec.recognise_order(o) for o in orders if o.codings or o.ingredient_codings or o.texts)
+    return tuple(r for r in out if r is not None)
+
+
+def recognise_agents(
+    orders: Iterable[MedicationOrder], kb: KnowledgeBase
+) -> tuple[tuple[MedicationOrder, str], ...]:
+    """(order, agent id) for every premedication or rescue agent ordered.
+
+    An order recognised as a knowledge-base drug is never an agent; an order for a
+    combination product yields one pair per agent it contains.
+    """
+    rec = recogniser_for(kb)
+    out: list[tuple[MedicationOrder, str]] = []
+    for order in orders:
+        if not (order.codings or order.ingredient_codings or order.texts):
+            continue
+        if rec.match_order(order) is not None:
+            continue
+        out.extend((order, agent_id) for agent_id in rec.match_agents(order))
+    return tuple(out)
 
 
 def recognise_allergies(
     allergies: Iterable[Allergy], kb: KnowledgeBase
 ) -> tuple[RecognisedAllergy, ...]:
-    """Every allergy record that names a knowledge-base drug or drug class."""
-    raise NotImplementedError  # implemented by the recognition work (issue 3)
+    """Every allergy record that names a knowledge-base drug or drug class.
+
+    A record naming several substances yields one entry per drug or class. Records with
+    neither code nor text are skipped; clinical and verification status are not looked at.
+    """
+    rec = recogniser_for(kb)
+    out: list[RecognisedAllergy] = []
+    for allergy in allergies:
+        if allergy.codings or allergy.texts:
+            out.extend(rec.recognise_allergy(allergy))
+    return tuple(out)
+
+
+def ambiguous_names(kb: KnowledgeBase) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Names (normalised) that more than one drug, agent or class claims, with the claimants.
+
+    Such a name makes text recognition depend on tie-breaking; the knowledge should give
+    each name to one target (and use ``exclude_terms`` for look-alikes).
+    """
+    rec = recogniser_for(kb)
+    claims: dict[str, set[str]] = {}
+    for kind, phrases in rec._phrases.items():
+        for p in phrases:
+            claims.setdefault(" ".join(p.tokens), set()).add(f"{kind}:{p.target}")
+    return tuple(
+        (name, tuple(sorted(owners))) for name, owners in sorted(claims.items()) if len(owners) > 1
+    )

@@ -103,7 +103,11 @@ def validate(resource: Any, where: str, log: ParseLog) -> Any | None:
     data = _repair(resource)
     try:
         return model.model_validate(data)
-    except ValidationError as exc:
+    except (TypeError, ValueError, AttributeError) as exc:
+        if not isinstance(exc, ValidationError):
+            # fhir_core can raise plain errors on badly typed nested resources.
+            log.warnings.append(f"{rtype} {where} skipped: invalid FHIR R4 structure")
+            return None
         extra = {
             e["loc"][0]
             for e in exc.errors()
@@ -115,6 +119,9 @@ def validate(resource: Any, where: str, log: ParseLog) -> Any | None:
                 return model.model_validate(trimmed)
             except ValidationError as exc2:
                 log.skip(rtype, where, exc2)
+                return None
+            except (TypeError, ValueError, AttributeError):
+                log.warnings.append(f"{rtype} {where} skipped: invalid FHIR R4 structure")
                 return None
         log.skip(rtype, where, exc)
         return None

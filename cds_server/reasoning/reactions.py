@@ -93,12 +93,12 @@ def relevant_allergies(
     """Allergy records that concern the ordered drug, with their relation to it."""
     drug_id = recognised.drug_id
     classes = kb.classes_of(drug_id)
-    out = []
-    for ra in situation.allergies:
+    out: list[Match] = []
+    for ra in _closest_first(situation.allergies, drug_id):
         if ra.allergy.verification_status in _IGNORED:
             continue
         relation, statements = _relation(ra, drug_id, classes)
-        if relation is None:
+        if relation is None or any(m.allergy.allergy is ra.allergy for m in out):
             continue
         out.append(
             Match(
@@ -110,6 +110,15 @@ def relevant_allergies(
             )
         )
     return out
+
+
+def _closest_first(
+    allergies: tuple[RecognisedAllergy, ...], drug_id: str
+) -> list[RecognisedAllergy]:
+    """Same-agent matches before class matches, so one record is reported once, closest."""
+    return sorted(
+        allergies, key=lambda ra: not (ra.target_kind == "drug" and ra.target_id == drug_id)
+    )
 
 
 def _relation(ra: RecognisedAllergy, drug_id: str, classes: tuple) -> tuple[str | None, tuple]:
