@@ -29,8 +29,9 @@ IN_FORCE = frozenset({"active", "on-hold"})
 class DosePosition:
     """Where one order sits: its infusion number and the step-up steps its dose matches.
 
-    ``number`` is None when the history is unknown; ``steps`` is None when the step cannot
-    be determined (no dose, or an mg/kg step without a weight), and empty when the dose is
+    ``number`` is None when the history is unknown or incomplete; ``min_number`` is then
+    what the history we do have proves (2 once one earlier dose is seen). ``steps`` is None
+    when the step cannot be determined (no dose, or an mg/kg step without a weight), and empty when the dose is
     not a step-up dose.
     """
 
@@ -39,6 +40,7 @@ class DosePosition:
     prior: tuple[MedicationOrder, ...]
     dose_mg: float | None
     unknowns: tuple[str, ...] = ()
+    min_number: int = 1
 
 
 @dataclass(frozen=True)
@@ -107,14 +109,16 @@ def position(situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBas
     prior = prior_administrations(situation, drug.id, order)
     unknowns: list[str] = []
     number = len(prior) + 1 if record.history_known else None
-    if number is None:
+    if number is None and not prior:
         unknowns.append("the patient's medication history (first or later infusion)")
+    elif number is None:
+        unknowns.append("the complete medication history (exact dose number)")
     ordered_unit = order.dose.unit.lower() if order.dose else None
     dose_mg = dose_in_mg(order.dose, weight)
     steps = _steps(drug, order, dose_mg, prior, weight, number, kb, unknowns)
     if ordered_unit == "mg/kg" and weight is None:
         unknowns.append("the patient's weight (the dose is ordered in mg/kg)")
-    return DosePosition(number, steps, prior, dose_mg, tuple(unknowns))
+    return DosePosition(number, steps, prior, dose_mg, tuple(unknowns), len(prior) + 1)
 
 
 def _steps(
@@ -174,9 +178,9 @@ def applies(app: Applicability, pos: DosePosition) -> Applies:
     if app.infusion_numbers:
         checks.append(None if pos.number is None else pos.number in app.infusion_numbers)
     if app.infusions == "first":
-        checks.append(None if pos.number is None else pos.number == 1)
+        checks.append(pos.number == 1 if pos.number else (False if pos.min_number > 1 else None))
     elif app.infusions == "subsequent":
-        checks.append(None if pos.number is None else pos.number > 1)
+        checks.append(pos.number > 1 if pos.number else (True if pos.min_number > 1 else None))
     value: bool | None = True
     if False in checks:
         value = False

@@ -156,9 +156,10 @@ def _for_order(
         )
     elif comparable is not None and comparable.value > schedule.start.value:
         indicator = "warning"
+        caveat = " (history incomplete: slowest schedule)" if undecided else ""
         headline = (
             f"ordered rate {fmt_qty(order.rate)} exceeds the {schedule.label.lower()} start rate "
-            f"{fmt_qty(schedule.start)}"
+            f"{fmt_qty(schedule.start)}{caveat}"
         )
         points.append(
             f"- The order starts at **{fmt_qty(order.rate)}**"

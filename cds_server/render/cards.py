@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 SUMMARY_LIMIT = 140  # CDS Hooks: summary is a "<140-character" string
 _RANK: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
 _MAX_LINKS = 3
+_MAX_WARNINGS = 3
 
 
 def merge(findings: Sequence[Finding]) -> list[Finding]:
@@ -89,11 +90,14 @@ def detail_text(finding: Finding, warnings: Sequence[str]) -> str:
     parts = [markdown.escape("\n".join(finding.points))] if finding.points else []
     if finding.table:
         parts.append(markdown.table(finding.table))
-    unknown = [*finding.unknowns]
+    if finding.unknowns:
+        parts.append("**Could not check:** " + markdown.escape("; ".join(finding.unknowns)) + ".")
     if warnings:
-        unknown.append(f"{len(warnings)} FHIR resource(s) or reference(s) that could not be read")
-    if unknown:
-        parts.append("**Could not check:** " + markdown.escape("; ".join(unknown)) + ".")
+        # Parse and prefetch warnings name resource types, positions and keys, never values.
+        shown = [markdown.escape(w) for w in warnings[:_MAX_WARNINGS]]
+        more = len(warnings) - len(shown)
+        tail = f"\n- … and {more} more" if more > 0 else ""
+        parts.append("**Data not read:**\n" + "\n".join(f"- {w}" for w in shown) + tail)
     sources = []
     for c in _unique(finding.citations):
         bits = [c.title]

@@ -74,7 +74,15 @@ def order(
     )
 
 
-def given(drug_id: str, n: int, *, dose: float | None = None, unit: str = "mg", start_days_ago: float = 200, every_days: float = 21) -> list[RecognisedOrder]:
+def given(
+    drug_id: str,
+    n: int,
+    *,
+    dose: float | None = None,
+    unit: str = "mg",
+    start_days_ago: float = 200,
+    every_days: float = 21,
+) -> list[RecognisedOrder]:
     """``n`` completed administrations of a drug in the history, oldest first."""
     return [
         RecognisedOrder(
@@ -142,7 +150,8 @@ def situation(
     record = PatientRecord(
         patient_id="p1",
         weight=Weight(weight_kg, days_ago(3)) if weight_kg is not None else None,
-        draft_orders=tuple(o for _, o in (drafts or [])) + tuple(o for o, _ in (agents or []) if o.is_draft),
+        draft_orders=tuple(o for _, o in (drafts or []))
+        + tuple(o for o, _ in (agents or []) if o.is_draft),
         medication_history=tuple(r.order for r in hist),
         history_known=history_known,
     )

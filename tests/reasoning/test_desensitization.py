@@ -1,4 +1,4 @@
-"""The 12-step desensitization arithmetic against the published test vector (clinical-irr.md §C.4)."""
+"""12-step desensitization arithmetic vs the published test vector (clinical-irr.md §C.4)."""
 
 import pytest
 
@@ -21,7 +21,18 @@ PUBLISHED = [
     (12, 3, 80, 174.375, 232.5, 622.26, 675.00),
 ]
 UNROUNDED_DOSES = [
-    0.0135, 0.0338, 0.0675, 0.135, 0.3375, 0.675, 1.35, 2.70, 6.6969, 13.3938, 26.7875, 622.8096
+    0.0135,
+    0.0338,
+    0.0675,
+    0.135,
+    0.3375,
+    0.675,
+    1.35,
+    2.70,
+    6.6969,
+    13.3938,
+    26.7875,
+    622.8096,
 ]
 
 

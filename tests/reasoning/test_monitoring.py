@@ -2,10 +2,10 @@
 
 import pytest
 
+from cds_server.model import RecognisedOrder
 from cds_server.reasoning import monitoring, pretreatment
 
 from .builders import days_ago, given, order, situation
-from cds_server.model import RecognisedOrder
 
 
 def glofit(dose, prior=()):

@@ -8,7 +8,9 @@ from .builders import allergy, days_ago, given, order, situation
 
 
 def carbo(allergies, *, text="carboplatin 675 mg in 250 mL", history=None, rate=80, volume=250):
-    o = order("MedicationRequest/c", dose=675, rate=rate, rate_unit="mL/h", volume=volume, text=text)
+    o = order(
+        "MedicationRequest/c", dose=675, rate=rate, rate_unit="mL/h", volume=volume, text=text
+    )
     return situation([("carboplatin", o)], allergies=allergies, history=history)
 
 

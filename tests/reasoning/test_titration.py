@@ -9,7 +9,12 @@ from .builders import given, order, situation
 
 def run(kb, *, rate=None, unit="mg/h", prior=0, dose=700, volume=None, history_known=True):
     s = situation(
-        [("rituximab", order("MedicationRequest/r", dose=dose, rate=rate, rate_unit=unit, volume=volume))],
+        [
+            (
+                "rituximab",
+                order("MedicationRequest/r", dose=dose, rate=rate, rate_unit=unit, volume=volume),
+            )
+        ],
         history=given("rituximab", prior, dose=dose),
         history_known=history_known,
     )
@@ -69,3 +74,10 @@ def test_rate_in_other_unit_without_volume_is_reported_not_guessed(kb):
     assert f.indicator == "info"
     assert not f.actions
     assert any("different unit" in u for u in f.unknowns)
+
+
+def test_incomplete_history_with_an_earlier_dose_is_still_a_later_infusion(kb):
+    # Page 1 of a paginated history already shows one dose: this cannot be the first infusion.
+    [f] = run(kb, rate=None, prior=1, history_known=False)
+    assert f.table[1][0] == "100 mg/h"
+    assert any("exact dose number" in u for u in f.unknowns)

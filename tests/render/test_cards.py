@@ -90,7 +90,9 @@ def test_cards_sorted_by_indicator(kb):
 
 
 def test_critical_without_any_verified_fact_is_lowered(kb):
-    [card] = render(kb, [finding(indicator="critical", topic="prior-reaction", citations=(UNVERIFIED,))])
+    [card] = render(
+        kb, [finding(indicator="critical", topic="prior-reaction", citations=(UNVERIFIED,))]
+    )
     assert card["indicator"] == "warning"
     [kept] = render(kb, [finding(indicator="critical", topic="prior-reaction")])
     assert kept["indicator"] == "critical"

@@ -1,0 +1,183 @@
+"""HTTP endpoints (blueprint ``bp``): discovery, service call, feedback — plus error mapping.
+
+Views only read the body and delegate. Every error is mapped to JSON here, once: a
+``CdsError`` becomes its status with an OperationOutcome body; werkzeug's 404/405/413/400
+are translated into the matching ``CdsError``; anything else is logged by exception type
+and location only (never the message, which might contain data) and answered 500.
+Log lines carry the service id, hook, hookInstance, status and timings — never the
+patient id, the context, prefetch data or tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
+from werkzeug.exceptions import NotFound as WzNotFound
+
+from cds_server import pipeline, protocol, services
+from cds_server.errors import (
+    BadRequest,
+    CdsError,
+    MalformedJson,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+
+if TYPE_CHECKING:
+    from cds_server.app import Runtime
+
+log = logging.getLogger(__name__)
+bp = Blueprint("cds", __name__)
+
+JSON_TYPES = ("application/json", "application/fhir+json")
+
+
+def _runtime() -> Runtime:
+    return current_app.extensions["cds_server"]  # type: ignore[no-any-return]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_body() -> dict[str, Any]:
+    """The request body as a JSON object, or a 400/413 ``CdsError``."""
+    mimetype = request.mimetype or ""
+    if mimetype not in JSON_TYPES:
+        shown = mimetype[:60] or "none"
+        raise UnsupportedMediaType(f"Content-Type must be application/json (got {shown})")
+    raw = request.get_data(cache=False)  # RequestEntityTooLarge beyond MAX_CONTENT_LENGTH
+    if not raw.strip():
+        raise MalformedJson("The request body is empty; a JSON object is required")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise MalformedJson("The request body is not UTF-8") from None
+    try:
+        body = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise MalformedJson(
+            f"The request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except (ValueError, RecursionError):
+        raise MalformedJson("The request body is not valid JSON (or nested too deeply)") from None
+    if not isinstance(body, dict):
+        raise MalformedJson("The request body must be a JSON object")
+    return body
+
+
+@bp.get("/cds-services", strict_slashes=False)
+def discovery() -> Response:
+    return jsonify(protocol.dump_discovery(services.discovery(_runtime().kb)))
+
+
+@bp.post("/cds-services/<service_id>", strict_slashes=False)
+def call_service(service_id: str) -> Response:
+    started = time.perf_counter()
+    services.require(service_id)
+    body = _json_body()
+    runtime = _runtime()
+    result = pipeline.run(
+        body,
+        service_id=service_id,
+        kb=runtime.kb,
+        settings=runtime.fhir,
+        now=datetime.now(UTC),
+    )
+    log.info(
+        "call service=%s hook=%s hookInstance=%s cards=%d fetched=%s warnings=%d ms=%.0f",
+        result.service.id,
+        result.service.hook,
+        protocol_safe(result.request.hook_instance),
+        len(result.response["cards"]),
+        ",".join(result.resolved.fetched) or "-",
+        len(result.record.warnings),
+        (time.perf_counter() - started) * 1000,
+    )
+    return jsonify(result.response)
+
+
+@bp.post("/cds-services/<service_id>/feedback", strict_slashes=False)
+def feedback(service_id: str) -> Response:
+    services.require(service_id)
+    items = protocol.load_feedback(_json_body())
+    outcomes = sorted({i["outcome"] for i in items})
+    log.info("feedback service=%s items=%d outcomes=%s", service_id, len(items), ",".join(outcomes))
+    # Storage arrives with the feedback issue; until then, accepted and validated only.
+    # 200 with an empty body, as the reference service does (an empty JSON object is not allowed).
+    response = Response(status=200)
+    del response.headers["Content-Type"]
+    return response
+
+
+def protocol_safe(text: str) -> str:
+    """A client-chosen identifier, shortened and printable, for a log line."""
+    cleaned = "".join(ch if ch.isprintable() and not ch.isspace() else "?" for ch in text)
+    return cleaned[:64]
+
+
+# -- error mapping ----------------------------------------------------------------------
+
+
+def error_response(error: CdsError, headers: dict[str, str] | None = None) -> Response:
+    response = jsonify(protocol.error_body(error))
+    response.status_code = error.status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+@bp.app_errorhandler(CdsError)
+def _cds_error(error: CdsError) -> Response:
+    log.info("rejected %s %s: %d %s", request.method, _route(), error.status, error.code)
+    return error_response(error)
+
+
+@bp.app_errorhandler(HTTPException)
+def _http_error(error: HTTPException) -> Response:
+    headers = {}
+    mapped: CdsError
+    if isinstance(error, WzNotFound):
+        mapped = NotFound("No such endpoint; CDS services are listed at /cds-services")
+    elif isinstance(error, WzMethodNotAllowed):
+        allowed = ", ".join(sorted(error.valid_methods or ()))
+        mapped = MethodNotAllowed(f"Method {request.method} not allowed here (allowed: {allowed})")
+        if allowed:
+            headers["Allow"] = allowed
+    elif isinstance(error, RequestEntityTooLarge):
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        mapped = PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes")
+    elif error.code == 400:
+        mapped = BadRequest("The request could not be read")
+    else:
+        mapped = CdsError(error.name)
+        mapped.status = int(error.code or 500)
+        mapped.code = error.name.lower().replace(" ", "-")
+    log.info("rejected %s %s: %d %s", request.method, _route(), mapped.status, mapped.code)
+    return error_response(mapped, headers)
+
+
+@bp.app_errorhandler(Exception)
+def _unexpected(error: Exception) -> Response:
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else "?"
+    log.error(
+        "unhandled %s at %s during %s %s", type(error).__name__, where, request.method, _route()
+    )
+    return error_response(CdsError("Internal error; the failure has been logged"))
+
+
+def _route() -> str:
+    """The matched route pattern (e.g. ``/cds-services/<service_id>``), else a fixed label."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else "(no route)"

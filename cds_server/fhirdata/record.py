@@ -1,0 +1,160 @@
+"""Builds the ``PatientRecord`` of one hook call from the context and the resolved data.
+
+* ``draftOrders``: a Bundle with or without ``type``, with or without ``entry``; resources
+  other than MedicationRequest (ServiceRequest, NutritionOrder, DeviceRequest…) are skipped
+  with a note. At order-select only the orders named in ``selections`` are ``selected``.
+* Medication history: every MedicationRequest of the ``medications`` data, minus those that
+  are also draft orders (a client may send an existing order as the draft, e.g. re-signing).
+* Allergies, the latest body weight and the birth date, each with a ``*_known`` flag.
+
+Parsing goes through ``parse.py`` (tolerant R4B); warnings never carry patient data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from cds_server.fhirdata.parse import (
+    ParseLog,
+    birth_date,
+    latest_weight,
+    parse_allergy,
+    parse_medication,
+    parse_medication_request,
+    resources_of,
+    validate,
+)
+from cds_server.fhirdata.prefetch import KeyData
+from cds_server.model import Allergy, MedicationOrder, PatientRecord
+
+_UNKNOWN = KeyData((), False, "unavailable")
+T = TypeVar("T")
+# What the FHIR model library may raise, besides ValidationError, on hostile input.
+_MODEL_FAILURES = (TypeError, ValueError, KeyError, AttributeError, RecursionError)
+
+
+def _safely(
+    log: ParseLog, where: str, parse: Callable[..., T | None], *args: Any, **kwargs: Any
+) -> T | None:
+    """Run one parse; a resource that makes the model library fail is skipped with a warning."""
+    try:
+        return parse(*args, **kwargs)
+    except _MODEL_FAILURES:
+        log.warnings.append(f"{where} skipped: could not be parsed as FHIR R4")
+        return None
+
+
+def _parseable(resources: Sequence[Mapping[str, Any]], what: str, log: ParseLog) -> list[Any]:
+    """The resources that the model library can at least process (for whole-list parsers)."""
+    kept = []
+    for i, res in enumerate(resources):
+        where = f"{what} #{i}"
+        try:
+            validate(res, where, ParseLog())  # invalid is fine here: the parser will say so
+        except _MODEL_FAILURES:
+            log.warnings.append(f"{where} skipped: could not be parsed as FHIR R4")
+            continue
+        kept.append(res)
+    return kept
+
+
+def draft_order_resources(draft_orders: Any) -> list[Mapping[str, Any]]:
+    """The resources of a ``draftOrders`` value (Bundle, single resource or nothing)."""
+    return resources_of(draft_orders) if isinstance(draft_orders, Mapping) else []
+
+
+def _dedupe(items: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def build_record(
+    *,
+    patient_id: str,
+    draft_orders: Any = None,
+    selections: Sequence[str] | None = None,
+    patient: KeyData | None = None,
+    medications: KeyData | None = None,
+    allergies: KeyData | None = None,
+    weight: KeyData | None = None,
+    medication_index: Mapping[str, Mapping[str, Any]] | None = None,
+    warnings: Sequence[str] = (),
+) -> PatientRecord:
+    """Parse everything into one immutable record; ``None`` key data means unknown."""
+    log = ParseLog()
+    patient = patient or _UNKNOWN
+    medications = medications or _UNKNOWN
+    allergies = allergies or _UNKNOWN
+    weight = weight or _UNKNOWN
+
+    meds = {}
+    for ref, res in sorted((medication_index or {}).items()):
+        med = _safely(log, "Medication", parse_medication, res, "Medication", log)
+        if med is not None:
+            meds[ref] = med
+
+    selected = set(selections) if selections is not None else None
+    drafts: list[MedicationOrder] = []
+    for i, res in enumerate(draft_order_resources(draft_orders)):
+        rtype = str(res.get("resourceType"))
+        if rtype == "Medication":
+            continue
+        if rtype != "MedicationRequest":
+            log.warnings.append(f"draftOrders entry #{i} ({rtype[:40]}) not evaluated")
+            continue
+        ref = f"{rtype}/{res.get('id')}"
+        where = f"draftOrders entry #{i}"
+        order = _safely(
+            log,
+            where,
+            parse_medication_request,
+            res,
+            where,
+            log,
+            meds,
+            is_draft=True,
+            selected=selected is None or ref in selected,
+        )
+        if order is not None:
+            drafts.append(order)
+    if selected is not None:
+        refs = {
+            f"{r.get('resourceType')}/{r.get('id')}" for r in draft_order_resources(draft_orders)
+        }
+        unmatched = len(selected - refs)
+        if unmatched:
+            log.warnings.append(f"{unmatched} selection(s) not found in draftOrders")
+
+    draft_refs = {o.ref for o in drafts if o.ref}
+    history: list[MedicationOrder] = []
+    for i, res in enumerate(medications.resources):
+        if res.get("resourceType") != "MedicationRequest":
+            continue
+        if f"MedicationRequest/{res.get('id')}" in draft_refs:
+            continue
+        where = f"medications #{i}"
+        order = _safely(log, where, parse_medication_request, res, where, log, meds)
+        if order is not None:
+            history.append(order)
+
+    found: list[Allergy] = []
+    for i, res in enumerate(allergies.resources):
+        if res.get("resourceType") != "AllergyIntolerance":
+            continue
+        where = f"allergies #{i}"
+        allergy = _safely(log, where, parse_allergy, res, where, log)
+        if allergy is not None:
+            found.append(allergy)
+
+    return PatientRecord(
+        patient_id=patient_id,
+        birth_date=birth_date(_parseable(patient.resources, "Patient", log), log),
+        weight=latest_weight(_parseable(weight.resources, "Observation", log), log),
+        draft_orders=tuple(drafts),
+        medication_history=tuple(history),
+        allergies=tuple(found),
+        history_known=medications.known,
+        allergies_known=allergies.known,
+        weight_known=weight.known,
+        warnings=_dedupe([*warnings, *log.warnings]),
+    )

@@ -1,0 +1,148 @@
+"""One hook call, end to end: the only place where one stage calls the next.
+
+``parse → route → resolve prefetch → build record → recognise → reason → render → dump``
+
+Like HAPI's ``CdsServiceRegistryImpl.callService``, the pipeline both validates the request
+and encodes the response, so every caller (the HTTP API, ``cds-server explain``, tests,
+library users) gets the same checks. ``now`` and the uuid factory are injected so that the
+same request with the same knowledge gives the same cards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cds_server import protocol, reasoning, recognition, services
+from cds_server.fhirdata import prefetch, record
+from cds_server.fhirdata.client import FhirSettings
+from cds_server.knowledge.model import KnowledgeBase
+from cds_server.model import Finding, HookCall, PatientRecord, Situation
+from cds_server.render.cards import render_cards
+
+
+def _uuid4() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Every intermediate result of one call (for ``explain`` and tests)."""
+
+    request: protocol.HookRequest
+    service: services.Service
+    resolved: prefetch.Resolved
+    record: PatientRecord
+    situation: Situation
+    findings: tuple[Finding, ...]
+    response: dict[str, Any]
+
+
+def run(
+    body: Mapping[str, Any],
+    *,
+    service_id: str,
+    kb: KnowledgeBase,
+    settings: FhirSettings | None = None,
+    now: datetime | None = None,
+    new_uuid: Callable[[], str] = _uuid4,
+    client_factory: prefetch.ClientFactory | None = None,
+) -> Evaluation:
+    """Evaluate one hook request body against the service ``service_id``.
+
+    Raises ``CdsError`` subclasses: ``UnknownService`` (404), ``InvalidRequest`` and
+    ``HookMismatch`` (400), ``PrefetchUnavailable`` (412).
+    """
+    services.require(service_id)
+    request = protocol.load_hook_request(body)
+    service = services.find(service_id, request.hook)
+    settings = settings or FhirSettings()
+    now = now or datetime.now(UTC)
+    context = request.context
+    draft_resources = record.draft_order_resources(context.get("draftOrders"))
+
+    resolved = prefetch.resolve(
+        service.prefetch,
+        context=context,
+        prefetch=request.prefetch,
+        fhir_server=request.fhir_server,
+        fhir_authorization=(
+            request.fhir_authorization.as_mapping() if request.fhir_authorization else None
+        ),
+        settings=settings,
+        extra_resources=draft_resources,
+        client_factory=client_factory,
+    )
+    patient_record = record.build_record(
+        patient_id=context["patientId"],
+        draft_orders=context.get("draftOrders"),
+        selections=context.get("selections") if request.hook == "order-select" else None,
+        patient=resolved.data.get(services.PATIENT),
+        medications=resolved.data.get(services.MEDICATIONS),
+        allergies=resolved.data.get(services.ALLERGIES),
+        weight=resolved.data.get(services.WEIGHT),
+        medication_index=resolved.medications,
+        warnings=resolved.warnings,
+    )
+
+    situation = Situation(
+        call=HookCall(
+            hook=request.hook,
+            service_id=service.id,
+            hook_instance=request.hook_instance,
+            patient_id=context["patientId"],
+            user_id=context.get("userId"),
+            encounter_id=context.get("encounterId"),
+            now=now,
+        ),
+        record=patient_record,
+        orders=recognition.recognise_orders(patient_record.draft_orders, kb),
+        history=recognition.recognise_orders(patient_record.medication_history, kb),
+        allergies=recognition.recognise_allergies(patient_record.allergies, kb),
+        now=now,
+        agents=recognition.recognise_agents(
+            (*patient_record.draft_orders, *patient_record.medication_history), kb
+        ),
+    )
+    findings = tuple(reasoning.run(situation, kb))
+    cards = render_cards(
+        findings,
+        kb,
+        new_uuid=new_uuid,
+        patient_id=context["patientId"],
+        warnings=patient_record.warnings,
+    )
+    return Evaluation(
+        request=request,
+        service=service,
+        resolved=resolved,
+        record=patient_record,
+        situation=situation,
+        findings=findings,
+        response=protocol.dump_response(cards),
+    )
+
+
+def evaluate(
+    body: Mapping[str, Any],
+    *,
+    service_id: str,
+    kb: KnowledgeBase,
+    settings: FhirSettings | None = None,
+    now: datetime | None = None,
+    new_uuid: Callable[[], str] = _uuid4,
+    client_factory: prefetch.ClientFactory | None = None,
+) -> dict[str, Any]:
+    """The CDS Hooks response body (``{"cards": [...]}``) for one hook request body."""
+    return run(
+        body,
+        service_id=service_id,
+        kb=kb,
+        settings=settings,
+        now=now,
+        new_uuid=new_uuid,
+        client_factory=client_factory,
+    ).response

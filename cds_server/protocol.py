@@ -1,0 +1,452 @@
+"""The CDS Hooks 2.0 wire format: marshmallow schemas for what comes in and what goes out.
+
+Inbound (tolerant): unknown keys and ``extension`` objects are ignored everywhere; every
+problem is collected and reported at once, keyed by its JSON path. Outbound (strict): only
+declared fields are written and ``null`` or empty optional values are dropped (2.0 "JSON
+elements SHALL NOT be null or empty"), except the required ``cards`` array, which may be
+empty. Error bodies are FHIR ``OperationOutcome`` resources (3.0-ballot recommendation).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_dump,
+    validate,
+    validates_schema,
+)
+
+from cds_server.errors import CdsError, InvalidRequest
+
+SUMMARY_MAX = 140  # summary must be *shorter* than 140 characters
+INDICATORS = ("info", "warning", "critical")
+SELECTION_BEHAVIORS = ("at-most-one", "any")
+ACTION_TYPES = ("create", "update", "delete")
+LINK_TYPES = ("absolute", "smart")
+ERROR_SYSTEM = "urn:infusion-safety-cds:error"
+
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+RELATIVE_REF = re.compile(r"^[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}$")
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+_ID_MESSAGE = "must be a FHIR id (letters, digits, '-' and '.', at most 64 characters)"
+_REF_MESSAGE = "must be a relative reference such as 'MedicationRequest/123'"
+
+
+# --------------------------------------------------------------------------------------
+# Inbound
+# --------------------------------------------------------------------------------------
+
+
+class _In(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+def _string(required: bool = False, max_len: int = 256, **kw: Any) -> fields.String:
+    return fields.String(required=required, validate=validate.Length(min=1, max=max_len), **kw)
+
+
+class DraftOrdersField(fields.Raw):
+    """``draftOrders``: a Bundle (``type`` and ``entry`` optional) of request resources.
+
+    A bare JSON array of resources (the appointment-book example quirk) is wrapped in a
+    collection Bundle.
+    """
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kw: Any) -> Any:
+        if isinstance(value, list):
+            value = {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"resource": r} for r in value],
+            }
+        if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
+            raise ValidationError("must be a FHIR Bundle of draft orders")
+        entries = value.get("entry")
+        if entries is None:
+            return value
+        if not isinstance(entries, list):
+            raise ValidationError({"entry": ["must be an array"]})
+        errors: dict[str, list[str]] = {}
+        for i, entry in enumerate(entries):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+                errors[f"entry.{i}.resource"] = ["must be a FHIR resource"]
+        if errors:
+            raise ValidationError(errors)
+        return value
+
+
+class PrefetchField(fields.Dict):
+    """``prefetch``: key → resource, Bundle or ``null`` (``null`` for the whole object = none)."""
+
+    def __init__(self, **kw: Any):
+        super().__init__(keys=fields.String(), values=fields.Raw(allow_none=True), **kw)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kw: Any) -> Any:
+        result = super()._deserialize(value, attr, data, **kw)
+        errors = {}
+        for key, item in result.items():
+            if item is not None and not (
+                isinstance(item, dict) and isinstance(item.get("resourceType"), str)
+            ):
+                errors[key] = ["must be a FHIR resource, a Bundle or null"]
+        if errors:
+            raise ValidationError(errors)
+        return result
+
+
+class FhirAuthorizationSchema(_In):
+    access_token = fields.String(required=True)  # may be "" (then no Authorization header)
+    token_type = fields.String(required=True)
+    expires_in = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
+    scope = fields.String(required=True)
+    subject = fields.String(required=True)
+    patient = fields.String(validate=validate.Regexp(FHIR_ID, error=_ID_MESSAGE))
+
+    @validates_schema
+    def _bearer(self, data: dict[str, Any], **kw: Any) -> None:
+        if "token_type" in data and data["token_type"].lower() != "bearer":
+            raise ValidationError("must be 'Bearer'", "token_type")
+
+
+class _ContextBase(_In):
+    userId = _string(required=True)
+    patientId = fields.String(required=True, validate=validate.Regexp(FHIR_ID, error=_ID_MESSAGE))
+    encounterId = fields.String(validate=validate.Regexp(FHIR_ID, error=_ID_MESSAGE))
+
+
+class PatientViewContext(_ContextBase):
+    pass
+
+
+class OrderSignContext(_ContextBase):
+    draftOrders = DraftOrdersField(required=True)
+
+
+class OrderSelectContext(OrderSignContext):
+    selections = fields.List(
+        fields.String(validate=validate.Regexp(RELATIVE_REF, error=_REF_MESSAGE)),
+        required=True,
+    )
+
+
+CONTEXT_SCHEMAS: dict[str, type[Schema]] = {
+    "patient-view": PatientViewContext,
+    "order-select": OrderSelectContext,
+    "order-sign": OrderSignContext,
+}
+
+
+def _plain_base_url(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ValidationError("is not a valid URL") from None
+    if "@" in parts.netloc or parts.query or parts.fragment or len(url) > 2048:
+        raise ValidationError("must be a plain base URL (no credentials, query or fragment)")
+
+
+class HookRequestSchema(_In):
+    hook = _string(required=True, max_len=100)
+    hookInstance = _string(required=True)
+    fhirServer = fields.Url(schemes={"http", "https"}, require_tld=False, validate=_plain_base_url)
+    fhirAuthorization = fields.Nested(FhirAuthorizationSchema)
+    context = fields.Dict(required=True)
+    prefetch = PrefetchField(allow_none=True)
+    extension = fields.Raw()
+
+    @validates_schema(skip_on_field_errors=False)
+    def _rules(self, data: dict[str, Any], **kw: Any) -> None:
+        if "fhirAuthorization" in data and "fhirServer" not in data:
+            raise ValidationError(
+                "fhirServer is required when fhirAuthorization is present", "fhirServer"
+            )
+
+
+@dataclass(frozen=True)
+class FhirAuthorization:
+    """``fhirAuthorization``; the token never appears in ``repr`` (logs, tracebacks)."""
+
+    access_token: str = field(repr=False)
+    token_type: str
+    expires_in: int
+    scope: str
+    subject: str
+    patient: str | None = None
+
+    def as_mapping(self) -> dict[str, Any]:
+        return {"access_token": self.access_token, "scope": self.scope, "patient": self.patient}
+
+
+@dataclass(frozen=True)
+class HookRequest:
+    """A validated hook call. ``context`` keeps the wire names (``patientId``…)."""
+
+    hook: str
+    hook_instance: str
+    context: Mapping[str, Any] = field(repr=False)
+    prefetch: Mapping[str, Any] | None = field(default=None, repr=False)
+    fhir_server: str | None = None
+    fhir_authorization: FhirAuthorization | None = None
+    extension: Any = field(default=None, repr=False)
+
+
+def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """marshmallow's nested messages → {"context.patientId": ["…"]}."""
+    out: dict[str, list[str]] = {}
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            shown = str(key)[:64]  # keys can be client-chosen (prefetch keys)
+            name = prefix if key == "_schema" else (f"{prefix}.{shown}" if prefix else shown)
+            for k, v in _flatten(value, name).items():
+                out.setdefault(k, []).extend(v)
+    elif isinstance(messages, list | tuple):
+        for item in messages:
+            for k, v in _flatten(item, prefix).items():
+                out.setdefault(k, []).extend(v)
+    else:
+        out.setdefault(prefix or "(body)", []).append(str(messages))
+    return out
+
+
+def _invalid(errors: Mapping[str, list[str]], what: str) -> InvalidRequest:
+    names = ", ".join(sorted(errors))
+    return InvalidRequest(f"Invalid {what}: {names}", fields=errors)
+
+
+def load_hook_request(body: Any) -> HookRequest:
+    """Validate a service-call body; raise ``InvalidRequest`` (400) listing every problem."""
+    if not isinstance(body, Mapping):
+        raise InvalidRequest("The request body must be a JSON object")
+    errors: dict[str, list[str]] = {}
+    try:
+        env = HookRequestSchema().load(body)
+    except ValidationError as exc:
+        errors.update(_flatten(exc.messages))
+        env = exc.valid_data if isinstance(exc.valid_data, dict) else {}
+    context = env.get("context")
+    schema = CONTEXT_SCHEMAS.get(str(body.get("hook")))
+    if schema is not None and isinstance(context, Mapping):
+        try:
+            context = schema().load(context)
+        except ValidationError as exc:
+            errors.update(_flatten(exc.messages, "context"))
+    if errors:
+        raise _invalid(errors, "request")
+    auth = env.get("fhirAuthorization")
+    return HookRequest(
+        hook=env["hook"],
+        hook_instance=env["hookInstance"],
+        context=dict(context or {}),
+        prefetch=env.get("prefetch"),
+        fhir_server=env.get("fhirServer"),
+        fhir_authorization=FhirAuthorization(**auth) if auth else None,
+        extension=env.get("extension"),
+    )
+
+
+# -- feedback ---------------------------------------------------------------------------
+
+
+class CodingSchema(_In):
+    code = _string(required=True)
+    system = _string(required=True, max_len=2048)
+    display = fields.String()
+
+
+class AcceptedSuggestionSchema(_In):
+    id = _string(required=True)
+
+
+class OverrideReasonSchema(_In):
+    reason = fields.Nested(CodingSchema)
+    userComment = fields.String()
+
+    @validates_schema
+    def _reason_or_comment(self, data: dict[str, Any], **kw: Any) -> None:
+        if "reason" not in data and not data.get("userComment"):
+            raise ValidationError("must contain a reason or a userComment")
+
+
+def _rfc3339(value: str) -> None:
+    if not RFC3339.match(value):
+        raise ValidationError(
+            "must be an RFC 3339 date-time with a time zone, e.g. 2026-11-21T10:05:31Z"
+        )
+    try:
+        datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError("is not a valid date-time") from None
+
+
+class FeedbackItemSchema(_In):
+    card = _string(required=True)
+    outcome = fields.String(required=True, validate=validate.OneOf(("accepted", "overridden")))
+    acceptedSuggestions = fields.List(
+        fields.Nested(AcceptedSuggestionSchema), validate=validate.Length(min=1)
+    )
+    overrideReason = fields.Nested(OverrideReasonSchema)
+    outcomeTimestamp = fields.String(required=True, validate=_rfc3339)
+
+    @validates_schema
+    def _accepted(self, data: dict[str, Any], **kw: Any) -> None:
+        if data.get("outcome") == "accepted" and not data.get("acceptedSuggestions"):
+            raise ValidationError("is required when outcome is 'accepted'", "acceptedSuggestions")
+
+
+class FeedbackSchema(_In):
+    feedback = fields.List(
+        fields.Nested(FeedbackItemSchema), required=True, validate=validate.Length(min=1, max=100)
+    )
+
+
+def load_feedback(body: Any) -> list[dict[str, Any]]:
+    """Validate a feedback body; return its items; raise ``InvalidRequest`` (400)."""
+    if not isinstance(body, Mapping):
+        raise InvalidRequest("The request body must be a JSON object")
+    try:
+        return FeedbackSchema().load(body)["feedback"]
+    except ValidationError as exc:
+        raise _invalid(_flatten(exc.messages), "feedback") from None
+
+
+# --------------------------------------------------------------------------------------
+# Outbound
+# --------------------------------------------------------------------------------------
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str | list | tuple | dict) and len(value) == 0)
+
+
+class _Out(Schema):
+    """Writes declared fields only and drops null/empty optional values."""
+
+    KEEP_EMPTY: tuple[str, ...] = ()
+
+    @post_dump
+    def _prune(self, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        return {k: v for k, v in data.items() if k in self.KEEP_EMPTY or not _empty(v)}
+
+
+class CodingOut(_Out):
+    system = fields.String()
+    code = fields.String()
+    display = fields.String()
+
+
+class SourceOut(_Out):
+    label = fields.String()
+    url = fields.String()
+    icon = fields.String()
+    topic = fields.Nested(CodingOut)
+
+
+class LinkOut(_Out):
+    label = fields.String()
+    url = fields.String()
+    type = fields.String()
+    appContext = fields.String()
+    autolaunchable = fields.Boolean()
+
+
+class ActionOut(_Out):
+    type = fields.String()
+    description = fields.String()
+    resource = fields.Raw()
+    resourceId = fields.Raw()
+
+
+class SuggestionOut(_Out):
+    label = fields.String()
+    uuid = fields.String()
+    isRecommended = fields.Boolean()
+    actions = fields.List(fields.Nested(ActionOut))
+
+
+class CardOut(_Out):
+    uuid = fields.String()
+    summary = fields.String()
+    detail = fields.String()
+    indicator = fields.String()
+    source = fields.Nested(SourceOut)
+    suggestions = fields.List(fields.Nested(SuggestionOut))
+    selectionBehavior = fields.String()
+    overrideReasons = fields.List(fields.Nested(CodingOut))
+    links = fields.List(fields.Nested(LinkOut))
+    extension = fields.Raw()
+
+
+class ResponseOut(_Out):
+    KEEP_EMPTY = ("cards",)
+    cards = fields.List(fields.Nested(CardOut))
+    systemActions = fields.List(fields.Nested(ActionOut))
+    extension = fields.Raw()
+
+
+class ServiceOut(_Out):
+    hook = fields.String()
+    title = fields.String()
+    description = fields.String()
+    id = fields.String()
+    prefetch = fields.Dict(keys=fields.String(), values=fields.String())
+    usageRequirements = fields.String()
+    extension = fields.Raw()
+
+
+class DiscoveryOut(_Out):
+    KEEP_EMPTY = ("services",)
+    services = fields.List(fields.Nested(ServiceOut))
+
+
+def dump_response(
+    cards: Sequence[Mapping[str, Any]], system_actions: Sequence[Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The 200 body of a service call: ``{"cards": [...]}`` (+ ``systemActions`` if any)."""
+    return ResponseOut().dump({"cards": list(cards), "systemActions": list(system_actions or [])})
+
+
+def dump_discovery(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The discovery body: ``{"services": [...]}``."""
+    return DiscoveryOut().dump({"services": list(doc.get("services") or [])})
+
+
+def error_body(error: CdsError) -> dict[str, Any]:
+    """A FHIR OperationOutcome describing ``error`` (and each invalid field)."""
+    details = {
+        "coding": [{"system": ERROR_SYSTEM, "code": error.code}],
+        "text": error.message,
+    }
+    issue_code = {
+        400: "invalid",
+        404: "not-found",
+        405: "not-supported",
+        412: "incomplete",
+        413: "too-long",
+    }.get(error.status, "exception")
+    issues: list[dict[str, Any]] = [
+        {"severity": "error", "code": issue_code, "details": details, "diagnostics": error.message}
+    ]
+    for path, messages in sorted(error.fields.items()):
+        for message in messages:
+            issues.append(
+                {
+                    "severity": "error",
+                    "code": issue_code,
+                    "diagnostics": f"{path}: {message}",
+                    "expression": [path],
+                }
+            )
+    return {"resourceType": "OperationOutcome", "issue": issues}

@@ -1,0 +1,92 @@
+"""A tiny FHIR server on top of ``responses``, serving the resources of a fixture Bundle.
+
+Supports what the service asks for: ``Type/id`` reads, and ``Type?patient=…`` searches with
+``_include=MedicationRequest:medication``, ``code`` (token), ``_sort=-date`` and ``_count``.
+Every request is recorded in ``calls`` (path, query, headers) for assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import responses
+
+
+@dataclass
+class Call:
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+
+    @property
+    def tail(self) -> str:
+        return self.path.split("/fhir/", 1)[-1]
+
+
+@dataclass
+class FakeFhir:
+    base: str
+    resources: list[dict[str, Any]]
+    calls: list[Call] = field(default_factory=list)
+    fail: dict[str, int] = field(default_factory=dict)  # resource type -> HTTP status
+
+    @classmethod
+    def from_bundle(cls, base: str, bundle: dict[str, Any]) -> FakeFhir:
+        return cls(base, [e["resource"] for e in bundle.get("entry", [])])
+
+    def register(self, rsps: responses.RequestsMock) -> FakeFhir:
+        rsps.add_callback(
+            responses.GET, re.compile(re.escape(self.base) + r"/.*"), callback=self._handle
+        )
+        return self
+
+    def types_called(self) -> list[str]:
+        return [c.tail.split("?")[0].split("/")[0] for c in self.calls]
+
+    def _handle(self, request: Any) -> tuple[int, dict[str, str], str]:
+        parts = urlsplit(request.url)
+        query = parse_qs(parts.query)
+        self.calls.append(Call(parts.path, query, dict(request.headers)))
+        tail = parts.path[len(urlsplit(self.base).path) :].strip("/")
+        rtype = tail.split("/")[0]
+        if rtype in self.fail:
+            return self.fail[rtype], {}, json.dumps({"resourceType": "OperationOutcome"})
+        if "/" in tail:
+            rid = tail.split("/", 1)[1]
+            for res in self.resources:
+                if res["resourceType"] == rtype and res.get("id") == rid:
+                    return 200, {"Content-Type": "application/fhir+json"}, json.dumps(res)
+            return 404, {}, json.dumps({"resourceType": "OperationOutcome", "issue": []})
+        matches = [r for r in self.resources if r["resourceType"] == rtype]
+        if "code" in query:
+            code = query["code"][0].split("|")[-1]
+            matches = [
+                r for r in matches if any(c.get("code") == code for c in r["code"]["coding"])
+            ]
+        if query.get("_sort") == ["-date"]:
+            matches.sort(key=lambda r: r.get("effectiveDateTime", ""), reverse=True)
+        if "_count" in query:
+            matches = matches[: int(query["_count"][0])]
+        entries = [{"resource": r, "search": {"mode": "match"}} for r in matches]
+        if query.get("_include") == ["MedicationRequest:medication"]:
+            wanted = {
+                r.get("medicationReference", {}).get("reference", "").split("/")[-1]
+                for r in matches
+            }
+            entries += [
+                {"resource": r, "search": {"mode": "include"}}
+                for r in self.resources
+                if r["resourceType"] == "Medication" and r["id"] in wanted
+            ]
+        bundle: dict[str, Any] = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(matches),
+        }
+        if entries:
+            bundle["entry"] = entries
+        return 200, {"Content-Type": "application/fhir+json"}, json.dumps(bundle)

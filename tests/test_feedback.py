@@ -1,0 +1,42 @@
+"""POST /cds-services/{id}/feedback: the 2.0 shapes are validated and accepted (storage later)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from cds_server import protocol
+
+URL = "/cds-services/infusion-safety/feedback"
+ITEM = {"card": "c1", "outcome": "overridden", "outcomeTimestamp": "2026-11-21T10:05:31Z"}
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {**ITEM, "outcome": "accepted", "acceptedSuggestions": [{"id": "s1"}]},
+        ITEM,
+        {**ITEM, "overrideReason": {"reason": {"code": "x", "system": "https://e.org/r"}}},
+        {**ITEM, "overrideReason": {"userComment": "not relevant"}},
+        {**ITEM, "outcomeTimestamp": "2026-11-21T10:05:31.123+01:00", "extension": {"a": 1}},
+        {**ITEM, "card": "unknown-card-uuid-is-fine"},
+    ],
+)
+def test_valid_feedback_is_accepted(client: FlaskClient, item: dict[str, Any]) -> None:
+    resp = client.post(URL, json={"feedback": [item]})
+    assert resp.status_code == 200
+    assert resp.get_data() == b""
+    assert "Content-Type" not in resp.headers
+
+
+def test_several_items_and_services(client: FlaskClient) -> None:
+    body = {"feedback": [ITEM, {**ITEM, "card": "c2"}]}
+    assert client.post(URL, json=body).status_code == 200
+    assert client.post("/cds-services/infusion-risk-summary/feedback", json=body).status_code == 200
+
+
+def test_load_feedback_returns_items() -> None:
+    items = protocol.load_feedback({"feedback": [ITEM], "extra": True})
+    assert items == [ITEM]
