@@ -170,6 +170,9 @@ class Recogniser:
         }
         self._phrases: dict[TargetKind, tuple[_Phrase, ...]] = {}
         self._excludes: dict[tuple[TargetKind, str], tuple[tuple[str, ...], ...]] = {}
+        self._routes: dict[str, tuple[str, ...]] = {
+            d.id: d.identity.exclude_routes for d in kb.drugs.values()
+        }
         groups: tuple[tuple[TargetKind, Iterable[tuple[str, str, Identity]]], ...] = (
             ("drug", ((d.id, d.name, d.identity) for d in kb.drugs.values())),
             ("agent", ((a.id, a.name, a.identity) for a in kb.agents.values())),
@@ -265,7 +268,20 @@ class Recogniser:
     # ---- public API --------------------------------------------------------------------
 
     def match_order(self, order: MedicationOrder) -> Match | None:
-        """The knowledge-base drug an order is for, or None."""
+        """The knowledge-base drug an order is for, or None.
+
+        A drug whose ``exclude_routes`` names the order's route (e.g. IV ofatumumab and a
+        subcutaneous order: the MS pen) is not that drug.
+        """
+        match = self._match_order_by_name(order)
+        if match is None or not order.route:
+            return match
+        route = normalise(order.route)
+        if any(_find(route, normalise(r)) >= 0 for r in self._routes.get(match.target, ())):
+            return None
+        return match
+
+    def _match_order_by_name(self, order: MedicationOrder) -> Match | None:
         codes = self._code_matches(
             "drug",
             order.codings,

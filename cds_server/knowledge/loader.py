@@ -138,6 +138,7 @@ def _identity(ctx: _FileContext, data: Mapping[str, Any], path: str) -> Identity
         biosimilars=tuple((b["name"].lower(), b.get("brand")) for b in data.get("biosimilars", ())),
         exclude_terms=tuple(t.lower() for t in data.get("exclude_terms", ())),
         codes=codes,
+        exclude_routes=tuple(t.lower() for t in data.get("exclude_routes", ())),
     )
 
 

@@ -228,6 +228,7 @@ class Identity:
     biosimilars: tuple[tuple[str, str | None], ...]
     exclude_terms: tuple[str, ...]
     codes: tuple[CodeEntry, ...]
+    exclude_routes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

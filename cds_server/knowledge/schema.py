@@ -98,6 +98,7 @@ class IdentitySchema(_Strict):
     brands = fields.List(fields.String(validate=NON_EMPTY))
     biosimilars = fields.List(fields.Nested(BiosimilarSchema))
     exclude_terms = fields.List(fields.String(validate=NON_EMPTY))
+    exclude_routes = fields.List(fields.String(validate=NON_EMPTY))
     codes = fields.List(fields.Nested(CodeSchema))
 
 

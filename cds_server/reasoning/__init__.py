@@ -21,8 +21,20 @@ RULES = (reactions, premedication, titration, monitoring, pretreatment, crs, sum
 
 
 def run(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
-    """Run every rule in ``RULES`` order and return their findings."""
+    """Run every rule in ``RULES`` order and return their findings, after precedence."""
     findings: list[Finding] = []
     for rule in RULES:
         findings.extend(rule.evaluate(situation, kb))
-    return findings
+    return apply_precedence(findings)
+
+
+def apply_precedence(findings: list[Finding]) -> list[Finding]:
+    """A critical "do not give by standard infusion" card silences standard-rate advice.
+
+    Advising a standard titration rate for a drug the same response says must not be given
+    by standard infusion would contradict it; the desensitization schedule replaces it.
+    """
+    no_standard = {
+        f.drug_id for f in findings if f.topic == reactions.TOPIC and f.indicator == "critical"
+    }
+    return [f for f in findings if not (f.topic == titration.TOPIC and f.drug_id in no_standard)]

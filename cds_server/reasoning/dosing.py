@@ -31,8 +31,8 @@ class DosePosition:
 
     ``number`` is None when the history is unknown or incomplete; ``min_number`` is then
     what the history we do have proves (2 once one earlier dose is seen). ``steps`` is None
-    when the step cannot be determined (no dose, or an mg/kg step without a weight), and empty when the dose is
-    not a step-up dose.
+    when the step cannot be determined (no dose, or an mg/kg step without a weight), and
+    empty when the dose is not a step-up dose.
     """
 
     number: int | None
@@ -155,11 +155,14 @@ def _steps(
     if not undecided:
         return frozenset()
     # Dose unknown or not comparable: fall back to the position in the schedule.
+    if weight is None and any(st.dose.unit == "mg/kg" for s in drug.step_up for st in s.steps):
+        unknowns.append("the patient's weight (step-up doses are in mg/kg)")
     if number is not None:
         by_position = {s.steps[number - 1].id for s in drug.step_up if len(s.steps) >= number}
         if by_position:
+            why = "no ordered dose" if dose_mg is None else "dose not comparable"
             unknowns.append(
-                f"the ordered dose; step taken from the number of prior doses ({number - 1})"
+                f"the step ({why}); taken from the number of prior doses ({number - 1})"
             )
             return frozenset(by_position)
         return frozenset()

@@ -147,7 +147,7 @@ def _for_order(
             label=f"Order {req.kind}{' ' + fmt_qty(req.duration) if req.duration else ''}"
             f" for {drug.name}",
             text=f"{drug.display}: {req.text}",
-            recommended=req.kind in _INTERRUPTIVE,
+            recommended=req.kind in _INTERRUPTIVE or req.duration is not None,
             for_order_ref=recognised.order.ref,
         )
         for req in shown + maybe

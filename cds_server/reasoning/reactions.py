@@ -126,7 +126,9 @@ def _relation(ra: RecognisedAllergy, drug_id: str, classes: tuple) -> tuple[str 
         return "same-agent", ()
     for cls in classes:
         if ra.target_kind == "class" and ra.target_id == cls.id:
-            return "class", tuple((c.text, c.provenance) for c in cls.cross_reactivity)
+            return "class", tuple(
+                (c.text, c.provenance) for c in cls.cross_reactivity if drug_id in c.members
+            )
         if ra.target_kind == "drug" and ra.target_id in cls.members:
             statements = tuple(
                 (c.text, c.provenance)
@@ -200,7 +202,7 @@ def _plan_in_drafts(situation: Situation, drug_id: str, kb: KnowledgeBase) -> bo
     return False
 
 
-def _describe(match: Match) -> str:
+def describe(match: Match) -> str:
     a = match.allergy.allergy
     what = {
         "same-agent": "this drug",
@@ -240,7 +242,7 @@ def _finding(
     ]
     plan = _plan_in_drafts(situation, drug.id, kb)
     backing = _critical_backing(drug, kb)
-    points = [f"- {_describe(m)}" for m in matches]
+    points = [f"- {describe(m)}" for m in matches]
     citations: list[Citation] = []
     unknowns: list[str] = []
     indicator: Indicator
@@ -371,6 +373,10 @@ def _schedule(
         f"({sched.total_minutes / MINUTES_PER_HOUR:.1f} h). "
         "An allergist or oncology pharmacist must confirm it."
     ]
+    points.append(
+        f"- The final rate is the order's rate ({fmt_number(rate)} mL/h); for a titrated drug "
+        "that may be a starting rate: confirm the target final rate with allergy/immunology."
+    )
     if protocol.min_final_rate_ml_h and rate < protocol.min_final_rate_ml_h:
         points.append(
             f"- The fixed step rates assume a final rate of at least "

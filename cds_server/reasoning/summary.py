@@ -14,7 +14,7 @@ from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import Citation, Finding, RecognisedOrder, Situation
 from cds_server.reasoning.dosing import IN_FORCE, fmt_qty, position, step_labels
 from cds_server.reasoning.monitoring import applicable, dose_specific
-from cds_server.reasoning.reactions import relevant_allergies
+from cds_server.reasoning.reactions import describe, relevant_allergies
 
 TOPIC = "patient-summary"
 
@@ -28,28 +28,36 @@ def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
         if r.order.status in IN_FORCE and r.drug_id not in planned:
             planned[r.drug_id] = r
     lines: list[str] = []
+    short: list[str] = []
     citations: list[Citation] = []
     unknowns: list[str] = []
     for drug_id, recognised in sorted(planned.items()):
         drug = kb.drug(drug_id)
         pos = position(situation, recognised, kb)
         firm, _, undecided = applicable(drug.monitoring, pos)
-        needs = [r for r in firm if r.kind in ("hospitalization", "proximity") or dose_specific(r)]
+        needs = [
+            r
+            for r in firm
+            if r.kind in ("hospitalization", "proximity") or dose_specific(r) or r.duration
+        ]
         labels = step_labels(drug, pos.steps or ())
         which = f" ({' or '.join(labels)})" if labels else ""
         for req in needs:
             duration = f" {fmt_qty(req.duration)}" if req.duration else ""
             lines.append(f"- **{drug.display}** next dose{which}: {req.kind}{duration}. {req.text}")
+            short.append(f"{drug.display} next dose needs {req.kind}{duration}")
             citations.extend(req.provenance.citations())
         if undecided:
             unknowns.append(f"which {drug.name} dose is next")
         for match in relevant_allergies(situation, recognised, kb):
-            a = match.allergy.allergy
             severity = "severe " if match.severe else ""
-            name = a.texts[0] if a.texts else match.allergy.target_id
-            lines.append(
-                f"- **{drug.display}**: {severity}reaction recorded ({match.relation}: {name})."
-            )
+            lines.append(f"- **{drug.display}** (planned): {describe(match)}")
+            if match.severe and match.relation == "same-agent" and not match.tolerated_since:
+                lines.append(
+                    f"  - Do not give {drug.name} by standard infusion: discuss rapid "
+                    "desensitization with allergy/immunology before the next dose."
+                )
+            short.append(f"{drug.display}: {severity}reaction on record")
         unknowns.extend(u for u in pos.unknowns if u not in unknowns)
     if not lines:
         return []
@@ -57,9 +65,9 @@ def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
         Finding(
             topic=TOPIC,
             drug_id="patient",
-            drug_name="Infusion therapy",
+            drug_name="Planned infusions",
             indicator="info",
-            headline=f"upcoming infusion risks for {len(planned)} planned drug(s)",
+            headline="; ".join(dict.fromkeys(short)) or "upcoming infusion risks",
             points=tuple(lines),
             citations=tuple(citations),
             unknowns=tuple(unknowns),

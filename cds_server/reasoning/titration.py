@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from cds_server.knowledge.model import KnowledgeBase, RateSchedule
 from cds_server.model import (
+    MINUTES_PER_HOUR,
     Finding,
     MedicationOrder,
     ProposedRateChange,
@@ -59,36 +60,54 @@ def schedule_table(schedule: RateSchedule) -> tuple[tuple[str, ...], ...]:
     )
 
 
-def _comparable_rate(order: MedicationOrder, unit: str) -> Quantity | None:
-    """The order's rate in ``unit``, converting mg/h ↔ mL/h through dose/volume if needed."""
-    rate = order.rate
-    if rate is None:
+def convert(q: Quantity, unit: str, mg_per_ml: float | None) -> Quantity | None:
+    """A rate in another unit: per-minute ↔ per-hour, and mg ↔ mL through the concentration."""
+    if q.unit == unit:
+        return q
+    try:
+        amount_from, time_from = q.unit.split("/")
+        amount_to, time_to = unit.split("/")
+    except ValueError:
         return None
-    if rate.unit == unit:
-        return rate
+    value = q.value
+    if (time_from, time_to) == ("min", "h"):
+        value *= MINUTES_PER_HOUR
+    elif (time_from, time_to) == ("h", "min"):
+        value /= MINUTES_PER_HOUR
+    elif time_from != time_to:
+        return None
+    if amount_from != amount_to:
+        if mg_per_ml is None:
+            return None
+        if (amount_from, amount_to) == ("mL", "mg"):
+            value *= mg_per_ml
+        elif (amount_from, amount_to) == ("mg", "mL"):
+            value /= mg_per_ml
+        else:
+            return None
+    return Quantity(value, unit)
+
+
+def concentration(order: MedicationOrder) -> float | None:
+    """mg/mL of the bag, when the order gives a dose in mg and a volume."""
     if order.dose is None or order.volume is None or order.dose.unit != "mg":
         return None
-    mg_per_ml = order.dose.value / order.volume.value
-    if rate.unit == "mL/h" and unit == "mg/h":
-        return Quantity(rate.value * mg_per_ml, unit)
-    if rate.unit == "mg/h" and unit == "mL/h":
-        return Quantity(rate.value / mg_per_ml, unit)
-    return None
+    return order.dose.value / order.volume.value
+
+
+def _comparable_rate(order: MedicationOrder, unit: str) -> Quantity | None:
+    """The order's rate expressed in the schedule's unit (None when it cannot be converted)."""
+    if order.rate is None:
+        return None
+    return convert(order.rate, unit, concentration(order))
 
 
 def _start_in_order_unit(order: MedicationOrder, schedule: RateSchedule) -> Quantity | None:
     """The schedule's start rate expressed in the order's own rate unit (for the update)."""
     assert schedule.start is not None
-    if order.rate is None or order.rate.unit == schedule.start.unit:
+    if order.rate is None:
         return schedule.start
-    if order.dose is None or order.volume is None:
-        return None
-    mg_per_ml = order.dose.value / order.volume.value
-    if schedule.start.unit == "mg/h" and order.rate.unit == "mL/h":
-        return Quantity(schedule.start.value / mg_per_ml, "mL/h")
-    if schedule.start.unit == "mL/h" and order.rate.unit == "mg/h":
-        return Quantity(schedule.start.value * mg_per_ml, "mg/h")
-    return None
+    return convert(schedule.start, order.rate.unit, concentration(order))
 
 
 def choose(
@@ -146,20 +165,22 @@ def _for_order(
         unknowns.append("whether this is a first or later infusion; the slowest schedule is shown")
     which = "first" if pos.number == 1 else "later" if pos.number else "unknown-position"
     if order.rate is not None and comparable is None:
+        missing = "" if concentration(order) else " (no dose in mg and bag volume to convert)"
         unknowns.append(
-            f"how the ordered rate ({fmt_qty(order.rate)}) compares: different unit and no "
-            "dose/volume to convert"
+            f"how the ordered rate ({fmt_qty(order.rate)}) compares with the schedule in "
+            f"{schedule.start.unit}{missing}"
         )
         indicator, headline = (
             "info",
-            f"titrate from {fmt_qty(schedule.start)} ({schedule.label.lower()})",
+            f"titrate from {fmt_qty(schedule.start)} ({schedule.label})",
         )
     elif comparable is not None and comparable.value > schedule.start.value:
         indicator = "warning"
         caveat = " (history incomplete: slowest schedule)" if undecided else ""
+        converted = f" (≈ {fmt_qty(comparable)})" if comparable.unit != order.rate.unit else ""
         headline = (
-            f"ordered rate {fmt_qty(order.rate)} exceeds the {schedule.label.lower()} start rate "
-            f"{fmt_qty(schedule.start)}{caveat}"
+            f"ordered rate {fmt_qty(order.rate)}{converted} exceeds the start rate "
+            f"{fmt_qty(schedule.start)} ({schedule.label}){caveat}"
         )
         points.append(
             f"- The order starts at **{fmt_qty(order.rate)}**"
@@ -184,7 +205,7 @@ def _for_order(
     else:
         indicator, headline = (
             "info",
-            f"titrate from {fmt_qty(schedule.start)} ({schedule.label.lower()})",
+            f"titrate from {fmt_qty(schedule.start)} ({schedule.label})",
         )
     position_text = {
         "first": "This is the patient's **first** infusion of this drug.",
@@ -197,7 +218,11 @@ def _for_order(
     for opt in optional:
         condition = f" if {opt.applies.condition}" if opt.applies.condition else ""
         detail = opt.text or (fmt_qty(opt.duration) if opt.duration else "")
-        points.append(f"- May be eligible{condition}: **{opt.label}** — {detail}")
+        if opt.kind == "rapid":
+            points.append(f"- May be eligible{condition}: **{opt.label}** — {detail}")
+        else:
+            start = f"start {fmt_qty(opt.start)}; " if opt.start else ""
+            points.append(f"- Instead{condition}: **{opt.label}** — {start}{detail}".rstrip("; —"))
     citations = schedule.provenance.citations() + tuple(
         c for opt in optional for c in opt.provenance.citations()
     )

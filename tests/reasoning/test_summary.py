@@ -19,6 +19,7 @@ def test_planned_step_up_dose_is_summarised(kb):
     [f] = summary.evaluate(s, kb)
     assert f.indicator == "info" and f.topic == "patient-summary"
     assert any("Glofitamab" in p and "hospitalization 24 h" in p for p in f.points)
+    assert f.headline == "Glofitamab next dose needs hospitalization 24 h"
 
 
 def test_known_reaction_to_planned_drug_is_summarised(kb):
@@ -28,7 +29,8 @@ def test_known_reaction_to_planned_drug_is_summarised(kb):
         hook="patient-view",
     )
     [f] = summary.evaluate(s, kb)
-    assert any("severe reaction recorded" in p for p in f.points)
+    assert "severe reaction on record" in f.headline
+    assert any("Do not give carboplatin by standard infusion" in p for p in f.points)
 
 
 def test_nothing_applies_gives_no_card(kb):

@@ -1,0 +1,1 @@
+"""End-to-end clinical scenarios (fixtures/fhir/scenarios)."""
