@@ -130,10 +130,10 @@ def choose(
     return standard, optional, undecided
 
 
-def specificity(schedule: RateSchedule) -> int:
+def specificity(schedule: RateSchedule) -> tuple[bool, bool]:
     """Step-specific beats infusion-number-specific beats first/subsequent/all."""
     app = schedule.applies
-    return 2 if app.steps else 1 if app.infusion_numbers else 0
+    return (bool(app.steps), bool(app.infusion_numbers))
 
 
 def most_specific(schedules: list[RateSchedule]) -> list[RateSchedule]:
