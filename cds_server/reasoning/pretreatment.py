@@ -67,6 +67,7 @@ def _check(
 ) -> Finding | None:
     drug = kb.drug(recognised.drug_id)
     required = kb.drugs[pre.requires_drug].display
+    required_name = kb.drugs[pre.requires_drug].name
     if situation.record.history_known and satisfied(situation, pre, recognised):
         return None
     known = situation.record.history_known
@@ -77,7 +78,7 @@ def _check(
     if known:
         window = f"the last {pre.lookback_days} days of " if pre.lookback_days else ""
         points.append(
-            f"- No {required} order or administration was found in the draft orders or in "
+            f"- No {required_name} order or administration was found in the draft orders or in "
             f"{window}the medication history."
         )
     return Finding(

@@ -373,10 +373,11 @@ def _schedule(
         f"({sched.total_minutes / MINUTES_PER_HOUR:.1f} h). "
         "An allergist or oncology pharmacist must confirm it."
     ]
-    points.append(
-        f"- The final rate is the order's rate ({fmt_number(rate)} mL/h); for a titrated drug "
-        "that may be a starting rate: confirm the target final rate with allergy/immunology."
-    )
+    if any(s.kind == "titrated" for s in kb.drug(recognised.drug_id).rate_schedules):
+        points.append(
+            f"- The final rate used is the order's rate ({fmt_number(rate)} mL/h), which for this "
+            "titrated drug may be a starting rate: confirm the target final rate."
+        )
     if protocol.min_final_rate_ml_h and rate < protocol.min_final_rate_ml_h:
         points.append(
             f"- The fixed step rates assume a final rate of at least "
