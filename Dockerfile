@@ -1,5 +1,7 @@
 # Production image: gunicorn (via `cds-server serve`) as a non-root user.
 # Put a TLS-terminating proxy in front of it: CDS Hooks requires HTTPS.
+# Authentication is always on: mount a trusted-clients file and set CDS_CLIENTS_FILE and
+# CDS_PUBLIC_URL (see the README, "Trusted clients"); without them the container stops at once.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,8 +18,16 @@ COPY cds_server ./cds_server
 COPY cards ./cards
 RUN pip install . && rm -rf /app/cds_server /app/build
 
+# Card log, feedback and snooze: SQLite (WAL) on a volume, schema migrated at start; its
+# patient-hash key is generated next to it. For several instances use PostgreSQL instead:
+# CDS_DATABASE_URL=postgresql://user@host/db and a shared CDS_PATIENT_HASH_KEY.
+RUN mkdir -p /var/lib/cds-server && chown cds:cds /var/lib/cds-server
+ENV CDS_DATABASE_URL=sqlite:////var/lib/cds-server/cds-server.sqlite3
+VOLUME /var/lib/cds-server
+
 USER cds
 EXPOSE 8080
+# Discovery answers 401 without a client JWT: an HTTP answer (200 or 401) means it is up.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
-    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/cds-services', timeout=3)"
+    CMD python -c "import http.client as h; c = h.HTTPConnection('127.0.0.1', 8080, timeout=3); c.request('GET', '/cds-services'); raise SystemExit(c.getresponse().status not in (200, 401))"
 CMD ["cds-server", "serve", "--host", "0.0.0.0", "--port", "8080", "--workers", "2"]

@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 from werkzeug.exceptions import NotFound as WzNotFound
 
-from cds_server import pipeline, protocol, services
+from cds_server import auth, limits, pipeline, protocol, services, store
 from cds_server.errors import (
     BadRequest,
     CdsError,
@@ -57,6 +57,8 @@ def _json_body() -> dict[str, Any]:
         shown = mimetype[:60] or "none"
         raise UnsupportedMediaType(f"Content-Type must be application/json (got {shown})")
     raw = request.get_data(cache=False)  # RequestEntityTooLarge beyond MAX_CONTENT_LENGTH
+    if request.content_length is None and len(raw) >= current_app.config["MAX_CONTENT_LENGTH"]:
+        raise RequestEntityTooLarge()  # chunked body: werkzeug stops at the limit silently
     if not raw.strip():
         raise MalformedJson("The request body is empty; a JSON object is required")
     try:
@@ -73,6 +75,7 @@ def _json_body() -> dict[str, Any]:
         raise MalformedJson("The request body is not valid JSON (or nested too deeply)") from None
     if not isinstance(body, dict):
         raise MalformedJson("The request body must be a JSON object")
+    limits.check_depth(body, current_app.config["MAX_JSON_DEPTH"])
     return body
 
 
@@ -86,20 +89,32 @@ def call_service(service_id: str) -> Response:
     started = time.perf_counter()
     services.require(service_id)
     body = _json_body()
+    limits.check_hook_request(
+        body,
+        max_draft_orders=current_app.config["MAX_DRAFT_ORDERS"],
+        max_prefetch=current_app.config["MAX_PREFETCH_RESOURCES"],
+    )
     runtime = _runtime()
+    now = datetime.now(UTC)
+    cards_store = store.get_store()
     result = pipeline.run(
         body,
         service_id=service_id,
         kb=runtime.kb,
-        settings=runtime.fhir,
-        now=datetime.now(UTC),
+        settings=auth.fhir_settings(runtime.fhir),  # only the caller's trusted fhirServers
+        now=now,
+        history=cards_store,
+    )
+    cards_store.log_cards(
+        result.situation.call, result.issued, issued_at=now, knowledge_version=runtime.kb.version
     )
     log.info(
-        "call service=%s hook=%s hookInstance=%s cards=%d fetched=%s warnings=%d ms=%.0f",
+        "call service=%s hook=%s hookInstance=%s cards=%d held=%d fetched=%s warnings=%d ms=%.0f",
         result.service.id,
         result.service.hook,
         protocol_safe(result.request.hook_instance),
         len(result.response["cards"]),
+        len(result.suppressed),
         ",".join(result.resolved.fetched) or "-",
         len(result.record.warnings),
         (time.perf_counter() - started) * 1000,
@@ -112,9 +127,22 @@ def feedback(service_id: str) -> Response:
     services.require(service_id)
     items = protocol.load_feedback(_json_body())
     outcomes = sorted({i["outcome"] for i in items})
-    log.info("feedback service=%s items=%d outcomes=%s", service_id, len(items), ",".join(outcomes))
-    # Storage arrives with the feedback issue; until then, accepted and validated only.
-    # 200 with an empty body, as the reference service does (an empty JSON object is not allowed).
+    stored = store.get_store().record_feedback(
+        service_id, items, policy=_runtime().kb.policy, received_at=datetime.now(UTC)
+    )
+    log.info(
+        "feedback service=%s items=%d outcomes=%s stored=%d duplicates=%d unknown_cards=%d "
+        "snoozes=%d",
+        service_id,
+        len(items),
+        ",".join(outcomes),
+        stored.stored,
+        stored.duplicates,
+        stored.unknown_cards,
+        stored.snoozes,
+    )
+    # Answered only after the commit (durable). 200 with an empty body, as the reference
+    # service does (an empty JSON object is not allowed).
     response = Response(status=200)
     del response.headers["Content-Type"]
     return response
@@ -140,7 +168,7 @@ def error_response(error: CdsError, headers: dict[str, str] | None = None) -> Re
 @bp.app_errorhandler(CdsError)
 def _cds_error(error: CdsError) -> Response:
     log.info("rejected %s %s: %d %s", request.method, _route(), error.status, error.code)
-    return error_response(error)
+    return error_response(error, {"WWW-Authenticate": "Bearer"} if error.status == 401 else None)
 
 
 @bp.app_errorhandler(HTTPException)

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from cds_server import config
+from cds_server import auth, config, store
 from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.loader import load_knowledge
 from cds_server.knowledge.model import KnowledgeBase
@@ -39,6 +39,8 @@ def create_app(
     config.load(app.config, test_config, overrides, instance_path=app.instance_path)
     kb = load_knowledge(app.config["CARDS_DIR"])
     app.extensions[EXTENSION] = Runtime(kb=kb, fhir=FhirSettings.from_config(app.config))
+    auth.init_app(app, blueprint="cds")  # CDS client JWTs on api.bp; fails fast if misconfigured
+    store.init_app(app)  # card log, feedback, snooze (SQLite by default); migrates the schema
 
     origins = app.config["CORS_ORIGINS"]
     if origins:
@@ -51,7 +53,10 @@ def create_app(
             max_age=600,
         )
 
-    from cds_server import api
+    from cds_server import analytics, api, openapi, sandbox
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(analytics.bp)
+    app.register_blueprint(openapi.bp)  # GET /openapi.json (public: no data in it)
+    sandbox.init_app(app)  # /sandbox: demo mode, or SANDBOX_ENABLED
     return app

@@ -3,11 +3,14 @@
 * ``demo``        — Flask's server on 127.0.0.1:8080, no authentication, for trying it out;
 * ``serve``       — production: gunicorn (threaded workers) running the same app;
 * ``check-cards`` — knowledge coverage report (``knowledge.coverage.format_coverage``);
-* ``explain``     — why a request gives the cards it gives (``explain.explain_request``).
+* ``explain``     — why a request gives the cards it gives (``explain.explain_request``);
+* ``report``      — cards issued, accepted, overridden, ignored per rule and drug (``store``);
+* ``db upgrade``  — migrate the database schema (``db current`` shows the revision).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ log = logging.getLogger("cds_server.cli")
 
 DEMO_OVERRIDES: dict[str, Any] = {
     "DEMO": True,
+    "AUTH_REQUIRED": False,
     "FHIR_ALLOW_HTTP": "loopback",
     "FHIR_ALLOW_UNAUTHENTICATED": True,
 }
@@ -68,19 +72,46 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
-def demo(host: str, port: int) -> None:
+@click.option(
+    "--auth",
+    "require_auth",
+    is_flag=True,
+    help="Verify client JWTs as in production, trusting the demo's test key (the sandbox "
+    "page's 'Sign with the demo's test key') and any --clients file.",
+)
+@click.option(
+    "--clients",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="With --auth: more trusted clients (e.g. the CDS Hooks Sandbox's public key).",
+)
+def demo(host: str, port: int, require_auth: bool, clients: Path | None) -> None:
     """Run the service locally for trying it out: NO authentication, demo settings."""
-    app = _create_app(DEMO_OVERRIDES)
-    _setup_logging(app.config["LOG_LEVEL"])
-    log.warning(
-        "*** DEMO MODE: no authentication, http FHIR servers allowed on loopback only. "
-        "Do not expose it or use it with real patient data. ***"
-    )
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("*** DEMO MODE listens on %s: anyone who can reach it can call it ***", host)
+    import tempfile
+
+    from cds_server.sandbox import testkey
+
+    if clients and not require_auth:
+        raise click.UsageError("--clients is used only with --auth")
     base = f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}"
-    log.warning("Discovery: curl %s/cds-services", base)
-    app.run(host=host, port=port, debug=False, use_reloader=False)
+    with tempfile.TemporaryDirectory(prefix="cds-demo-") as folder:
+        overrides = dict(DEMO_OVERRIDES)
+        if require_auth:  # the test key's public half goes into a temporary clients file
+            key = testkey.generate()
+            overrides.update(testkey.demo_auth_overrides(key, Path(folder), base, clients))
+        app = _create_app(overrides)
+        _setup_logging(app.config["LOG_LEVEL"])
+        if not require_auth:
+            log.warning(
+                "*** DEMO MODE: no authentication, http FHIR servers allowed on loopback only. "
+                "Do not expose it or use it with real patient data. ***"
+            )
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("*** DEMO MODE listens on %s: anyone who can reach it can call it ***",
+                        host)
+        log.warning("Discovery: curl %s/cds-services", base)
+        log.warning("Sandbox page: %s/sandbox/", base)
+        app.run(host=host, port=port, debug=False, use_reloader=False)
 
 
 @main.command()
@@ -93,15 +124,38 @@ def demo(host: str, port: int) -> None:
     default=None,
     help="Base URL clients call (e.g. https://cds.example.org), used for JWT audience checks.",
 )
-def serve(host: str, port: int, workers: int, threads: int, public_url: str | None) -> None:
-    """Production entry point: gunicorn with threaded workers (put TLS in front of it)."""
+@click.option(
+    "--clients",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Trusted-clients YAML file (default: CDS_CLIENTS_FILE). Required: see the README.",
+)
+def serve(
+    host: str,
+    port: int,
+    workers: int,
+    threads: int,
+    public_url: str | None,
+    clients: Path | None,
+) -> None:
+    """Production entry point: gunicorn with threaded workers (put TLS in front of it).
+
+    Authentication is always on: it refuses to start without a trusted-clients file.
+    """
     from gunicorn.app.base import BaseApplication
 
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {"AUTH_REQUIRED": True, "DEMO": False}
     if public_url:
         overrides["PUBLIC_URL"] = public_url.rstrip("/")
+    if clients:
+        overrides["CLIENTS_FILE"] = str(clients)
     app = _create_app(overrides)
     _setup_logging(app.config["LOG_LEVEL"])
+    if workers > 1 and app.config["AUTH_CACHE"] == "memory":
+        log.warning(
+            "AUTH_CACHE is 'memory': replay protection and the JWKS cache are per worker "
+            "process. With several workers or instances set CDS_AUTH_CACHE=redis://host:6379/0."
+        )
 
     class _Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -126,6 +180,10 @@ def serve(host: str, port: int, workers: int, threads: int, public_url: str | No
             return app
 
     log.info("serving on %s:%d with %d worker(s) × %d thread(s)", host, port, workers, threads)
+    # What start-up built (knowledge, schemas, modules) lives as long as the process: keep it
+    # out of the garbage collector's full passes (they scanned it all: 0.1 s pauses under load,
+    # bench/README.md) and out of copy-on-write after the fork.
+    gc.freeze()
     _Server().run()
 
 
@@ -146,3 +204,90 @@ def explain(request_file: Path, cards: Path | None) -> None:
     from cds_server.explain import explain_request
 
     click.echo(explain_request(request_file, _load_kb(cards)))
+
+
+def _open_store(upgrade: bool = True) -> Any:
+    """The store the app would use (same config and instance folder), without the app.
+
+    ``upgrade=False`` (the ``db`` commands): no migration and no hash key needed.
+    """
+    from flask import Flask
+
+    from cds_server import app as app_module
+    from cds_server.store import db as store_db
+
+    instance = Flask(app_module.__name__, instance_relative_config=True).instance_path
+    try:
+        cfg = config.load(instance_path=instance)
+        store = store_db.build_store(cfg, instance, with_key=upgrade)
+    except config.ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if upgrade:
+        store_db.upgrade(store.engine)
+    return store
+
+
+@main.command()
+@click.option("--since", default=None, help="Start (2026-11-01 or ISO time; default: 30 days ago).")
+@click.option("--until", default=None, help="End, exclusive (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON of GET /analytics/report.")
+def report(since: str | None, until: str | None, as_json: bool) -> None:
+    """Cards issued, accepted, overridden (with reasons) and ignored, per rule and drug."""
+    import json
+    from datetime import UTC, datetime
+
+    from cds_server.analytics import present
+    from cds_server.errors import InvalidRequest
+
+    try:
+        start, end = present.window(since, until, datetime.now(UTC))
+    except InvalidRequest as exc:
+        raise click.BadParameter("; ".join(m for ms in exc.fields.values() for m in ms)) from None
+    kb = _load_kb(None)
+    cards_store = _open_store()
+    try:
+        result = cards_store.report(start, end)
+    finally:
+        cards_store.engine.dispose()
+    if as_json:
+        click.echo(json.dumps(present.report_json(result, kb), indent=2))
+    else:
+        click.echo(present.report_text(result, kb))
+
+
+@main.group()
+def db() -> None:
+    """The database: schema migrations (CDS_DATABASE_URL; default SQLite in instance/)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+def db_upgrade(revision: str) -> None:
+    """Migrate the schema to the newest (or the given) revision."""
+    from cds_server.store import db as store_db
+
+    engine = _open_store(upgrade=False).engine
+    try:
+        now = store_db.upgrade(engine, revision)
+    finally:
+        engine.dispose()
+    click.echo(
+        f"{store_db.describe(engine)}: at revision {now} "
+        f"(newest shipped: {store_db.head_revision()})"
+    )
+
+
+@db.command("current")
+def db_current() -> None:
+    """Show the database's schema revision and the newest one shipped."""
+    from cds_server.store import db as store_db
+
+    engine = _open_store(upgrade=False).engine
+    try:
+        current = store_db.current_revision(engine)
+    finally:
+        engine.dispose()
+    click.echo(
+        f"{store_db.describe(engine)}: at revision {current} "
+        f"(newest shipped: {store_db.head_revision()})"
+    )

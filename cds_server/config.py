@@ -15,6 +15,7 @@ This is the only module that reads the environment. Order of precedence (last wi
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -51,6 +52,46 @@ DEFAULTS: dict[str, Any] = {
     "DEMO": False,
     # Level of the ``cds_server`` loggers when run from the command line.
     "LOG_LEVEL": "INFO",
+    # -- sandbox page (cds_server/sandbox) ---------------------------------------------------
+    # Serve /sandbox outside demo mode too (always on in demo mode). No test key outside it.
+    "SANDBOX_ENABLED": False,
+    # Fixture patients offered by the page; None = fixtures/fhir of the source tree (if any).
+    "SANDBOX_FIXTURES_DIR": None,
+    # -- persistence (cds_server/store): card log, feedback, snooze ------------------------
+    # SQLAlchemy URL; None = SQLite file instance/cds-server.sqlite3 (in memory when TESTING).
+    # PostgreSQL: postgresql://user@host/db (driven by psycopg 3).
+    "DATABASE_URL": None,
+    # Upgrade the schema (Alembic) when the app starts; false = run `cds-server db upgrade`.
+    "DATABASE_AUTO_UPGRADE": True,
+    # HMAC-SHA256 key for patient/encounter hashes (>= 32 characters). None = generated once
+    # into patient-hash.key next to the SQLite file (instance/ by default), ephemeral for
+    # in-memory SQLite; required for any other database (every instance must share it).
+    "PATIENT_HASH_KEY": None,
+    # Same rule + drug + patient already shown in this ordering session (same encounter or
+    # hookInstance) within this many minutes → not shown again (0 disables).
+    "DEDUP_WINDOW_MINUTES": 60,
+    # Bearer token for /analytics/*; None = analytics open in demo mode only (403 otherwise).
+    "ADMIN_TOKEN": None,
+    # -- trust (cds_server/auth.py, trusted_clients.py): CDS client JWTs, SSRF, limits -------
+    # Require a signed JWT from a trusted client on every call. ``serve`` forces it on; the
+    # demo and the test app turn it off.
+    "AUTH_REQUIRED": True,
+    # Trusted-clients YAML file (``serve --clients``); required when AUTH_REQUIRED.
+    "CLIENTS_FILE": None,
+    # Clock leeway, in seconds, for the JWT exp/iat/nbf checks (0-300).
+    "AUTH_LEEWAY": 60,
+    # Replay (jti) and JWKS cache: "memory" (this process) or redis://host:port/db (shared).
+    "AUTH_CACHE": "memory",
+    # A fetched jku JWK Set is re-fetched after this many seconds, or on an unknown kid but
+    # at most once per AUTH_JWKS_MIN_REFRESH seconds.
+    "AUTH_JWKS_TTL": 3600,
+    "AUTH_JWKS_MIN_REFRESH": 30,
+    # Non-public networks (CIDRs) a fhirServer may resolve to; public addresses always may.
+    "FHIR_ALLOWED_NETWORKS": [],
+    # Request limits (beyond them: 400 for depth, 413 for counts).
+    "MAX_JSON_DEPTH": 64,
+    "MAX_DRAFT_ORDERS": 100,
+    "MAX_PREFETCH_RESOURCES": 5000,
 }
 
 HTTP_POLICIES = ("never", "loopback", "always")
@@ -111,7 +152,7 @@ def check(cfg: Config | dict[str, Any]) -> None:
     if not isinstance(origins, list | tuple) or not all(isinstance(o, str) for o in origins):
         raise ConfigError("FHIR_ALLOWED_ORIGINS must be a list of origins")
     cfg["FHIR_ALLOWED_ORIGINS"] = [o.rstrip("/") for o in origins]
-    for key in ("FHIR_ALLOW_UNAUTHENTICATED", "DEMO"):
+    for key in ("FHIR_ALLOW_UNAUTHENTICATED", "DEMO", "SANDBOX_ENABLED"):
         if not isinstance(cfg.get(key), bool):
             raise ConfigError(f"{key} must be true or false")
     cors = cfg.get("CORS_ORIGINS")
@@ -120,3 +161,61 @@ def check(cfg: Config | dict[str, Any]) -> None:
     public = cfg.get("PUBLIC_URL")
     if public is not None and not (isinstance(public, str) and public.startswith("http")):
         raise ConfigError("PUBLIC_URL must be an http(s) URL")
+    _check_store(cfg)
+    _check_trust(cfg)
+
+
+def _check_store(cfg: Config | dict[str, Any]) -> None:
+    """Settings of the persistence layer (``cds_server.store``)."""
+    url = cfg.get("DATABASE_URL")
+    if url is not None and not (isinstance(url, str) and "://" in url):
+        raise ConfigError("DATABASE_URL must be an SQLAlchemy URL, e.g. postgresql://host/db")
+    if not isinstance(cfg.get("DATABASE_AUTO_UPGRADE"), bool):
+        raise ConfigError("DATABASE_AUTO_UPGRADE must be true or false")
+    window = cfg.get("DEDUP_WINDOW_MINUTES")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+        raise ConfigError("DEDUP_WINDOW_MINUTES must be a whole number of minutes (0 disables)")
+    for key in ("PATIENT_HASH_KEY", "ADMIN_TOKEN"):
+        value = cfg.get(key)
+        if value is not None and not (isinstance(value, str) and len(value.strip()) >= 32):
+            raise ConfigError(f"{key} must be a string of at least 32 characters (quote it)")
+
+
+def _check_trust(cfg: Config | dict[str, Any]) -> None:
+    """Settings of authentication, the outbound address policy and the request limits."""
+    if not isinstance(cfg.get("AUTH_REQUIRED"), bool):
+        raise ConfigError("AUTH_REQUIRED must be true or false")
+    clients = cfg.get("CLIENTS_FILE")
+    if clients is not None and not (isinstance(clients, str) and clients.strip()):
+        raise ConfigError("CLIENTS_FILE must be the path of the trusted-clients YAML file")
+    leeway = cfg.get("AUTH_LEEWAY")
+    if isinstance(leeway, bool) or not isinstance(leeway, int | float) or not 0 <= leeway <= 300:
+        raise ConfigError("AUTH_LEEWAY must be a number of seconds between 0 and 300")
+    cache = cfg.get("AUTH_CACHE")
+    if not isinstance(cache, str) or not (
+        cache == "memory" or cache.split("://", 1)[0] in ("redis", "rediss", "unix")
+    ):
+        raise ConfigError("AUTH_CACHE must be 'memory' or a redis://host:port/db URL")
+    for key in ("AUTH_JWKS_TTL", "AUTH_JWKS_MIN_REFRESH"):
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{key} must be a positive number of seconds")
+    for key in ("MAX_JSON_DEPTH", "MAX_DRAFT_ORDERS", "MAX_PREFETCH_RESOURCES"):
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be a positive integer")
+    networks = cfg.get("FHIR_ALLOWED_NETWORKS") or []
+    if isinstance(networks, str):
+        networks = [n.strip() for n in networks.split(",") if n.strip()]
+    if not isinstance(networks, list | tuple):
+        raise ConfigError("FHIR_ALLOWED_NETWORKS must be a list of networks such as 10.0.0.0/8")
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"FHIR_ALLOWED_NETWORKS: {str(network)[:60]!r} is not a network (e.g. 10.0.0.0/8)"
+            ) from None
+    cfg["FHIR_ALLOWED_NETWORKS"] = list(networks)
+    if isinstance(cfg.get("PUBLIC_URL"), str):
+        cfg["PUBLIC_URL"] = cfg["PUBLIC_URL"].rstrip("/")

@@ -12,11 +12,19 @@ Messages name fields, keys and problems, never values: a value may be patient da
     │   ├── UnsupportedMediaType  400  unsupported-content-type
     │   ├── InvalidRequest        400  invalid-request       (field → messages in ``fields``)
     │   └── HookMismatch          400  hook-mismatch         (service id exists, other hook)
+    ├── Unauthorized              401  unauthorized          (CDS client JWT refused; no detail,
+    │                                                         the reason is only logged)
+    ├── AdminUnauthorized         401  admin-unauthorized    (analytics: bearer admin token)
+    ├── AdminDisabled             403  admin-disabled        (analytics: no admin token set)
     ├── UnknownService            404  unknown-service
     ├── NotFound                  404  not-found             (no such route)
     ├── MethodNotAllowed          405  method-not-allowed
     ├── PrefetchUnavailable       412  prefetch-unavailable  (names the missing ``keys``)
     ├── PayloadTooLarge           413  payload-too-large
+    │   └── LimitExceeded         413  limit-exceeded        (too many draft orders or prefetch
+    │                                                         resources)
+    ├── StoreUnavailable          503  store-unavailable     (feedback not durably stored: retry)
+    ├── AuthUnavailable           503  auth-unavailable      (replay/JWKS cache unreachable: retry)
     └── FhirUnavailable           502  fhir-unavailable      (internal: the FHIR server failed;
                                                               prefetch turns it into 412 or a
                                                               warning, so it should never escape)
@@ -98,11 +106,52 @@ class PayloadTooLarge(CdsError):
     code = "payload-too-large"
 
 
+class LimitExceeded(PayloadTooLarge):
+    """The request holds more draft orders or prefetch resources than the service processes."""
+
+    code = "limit-exceeded"
+
+
+class Unauthorized(CdsError):
+    """The caller is not an authenticated, trusted CDS client. The message never says why."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class AuthUnavailable(CdsError):
+    """Authentication could not be decided (the shared replay/JWKS cache is unreachable)."""
+
+    status = 503
+    code = "auth-unavailable"
+
+
 class FhirUnavailable(CdsError):
     """A call to the client's FHIR server failed (timeout, status, size, bad JSON, policy)."""
 
     status = 502
     code = "fhir-unavailable"
+
+
+class AdminUnauthorized(CdsError):
+    """An admin endpoint was called without the configured bearer admin token."""
+
+    status = 401
+    code = "admin-unauthorized"
+
+
+class AdminDisabled(CdsError):
+    """Admin endpoints are off: no admin token is configured and this is not the demo."""
+
+    status = 403
+    code = "admin-disabled"
+
+
+class StoreUnavailable(CdsError):
+    """The database could not durably store what the client sent; the client may retry."""
+
+    status = 503
+    code = "store-unavailable"
 
 
 class TemplateError(ValueError):

@@ -1,6 +1,6 @@
 """One hook call, end to end: the only place where one stage calls the next.
 
-``parse → route → resolve prefetch → build record → recognise → reason → render → dump``
+``parse → route → resolve prefetch → build record → recognise → reason → suppress → render → dump``
 
 Like HAPI's ``CdsServiceRegistryImpl.callService``, the pipeline both validates the request
 and encodes the response, so every caller (the HTTP API, ``cds-server explain``, tests,
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cds_server import protocol, reasoning, recognition, services
+from cds_server import protocol, reasoning, recognition, services, suppression
 from cds_server.fhirdata import prefetch, record
 from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import Finding, HookCall, PatientRecord, Situation
-from cds_server.render.cards import render_cards
+from cds_server.render.cards import gate_critical, merge, render_cards, summary_text
 
 
 def _uuid4() -> str:
@@ -39,6 +39,9 @@ class Evaluation:
     situation: Situation
     findings: tuple[Finding, ...]
     response: dict[str, Any]
+    # The cards as the card log records them, and what snooze/de-duplication held back.
+    issued: tuple[suppression.IssuedCard, ...] = ()
+    suppressed: tuple[suppression.Suppressed, ...] = ()
 
 
 def run(
@@ -50,8 +53,12 @@ def run(
     now: datetime | None = None,
     new_uuid: Callable[[], str] = _uuid4,
     client_factory: prefetch.ClientFactory | None = None,
+    history: suppression.GuidanceHistory | None = None,
 ) -> Evaluation:
     """Evaluate one hook request body against the service ``service_id``.
+
+    ``history`` (read-only; ``cds_server.store`` in the app) lets snoozed and already-shown
+    non-critical cards be held back; without it every card is shown.
 
     Raises ``CdsError`` subclasses: ``UnknownService`` (404), ``InvalidRequest`` and
     ``HookMismatch`` (400), ``PrefetchUnavailable`` (412).
@@ -88,6 +95,8 @@ def run(
         warnings=resolved.warnings,
     )
 
+    ordered = recognition.recognise_orders(patient_record.draft_orders, kb)
+    taken = recognition.recognise_orders(patient_record.medication_history, kb)
     situation = Situation(
         call=HookCall(
             hook=request.hook,
@@ -99,17 +108,25 @@ def run(
             now=now,
         ),
         record=patient_record,
-        orders=recognition.recognise_orders(patient_record.draft_orders, kb),
-        history=recognition.recognise_orders(patient_record.medication_history, kb),
+        orders=ordered,
+        history=taken,
         allergies=recognition.recognise_allergies(patient_record.allergies, kb),
         now=now,
         agents=recognition.recognise_agents(
-            (*patient_record.draft_orders, *patient_record.medication_history), kb
+            (*patient_record.draft_orders, *patient_record.medication_history),
+            kb,
+            drugs=(*ordered, *taken),  # already recognised: not recognised twice
         ),
     )
     findings = tuple(reasoning.run(situation, kb))
+    ready = [gate_critical(f) for f in merge(findings)]  # as the cards will show them
+    held = (
+        suppression.decide(ready, situation.call, history.prior_guidance(situation.call, now), now)
+        if history is not None
+        else {}
+    )
     cards = render_cards(
-        findings,
+        tuple(f for f in findings if (f.topic, f.drug_id) not in held),
         kb,
         new_uuid=new_uuid,
         patient_id=context["patientId"],
@@ -123,6 +140,10 @@ def run(
         situation=situation,
         findings=findings,
         response=protocol.dump_response(cards),
+        issued=suppression.issued_cards(
+            cards, {(f.topic, summary_text(f)): f.drug_id for f in ready}
+        ),
+        suppressed=tuple(held.values()),
     )
 
 

@@ -331,6 +331,24 @@ def _empty(value: Any) -> bool:
     return value is None or (isinstance(value, str | list | tuple | dict) and len(value) == 0)
 
 
+def _pruned(value: Any, key: str = "") -> Any:
+    """JSON without null or empty values at any depth (FHIR JSON allows neither), except in
+    the ``_element`` arrays where FHIR aligns extensions with nulls."""
+    if isinstance(value, dict):
+        items = ((k, _pruned(v, str(k))) for k, v in value.items())
+        return {k: v for k, v in items if not _empty(v)}
+    if isinstance(value, list) and not key.startswith("_"):
+        return [v for v in (_pruned(item, key) for item in value) if not _empty(v)]
+    return value
+
+
+class PrunedRaw(fields.Raw):
+    """A FHIR resource in a response (e.g. a draft order echoed in an update action)."""
+
+    def _serialize(self, value: Any, attr: Any, obj: Any, **kw: Any) -> Any:
+        return _pruned(value)
+
+
 class _Out(Schema):
     """Writes declared fields only and drops null/empty optional values."""
 
@@ -365,7 +383,7 @@ class LinkOut(_Out):
 class ActionOut(_Out):
     type = fields.String()
     description = fields.String()
-    resource = fields.Raw()
+    resource = PrunedRaw()
     resourceId = fields.Raw()
 
 
@@ -411,11 +429,16 @@ class DiscoveryOut(_Out):
     services = fields.List(fields.Nested(ServiceOut))
 
 
+# Built once: a schema's first dump builds its nested schemas (a third of a dump's cost);
+# dumping keeps no state on the instance, so one instance serves every thread.
+_RESPONSE_OUT = ResponseOut()
+
+
 def dump_response(
     cards: Sequence[Mapping[str, Any]], system_actions: Sequence[Mapping[str, Any]] | None = None
 ) -> dict[str, Any]:
     """The 200 body of a service call: ``{"cards": [...]}`` (+ ``systemActions`` if any)."""
-    return ResponseOut().dump({"cards": list(cards), "systemActions": list(system_actions or [])})
+    return _RESPONSE_OUT.dump({"cards": list(cards), "systemActions": list(system_actions or [])})
 
 
 def dump_discovery(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -431,10 +454,12 @@ def error_body(error: CdsError) -> dict[str, Any]:
     }
     issue_code = {
         400: "invalid",
+        401: "login",
         404: "not-found",
         405: "not-supported",
         412: "incomplete",
         413: "too-long",
+        503: "transient",
     }.get(error.status, "exception")
     issues: list[dict[str, Any]] = [
         {"severity": "error", "code": issue_code, "details": details, "diagnostics": error.message}

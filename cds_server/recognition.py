@@ -77,6 +77,11 @@ def normalise(text: str) -> tuple[str, ...]:
     return tuple(t for t in _SEPARATORS.split(text.casefold()) if t and t not in _IGNORED_TOKENS)
 
 
+def _normalised(raw_texts: Iterable[str]) -> list[tuple[str, ...]]:
+    """The non-empty texts, normalised, dropping those that normalise to nothing."""
+    return [t for t in (normalise(x) for x in raw_texts if x) if t]
+
+
 def _find(tokens: Sequence[str], phrase: Sequence[str]) -> int:
     """Index of the first occurrence of ``phrase`` as whole tokens in ``tokens``, or -1."""
     n = len(phrase)
@@ -190,6 +195,13 @@ class Recogniser:
                     t for t in (normalise(x) for x in ident.exclude_terms) if t
                 )
             self._phrases[kind] = tuple(phrases)
+        # Phrases by their first token, with their position in ``_phrases`` (for ordering).
+        self._by_first: dict[TargetKind, dict[str, tuple[tuple[int, _Phrase], ...]]] = {}
+        for kind, kind_phrases in self._phrases.items():
+            first: dict[str, list[tuple[int, _Phrase]]] = {}
+            for n, phrase in enumerate(kind_phrases):
+                first.setdefault(phrase.tokens[0], []).append((n, phrase))
+            self._by_first[kind] = {token: tuple(group) for token, group in first.items()}
 
     # ---- building blocks -------------------------------------------------------------
 
@@ -224,20 +236,30 @@ class Recogniser:
     def _text_hits(
         self, kinds: Sequence[TargetKind], texts: Sequence[tuple[str, ...]]
     ) -> list[_Hit]:
-        """Non-vetoed name hits, best first, without hits lying inside a longer hit."""
-        hits: list[_Hit] = []
+        """Non-vetoed name hits, best first, without hits lying inside a longer hit.
+
+        Each phrase's first occurrence in each text, found through the first-token index
+        and collected in (kind, phrase, text) order so that ties sort as they always have.
+        """
+        found: dict[tuple[int, int, int], _Hit] = {}
         vetoed: dict[tuple[TargetKind, str], bool] = {}
-        for kind in kinds:
-            for phrase in self._phrases[kind]:
-                key = (kind, phrase.target)
-                if key not in vetoed:
-                    vetoed[key] = self._vetoed(kind, phrase.target, texts)
-                if vetoed[key]:
-                    continue
-                for i, tokens in enumerate(texts):
-                    start = _find(tokens, phrase.tokens)
-                    if start >= 0:
-                        hits.append(_Hit(phrase, i, start, tokens == phrase.tokens))
+        for k, kind in enumerate(kinds):
+            by_first = self._by_first[kind]
+            for i, tokens in enumerate(texts):
+                for start, token in enumerate(tokens):
+                    for n, phrase in by_first.get(token, ()):
+                        if (k, n, i) in found:
+                            continue
+                        if tokens[start : start + len(phrase.tokens)] != phrase.tokens:
+                            continue
+                        key = (kind, phrase.target)
+                        if key not in vetoed:
+                            vetoed[key] = self._vetoed(kind, phrase.target, texts)
+                        if not vetoed[key]:
+                            found[(k, n, i)] = _Hit(phrase, i, start, tokens == phrase.tokens)
+        hits = [found[key] for key in sorted(found)]
+        if len(hits) < 2:
+            return hits
         kept = [h for h in hits if not any(h.inside(o) for o in hits)]
         return sorted(kept, key=_Hit.sort_key)
 
@@ -249,7 +271,16 @@ class Recogniser:
         raw_texts: Sequence[str],
     ) -> list[Match]:
         """Code matches, then text matches, each target once, best first."""
-        texts = [t for t in (normalise(x) for x in raw_texts if x) if t]
+        return self._matches_in(kinds, codings, ingredient_codings, _normalised(raw_texts))
+
+    def _matches_in(
+        self,
+        kinds: Sequence[TargetKind],
+        codings: Sequence[Coding],
+        ingredient_codings: Sequence[Coding],
+        texts: Sequence[tuple[str, ...]],
+    ) -> list[Match]:
+        """``_all_matches`` over texts already normalised."""
         found: list[Match] = []
         for kind in kinds:
             found.extend(self._code_matches(kind, codings, ingredient_codings, texts))
@@ -282,15 +313,11 @@ class Recogniser:
         return match
 
     def _match_order_by_name(self, order: MedicationOrder) -> Match | None:
-        codes = self._code_matches(
-            "drug",
-            order.codings,
-            order.ingredient_codings,
-            [t for t in (normalise(x) for x in order.texts if x) if t],
-        )
+        texts = _normalised(order.texts)
+        codes = self._code_matches("drug", order.codings, order.ingredient_codings, texts)
         if codes:
             return codes[0]
-        matches = self._all_matches(("drug",), (), (), order.texts)
+        matches = self._matches_in(("drug",), (), (), texts)
         return matches[0] if matches else None
 
     def match_agents(self, order: MedicationOrder) -> tuple[str, ...]:
@@ -352,19 +379,26 @@ def recognise_orders(
 
 
 def recognise_agents(
-    orders: Iterable[MedicationOrder], kb: KnowledgeBase
+    orders: Iterable[MedicationOrder],
+    kb: KnowledgeBase,
+    *,
+    drugs: Iterable[RecognisedOrder] | None = None,
 ) -> tuple[tuple[MedicationOrder, str], ...]:
     """(order, agent id) for every premedication or rescue agent ordered.
 
     An order recognised as a knowledge-base drug is never an agent; an order for a
-    combination product yields one pair per agent it contains.
+    combination product yields one pair per agent it contains. ``drugs``, when given, is
+    ``recognise_orders`` of these same orders: it says which are drugs without recognising
+    them a second time.
     """
     rec = recogniser_for(kb)
+    known = None if drugs is None else {id(r.order) for r in drugs}
     out: list[tuple[MedicationOrder, str]] = []
     for order in orders:
         if not (order.codings or order.ingredient_codings or order.texts):
             continue
-        if rec.match_order(order) is not None:
+        is_drug = rec.match_order(order) is not None if known is None else id(order) in known
+        if is_drug:
             continue
         out.extend((order, agent_id) for agent_id in rec.match_agents(order))
     return tuple(out)

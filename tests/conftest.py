@@ -54,10 +54,48 @@ def _fast_knowledge(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app_module, "load_knowledge", _cached_load)
 
 
+@pytest.fixture(autouse=True)
+def _no_instance_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apps built from the environment (CLI tests) use a throwaway in-memory database, never
+    the SQLite file in the repository's instance folder. Test-config apps do so anyway."""
+    monkeypatch.setenv("CDS_DATABASE_URL", "sqlite://")
+
+
+PUBLIC_IP = "93.184.215.14"  # what every host name resolves to in tests (a public address)
+
+
+def fake_resolve(host: str, port: int) -> list[tuple[Any, tuple[Any, ...]]]:
+    """Test DNS: IP literals resolve to themselves, ``localhost`` to loopback, any other name
+    to ``PUBLIC_IP``. Tests that need other answers monkeypatch ``resolve_addresses``."""
+    import ipaddress
+
+    if host == "localhost" or host.endswith(".localhost"):
+        names = ["127.0.0.1"]
+    else:
+        try:
+            names = [str(ipaddress.ip_address(host.strip("[]")))]
+        except ValueError:
+            names = [PUBLIC_IP]
+    return [(ipaddress.ip_address(n), (n, port)) for n in names]
+
+
+@pytest.fixture(autouse=True)
+def _no_real_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outbound FHIR address check never queries real DNS in tests."""
+    from cds_server.fhirdata import client as fhir_client
+
+    monkeypatch.setattr(fhir_client, "resolve_addresses", fake_resolve)
+
+
 @pytest.fixture
 def make_app(cards_dir: Any) -> Callable[..., Flask]:
+    """An app with test settings. Authentication is off unless a test turns it on
+    (``AUTH_REQUIRED=True`` with ``CLIENTS_FILE`` and ``PUBLIC_URL``; see tests/test_auth.py)."""
+
     def make(**settings: Any) -> Flask:
-        return app_module.create_app({"TESTING": True, "CARDS_DIR": cards_dir, **settings})
+        return app_module.create_app(
+            {"TESTING": True, "CARDS_DIR": cards_dir, "AUTH_REQUIRED": False, **settings}
+        )
 
     return make
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from flask import Flask
 
 from cds_server import cli
-from tests.conftest import REQUESTS
+from tests.conftest import REQUESTS, ROOT
 
 
 @pytest.fixture
@@ -75,6 +75,8 @@ def test_serve_configures_gunicorn(cli_runner: CliRunner, monkeypatch: pytest.Mo
             "3",
             "--public-url",
             "https://cds.example.org/",
+            "--clients",
+            str(ROOT / "fixtures" / "trusted-clients" / "sandbox.yaml"),
         ],
     )
     assert result.exit_code == 0, result.output
@@ -83,6 +85,7 @@ def test_serve_configures_gunicorn(cli_runner: CliRunner, monkeypatch: pytest.Mo
     assert seen["worker_class"] == "gthread"
     assert seen["app"].config["PUBLIC_URL"] == "https://cds.example.org"
     assert seen["app"].config["DEMO"] is False
+    assert seen["app"].config["AUTH_REQUIRED"] is True
 
 
 def test_check_cards_is_a_thin_wrapper(

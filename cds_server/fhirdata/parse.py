@@ -22,6 +22,7 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
+from cds_server.fhirdata.fastpath import plain_view
 from cds_server.model import (
     UCUM,
     Allergy,
@@ -91,8 +92,12 @@ def _repair(resource: Mapping[str, Any]) -> dict[str, Any]:
     return fixed
 
 
-def validate(resource: Any, where: str, log: ParseLog) -> Any | None:
-    """Validate one JSON resource with its R4B model, tolerating unknown properties."""
+def validate(resource: Any, where: str, log: ParseLog, *, plain: bool = False) -> Any | None:
+    """Validate one JSON resource with its R4B model, tolerating unknown properties.
+
+    With ``plain``, a MedicationRequest, Medication or AllergyIntolerance that passes the
+    stricter plain check (``fastpath.py``) is returned as a model-shaped ``PlainView`` instead.
+    """
     if not isinstance(resource, Mapping):
         log.warnings.append(f"{where} skipped: not a JSON object")
         return None
@@ -101,6 +106,10 @@ def validate(resource: Any, where: str, log: ParseLog) -> Any | None:
     if model is None:
         return None
     data = _repair(resource)
+    if plain:
+        view = plain_view(rtype, data)
+        if view is not None:
+            return view
     try:
         return model.model_validate(data)
     except (TypeError, ValueError, AttributeError) as exc:
@@ -245,9 +254,12 @@ def medication_ref_key(reference: str | None) -> str | None:
     return match.group(1) if match else None
 
 
-def parse_medication(resource: Mapping[str, Any], where: str, log: ParseLog) -> Medication | None:
-    """Validate a Medication resource (for ``medicationReference`` resolution)."""
-    return validate(resource, where, log)
+def parse_medication(
+    resource: Mapping[str, Any], where: str, log: ParseLog, *, plain: bool = True
+) -> Any | None:
+    """Validate a Medication resource (for ``medicationReference`` resolution); a plain one
+    comes back as a ``PlainView`` unless ``plain`` is False."""
+    return validate(resource, where, log, plain=plain)
 
 
 def parse_medication_request(
@@ -258,9 +270,13 @@ def parse_medication_request(
     *,
     is_draft: bool = False,
     selected: bool = True,
+    plain: bool = True,
 ) -> MedicationOrder | None:
-    """Flatten one MedicationRequest, resolving contained or referenced Medications."""
-    mr = validate(resource, where, log)
+    """Flatten one MedicationRequest, resolving contained or referenced Medications.
+
+    ``plain=False`` always validates with the R4B model (the reference for the fast path).
+    """
+    mr = validate(resource, where, log, plain=plain)
     if mr is None:
         return None
     codings: tuple[Coding, ...] = ()
@@ -345,9 +361,11 @@ def _infusion_volume(mr: MedicationRequest, texts: Iterable[str]) -> Quantity | 
     return None
 
 
-def parse_allergy(resource: Mapping[str, Any], where: str, log: ParseLog) -> Allergy | None:
-    """Flatten one AllergyIntolerance."""
-    ai = validate(resource, where, log)
+def parse_allergy(
+    resource: Mapping[str, Any], where: str, log: ParseLog, *, plain: bool = True
+) -> Allergy | None:
+    """Flatten one AllergyIntolerance (``plain`` as for ``parse_medication_request``)."""
+    ai = validate(resource, where, log, plain=plain)
     if ai is None:
         return None
 

@@ -386,11 +386,20 @@ def _build_policy(d: Mapping[str, Any], problems: list[Problem]) -> CardPolicy:
         ),
         override_system=d["override_reason_system"],
         override_reasons=tuple(
-            OverrideReason(t["code"], t["display"]) for t in d["override_reasons"]
+            OverrideReason(t["code"], _snooze_display(t), t.get("snooze_days"))
+            for t in d["override_reasons"]
         ),
         publisher=d["publisher"],
         publisher_url=d.get("publisher_url"),
     )
+
+
+def _snooze_display(reason: Mapping[str, Any]) -> str:
+    """The display shown on cards: a snoozing reason says so, as opioid-cds' choices do."""
+    days = reason.get("snooze_days")
+    if not days:
+        return str(reason["display"])
+    return f"{reason['display']} — snooze {days} day{'s' if days != 1 else ''} unless critical"
 
 
 _BUILDERS = {
@@ -401,10 +410,18 @@ _BUILDERS = {
 }
 
 
+# libyaml's safe loader when PyYAML has it: the same data, parsed eight times faster (start-up).
+_FAST_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _read_yaml(path: Path, rel: str, problems: list[Problem]) -> Any:
     try:
         with path.open(encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            try:
+                return yaml.load(fh, Loader=_FAST_SAFE_LOADER)  # a safe loader
+            except yaml.YAMLError:
+                fh.seek(0)  # invalid: report it exactly as the pure-Python loader words it
+                return yaml.safe_load(fh)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(file)"

@@ -330,10 +330,15 @@ class Topic:
 
 @dataclass(frozen=True)
 class OverrideReason:
-    """A coded override reason offered on cards."""
+    """A coded override reason offered on cards.
+
+    ``snooze_days``: choosing it suppresses the same rule for the same patient and drug for
+    that many days (never a critical card); ``None`` = no snooze.
+    """
 
     code: str
     display: str
+    snooze_days: int | None = None
 
 
 @dataclass(frozen=True)

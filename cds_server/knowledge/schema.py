@@ -291,6 +291,10 @@ class TopicSchema(CodeDisplaySchema):
     override_reasons = fields.List(fields.String(validate=ID), load_default=list)
 
 
+class OverrideReasonSchema(CodeDisplaySchema):
+    snooze_days = fields.Integer(strict=True, validate=validate.Range(min=1, max=365))
+
+
 class ReactionCodeSchema(ProvenanceFields):
     system = fields.String(required=True, validate=CODE_SYSTEMS)
     code = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9.-]+$"))
@@ -320,7 +324,7 @@ class PolicyFileSchema(_Strict):
     topics = fields.List(fields.Nested(TopicSchema), required=True, validate=NON_EMPTY)
     override_reason_system = fields.String(required=True, validate=NON_EMPTY)
     override_reasons = fields.List(
-        fields.Nested(CodeDisplaySchema), required=True, validate=NON_EMPTY
+        fields.Nested(OverrideReasonSchema), required=True, validate=NON_EMPTY
     )
     sources = fields.Dict(
         keys=fields.String(validate=ID), values=fields.Nested(SourceSchema), required=True

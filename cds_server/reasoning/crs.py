@@ -14,7 +14,7 @@ from __future__ import annotations
 from cds_server.knowledge.model import KnowledgeBase, WeightBasedDosing
 from cds_server.model import Finding, ProposedMedication, Quantity, RecognisedOrder, Situation
 from cds_server.reasoning.dosing import applies, fmt_qty, position, step_labels
-from cds_server.reasoning.orders import agent_ordered, target_orders
+from cds_server.reasoning.orders import agent_ordered, each_order
 
 TOPIC = "crs-readiness"
 TOCILIZUMAB = "tocilizumab"
@@ -24,12 +24,7 @@ def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
     """CRS-readiness findings (see module docstring)."""
     if TOCILIZUMAB not in kb.agents or agent_ordered(situation, TOCILIZUMAB):
         return []
-    out = []
-    for recognised in target_orders(situation):
-        finding = _for_order(situation, recognised, kb)
-        if finding is not None:
-            out.append(finding)
-    return out
+    return each_order(situation, kb, _for_order)
 
 
 def weight_based_dose(dosing: WeightBasedDosing, weight_kg: float) -> Quantity | None:

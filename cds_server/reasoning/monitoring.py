@@ -22,7 +22,7 @@ from cds_server.model import (
     Situation,
 )
 from cds_server.reasoning.dosing import DosePosition, applies, fmt_qty, position, step_labels
-from cds_server.reasoning.orders import target_orders
+from cds_server.reasoning.orders import each_order
 
 TOPIC = "monitoring-admission"
 _INTERRUPTIVE = ("hospitalization", "proximity")
@@ -30,12 +30,7 @@ _INTERRUPTIVE = ("hospitalization", "proximity")
 
 def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
     """Monitoring findings for every targeted order (see module docstring)."""
-    out = []
-    for recognised in target_orders(situation):
-        finding = _for_order(situation, recognised, kb)
-        if finding is not None:
-            out.append(finding)
-    return out
+    return each_order(situation, kb, _for_order)
 
 
 def dose_specific(req: MonitoringRequirement) -> bool:

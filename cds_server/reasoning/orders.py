@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cds_server.knowledge.model import KnowledgeBase
-from cds_server.model import RecognisedOrder, Situation
+from cds_server.model import Finding, RecognisedOrder, Situation
 from cds_server.reasoning.dosing import IN_FORCE
 
 
@@ -12,6 +14,15 @@ def target_orders(situation: Situation) -> tuple[RecognisedOrder, ...]:
     if situation.call.hook == "order-select":
         return tuple(r for r in situation.orders if r.order.selected)
     return situation.orders
+
+
+def each_order(
+    situation: Situation,
+    kb: KnowledgeBase,
+    check: Callable[[Situation, RecognisedOrder, KnowledgeBase], Finding | None],
+) -> list[Finding]:
+    """Apply a per-order check to every targeted order, keeping the findings it returns."""
+    return [f for r in target_orders(situation) if (f := check(situation, r, kb)) is not None]
 
 
 def covered_roles(situation: Situation, kb: KnowledgeBase) -> frozenset[str]:

@@ -23,7 +23,7 @@ from cds_server.model import (
     Situation,
 )
 from cds_server.reasoning.dosing import DosePosition, applies, fmt_number, position
-from cds_server.reasoning.orders import covered_roles, target_orders
+from cds_server.reasoning.orders import covered_roles, each_order
 
 TOPIC = "premedication"
 
@@ -42,12 +42,7 @@ ROLE_NAMES = {
 def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
     """Premedication findings for every targeted order (see module docstring)."""
     covered = covered_roles(situation, kb)
-    findings = []
-    for recognised in target_orders(situation):
-        finding = _for_order(situation, recognised, kb, covered)
-        if finding is not None:
-            findings.append(finding)
-    return findings
+    return each_order(situation, kb, lambda s, r, k: _for_order(s, r, k, covered))
 
 
 def describe_agent(entry: PremedAgent, kb: KnowledgeBase) -> str:

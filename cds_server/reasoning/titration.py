@@ -24,19 +24,14 @@ from cds_server.model import (
     Situation,
 )
 from cds_server.reasoning.dosing import DosePosition, applies, fmt_number, fmt_qty, position
-from cds_server.reasoning.orders import target_orders
+from cds_server.reasoning.orders import each_order
 
 TOPIC = "rate-titration"
 
 
 def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
     """Rate findings for every targeted order (see module docstring)."""
-    out = []
-    for recognised in target_orders(situation):
-        finding = _for_order(situation, recognised, kb)
-        if finding is not None:
-            out.append(finding)
-    return out
+    return each_order(situation, kb, _for_order)
 
 
 def schedule_table(schedule: RateSchedule) -> tuple[tuple[str, ...], ...]:

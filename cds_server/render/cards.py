@@ -110,11 +110,21 @@ def detail_text(finding: Finding, warnings: Sequence[str]) -> str:
     return "\n\n".join(parts)
 
 
+_LINK_LABEL = 80
+
+
+def _short(title: str) -> str:
+    """A link label: the title, cut at a word boundary with an ellipsis when too long."""
+    if len(title) <= _LINK_LABEL:
+        return title
+    return title[: _LINK_LABEL - 1].rsplit(" ", 1)[0].rstrip(",;:(") + "…"
+
+
 def _links(finding: Finding) -> list[dict[str, str]]:
     links: list[dict[str, str]] = []
     for c in _unique(finding.citations):
         if c.url and c.url.startswith("https://") and all(link["url"] != c.url for link in links):
-            links.append({"label": c.title[:80], "url": c.url, "type": "absolute"})
+            links.append({"label": _short(c.title), "url": c.url, "type": "absolute"})
         if len(links) == _MAX_LINKS:
             break
     return links

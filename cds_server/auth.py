@@ -1,0 +1,341 @@
+"""Authentication of CDS clients: CDS Hooks 2.0 "Trusting CDS Clients" (JWT bearer tokens).
+
+Every discovery, service and feedback call carries ``Authorization: Bearer <JWT>``, checked in
+this order (signature before anything is stored):
+
+1. a bearer token is present and looks like a compact JWS (size-capped);
+2. header: ``alg`` is never ``none`` or HS*; ``kid`` is present; ``typ``, if sent, is JWT;
+3. ``iss`` is a trusted client (``trusted_clients``) — and ``tenant`` matches its entry, if set;
+   ``alg`` is enabled for that client (ES384/RS384; ES256/RS256 only if listed);
+4. the key is selected by ``kid`` from the client's static JWKS, or from its allow-listed
+   ``jku`` (cached in the shared cache; re-fetched on an unknown ``kid``, rate-limited); a
+   ``jku`` in the token header must be that allow-listed URL — no other URL is ever fetched;
+5. PyJWT verifies the signature with that one algorithm, ``aud`` (string or array) against
+   the public URL of the endpoint called — computed from ``PUBLIC_URL``, never from the
+   request's Host — and the presence of ``iss aud exp iat jti``;
+6. ``exp``, ``iat`` and ``nbf`` (if sent) against the clock with a bounded leeway;
+7. ``jti`` not seen before for this ``iss``; it is then remembered until ``exp`` + leeway.
+
+Any failure → ``Unauthorized`` (401, no detail in the body); the reason is logged with the
+(sanitised) ``iss``, ``tenant`` and ``jti`` — never the token. Extra claims (``sub``, ``nbf``…)
+are tolerated. The authenticated client's ``fhir_servers`` then bound where the service may
+send a ``fhirAuthorization`` token (``fhir_settings``). Preflight ``OPTIONS`` needs no token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import jwt
+from flask import Flask, current_app, g, request
+
+from cds_server import trusted_clients
+from cds_server.config import ConfigError
+from cds_server.errors import AuthUnavailable, Unauthorized
+from cds_server.fhirdata.client import FhirSettings, fetch_jwks
+from cds_server.sharedcache import CacheUnavailable, SharedCache, open_cache, redacted
+from cds_server.trusted_clients import TrustedClient, TrustedClients
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "cds_server.auth"
+MAX_TOKEN_CHARS = 16_384
+REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "jti")
+JWKS_KEEP = 24 * 3600  # keep a fetched JWKS this long as a fallback when a refresh fails
+_COMPACT_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
+
+JwksFetcher = Callable[[str], Mapping[str, Any]]
+
+
+class AuthFailure(Exception):
+    """Why a token was refused (log-safe text; never shown to the client)."""
+
+
+def _safe(value: Any, limit: int = 80) -> str:
+    """A client-chosen value, printable and short, for a log line."""
+    if value is None:
+        return "-"
+    text = value if isinstance(value, str) else type(value).__name__
+    return "".join(ch if ch == " " or ch.isprintable() else "?" for ch in text)[:limit]
+
+
+def _number(claims: Mapping[str, Any], name: str) -> float:
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AuthFailure(f"claim {name} is not a number")
+    return float(value)
+
+
+class Verifier:
+    """Checks CDS client JWTs against the trusted clients; holds no per-request state."""
+
+    def __init__(
+        self,
+        clients: TrustedClients,
+        *,
+        cache: SharedCache,
+        leeway: float = 60.0,
+        fetcher: JwksFetcher = fetch_jwks,
+        clock: Callable[[], float] = time.time,
+        jwks_ttl: float = 3600.0,
+        jwks_min_refresh: float = 30.0,
+    ):
+        self.clients = clients
+        self.cache = cache
+        self.leeway = leeway
+        self._fetch = fetcher
+        self._clock = clock
+        self._jwks_ttl = jwks_ttl
+        self._min_refresh = jwks_min_refresh
+
+    def verify(self, token: str, audiences: Sequence[str]) -> TrustedClient:
+        """The trusted client that signed ``token`` for one of ``audiences``.
+
+        Raises ``AuthFailure`` (refuse) or ``CacheUnavailable`` (cannot decide).
+        """
+        if len(token) > MAX_TOKEN_CHARS or not _COMPACT_JWS.match(token):
+            raise AuthFailure("not a compact JWT")
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise AuthFailure("malformed JWT") from None
+        alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(alg, str) or alg.lower() == "none" or alg.upper().startswith("HS"):
+            raise AuthFailure(f"algorithm {_safe(alg)} is never accepted")
+        if not isinstance(kid, str) or not kid:
+            raise AuthFailure("no kid in the JWT header")
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
+            raise AuthFailure("typ is not JWT")
+
+        iss, tenant = unverified.get("iss"), unverified.get("tenant")
+        if not isinstance(iss, str) or not iss:
+            raise AuthFailure("missing claim iss")
+        client = self.clients.find(iss, tenant)
+        if client is None:
+            known = self.clients.knows(iss)
+            raise AuthFailure("tenant not trusted for this iss" if known else "unknown iss")
+        if alg not in client.algorithms:
+            raise AuthFailure(f"algorithm {_safe(alg)} not enabled for this client")
+
+        jwk = self._key(client, kid, header.get("jku"))
+        if jwk is None:
+            raise AuthFailure(f"unknown kid {_safe(kid)}")
+        if alg not in trusted_clients.usable_algorithms(jwk, client.algorithms):
+            raise AuthFailure(f"key {_safe(kid)} does not fit algorithm {_safe(alg)}")
+        try:
+            key = jwt.PyJWK(dict(jwk), algorithm=alg)
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=list(audiences),
+                issuer=client.iss,
+                options={
+                    "require": list(REQUIRED_CLAIMS),
+                    "verify_exp": False,  # checked below with the injected clock
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                    "enforce_minimum_key_length": True,
+                },
+            )
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthFailure(f"missing claim {_safe(exc.claim)}") from None
+        except jwt.InvalidAudienceError:
+            raise AuthFailure("aud is not the URL of this endpoint") from None
+        except jwt.InvalidSignatureError:
+            raise AuthFailure("bad signature") from None
+        except jwt.PyJWTError as exc:
+            raise AuthFailure(f"invalid JWT ({type(exc).__name__})") from None
+
+        exp = self._check_times(claims)
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti or len(jti) > 256:
+            raise AuthFailure("jti is not a non-empty string")
+        if client.tenant is not None and claims.get("tenant") != client.tenant:
+            raise AuthFailure("tenant does not match")
+        digest = hashlib.sha256(f"{client.iss}\x00{jti}".encode()).hexdigest()
+        ttl = max(1.0, exp + self.leeway - self._clock())
+        if not self.cache.add(f"jti:{digest}", "1", ttl):
+            raise AuthFailure("replayed jti")
+        return client
+
+    def _check_times(self, claims: Mapping[str, Any]) -> float:
+        now = self._clock()
+        exp, iat = _number(claims, "exp"), _number(claims, "iat")
+        if now > exp + self.leeway:
+            raise AuthFailure("expired")
+        if iat > now + self.leeway:
+            raise AuthFailure("iat is in the future beyond the leeway")
+        if "nbf" in claims and _number(claims, "nbf") > now + self.leeway:
+            raise AuthFailure("not yet valid (nbf)")
+        return exp
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def _key(self, client: TrustedClient, kid: str, jku: Any) -> Mapping[str, Any] | None:
+        if client.keys is not None:  # static JWKS: a jku in the header is ignored
+            return client.keys.get(kid)
+        if jku is not None and jku != client.jku:
+            raise AuthFailure("jku in the header is not the allow-listed one for this iss")
+        return self._remote_key(str(client.jku), kid, client)
+
+    def _remote_key(self, url: str, kid: str, client: TrustedClient) -> Mapping[str, Any] | None:
+        cached = self.cache.get(f"jwks:{url}")
+        stored: dict[str, Any] = json.loads(cached) if cached else {}
+        keys: dict[str, Any] = stored.get("keys", {})
+        fresh = self._clock() - float(stored.get("fetched", 0)) < self._jwks_ttl
+        if (kid not in keys or not fresh) and self.cache.add(
+            f"jwks-fetch:{url}", "1", self._min_refresh
+        ):
+            try:
+                document = self._fetch(url)
+            except Exception as exc:  # any fetch failure: keep what we had
+                log.warning("JWKS fetch for %s failed: %s", url, _safe(str(exc), 120))
+            else:
+                keys = _public_keys(document, client)
+                payload = {"fetched": self._clock(), "keys": keys}
+                self.cache.set(f"jwks:{url}", json.dumps(payload), JWKS_KEEP + self._jwks_ttl)
+                log.info("JWKS for %s fetched: %d usable key(s)", url, len(keys))
+        return keys.get(kid)
+
+
+def _public_keys(document: Mapping[str, Any], client: TrustedClient) -> dict[str, Any]:
+    """The usable public keys of a fetched JWK Set, by kid (bad or duplicate kids dropped)."""
+    keys: dict[str, Any] = {}
+    duplicate: set[str] = set()
+    raw = document.get("keys") if isinstance(document, Mapping) else None
+    for jwk in raw if isinstance(raw, list) else ():
+        if trusted_clients.jwk_problem(jwk, client.algorithms) is None:
+            kid = jwk["kid"]
+            if kid in keys:
+                duplicate.add(kid)
+            keys[kid] = dict(jwk)
+    return {k: v for k, v in keys.items() if k not in duplicate}
+
+
+# -- Flask ---------------------------------------------------------------------------------
+
+
+def expected_audiences(public_url: str, path: str, *, feedback: bool) -> list[str]:
+    """The ``aud`` values accepted for a call to ``path``: the endpoint's public URL (with or
+    without a trailing slash); for feedback also the service URL, which some clients sign."""
+    base = public_url.rstrip("/") + "/" + path.strip("/")
+    urls = [base]
+    if feedback and base.endswith("/feedback"):
+        urls.append(base[: -len("/feedback")])
+    return [variant for url in urls for variant in (url, url + "/")]
+
+
+def _bearer(header: str | None) -> str:
+    scheme, _, token = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthFailure("no bearer token")
+    return token.strip()
+
+
+def authenticate() -> None:
+    """``before_request`` hook of the CDS blueprint: verify the caller or raise 401/503."""
+    if request.method == "OPTIONS":  # CORS preflight: browsers never send credentials
+        return
+    verifier: Verifier = current_app.extensions[EXTENSION]
+    rule = request.url_rule.rule if request.url_rule is not None else ""
+    audiences = expected_audiences(
+        current_app.config["PUBLIC_URL"], request.path, feedback=rule.endswith("/feedback")
+    )
+    try:
+        g.cds_client = verifier.verify(_bearer(request.headers.get("Authorization")), audiences)
+    except AuthFailure as failure:
+        log.warning(
+            "authentication failed on %s %s: %s (%s)",
+            request.method,
+            rule or "(no route)",
+            failure,
+            _token_summary(request.headers.get("Authorization")),
+        )
+        raise Unauthorized("Authentication failed") from None
+    except CacheUnavailable as exc:
+        log.error("authentication could not be checked: %s", exc)
+        raise AuthUnavailable("Authentication is temporarily unavailable; retry") from None
+
+
+def _token_summary(header: str | None) -> str:
+    """``iss``, ``tenant`` and ``jti`` of a refused token (unverified, sanitised), for logs."""
+    if not header:
+        return "no Authorization header"
+    try:
+        claims = jwt.decode(_bearer(header), options={"verify_signature": False})
+    except (AuthFailure, jwt.PyJWTError):
+        return "unreadable token"
+    return " ".join(f"{name}={_safe(claims.get(name))}" for name in ("iss", "tenant", "jti"))
+
+
+def fhir_settings(settings: FhirSettings) -> FhirSettings:
+    """The outbound FHIR policy for this request: with authentication on, only the
+    authenticated client's ``fhir_servers`` (none if, somehow, no client is known)."""
+    if EXTENSION not in current_app.extensions:
+        return settings
+    client: TrustedClient | None = g.get("cds_client")
+    return replace(settings, allowed_servers=client.fhir_servers if client else ())
+
+
+def init_app(app: Flask, *, blueprint: str) -> None:
+    """Require authentication on ``blueprint`` unless ``AUTH_REQUIRED`` is off (demo, tests).
+
+    Raises ``ConfigError`` with a clear message when authentication is required but the
+    trusted-clients file or the public URL is missing, or the shared cache is unreachable.
+    """
+    cfg = app.config
+    if not cfg["AUTH_REQUIRED"]:
+        if not app.testing:
+            log.warning(
+                "*** AUTHENTICATION IS OFF: any caller can use this service. "
+                "Only for the local demo; never with real patient data. ***"
+            )
+        return
+    if not cfg.get("CLIENTS_FILE"):
+        raise ConfigError(
+            "Authentication is required, but no trusted-clients file is configured. "
+            "Pass --clients FILE to `cds-server serve` (or set CDS_CLIENTS_FILE); the file "
+            "format is in the README, section 'Trusted clients'. To try the service locally "
+            "without authentication, run `cds-server demo`."
+        )
+    if not cfg.get("PUBLIC_URL"):
+        raise ConfigError(
+            "Authentication is required, but the public URL is not set. Pass --public-url "
+            "(or set CDS_PUBLIC_URL), e.g. https://cds.example.org: a client's JWT 'aud' must "
+            "equal the public URL of the endpoint it calls."
+        )
+    clients = trusted_clients.load(cfg["CLIENTS_FILE"])
+    try:
+        cache = open_cache(cfg["AUTH_CACHE"])
+    except CacheUnavailable as exc:
+        raise ConfigError(f"AUTH_CACHE: cannot use the shared cache ({exc})") from None
+    timeout = (float(cfg["FHIR_CONNECT_TIMEOUT"]), float(cfg["FHIR_READ_TIMEOUT"]))
+    app.extensions[EXTENSION] = Verifier(
+        clients,
+        cache=cache,
+        leeway=float(cfg["AUTH_LEEWAY"]),
+        fetcher=lambda url: fetch_jwks(url, timeout=timeout),
+        jwks_ttl=float(cfg["AUTH_JWKS_TTL"]),
+        jwks_min_refresh=float(cfg["AUTH_JWKS_MIN_REFRESH"]),
+    )
+    app.before_request_funcs.setdefault(blueprint, []).append(authenticate)
+    where = (
+        "memory (this process only)"
+        if cfg["AUTH_CACHE"] == "memory"
+        else redacted(cfg["AUTH_CACHE"])
+    )
+    log.info(
+        "authentication on: %d trusted client(s), replay/JWKS cache in %s",
+        len(clients.clients),
+        where,
+    )

@@ -1,0 +1,102 @@
+"""SQLAlchemy engines and transactions, with the durability settings each database needs.
+
+* **SQLite** (the zero-setup default): WAL journal with ``synchronous=FULL`` so a committed
+  transaction is on disk before ``COMMIT`` returns; a 30 s busy timeout; writers start with
+  ``BEGIN IMMEDIATE`` (no lock-upgrade deadlocks between processes), readers with a plain
+  ``BEGIN``. An in-memory URL (``sqlite://``) gets one shared connection (tests).
+* **PostgreSQL** (``postgresql://`` is driven by psycopg 3): a commit returns after the WAL
+  flush (``synchronous_commit`` is left at its default, ``on``); connections are checked
+  before use (``pool_pre_ping``) so a restarted database does not fail the next request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+WRITE = "cds_write"  # execution option: this transaction writes (SQLite: BEGIN IMMEDIATE)
+SQLITE_BUSY_SECONDS = 30
+
+
+def normalise_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` → the psycopg 3 driver; others unchanged."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def is_memory(url: str) -> bool:
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` with the settings above."""
+    url = normalise_url(url)
+    backend = make_url(url).get_backend_name()
+    if backend != "sqlite":
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    if is_memory(url):
+        engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS})
+    _sqlite_events(engine)
+    return engine
+
+
+def _sqlite_events(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        # Let SQLAlchemy's "begin" event emit BEGIN (pysqlite's own handling defers it).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        write = connection.get_execution_options().get(WRITE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction, committed (durably) when the block ends without an exception."""
+    with engine.connect() as connection:
+        connection.execution_options(**{WRITE: True})
+        with connection.begin():
+            yield connection
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction (a consistent snapshot; rolled back at the end)."""
+    with engine.connect() as connection, connection.begin() as transaction:
+        yield connection
+        transaction.rollback()
+
+
+def clean(text: str) -> str:
+    """A client-chosen string as the database can hold it (PostgreSQL text has no NUL)."""
+    return text.replace("\x00", "\ufffd")
+
+
+def insert_ignoring(
+    connection: Connection, table: Table, row: Mapping[str, Any], key: str, returning: Any = None
+) -> Any:
+    """INSERT … ON CONFLICT (key) DO NOTHING; the RETURNING row, or None on a conflict."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).values(**row).on_conflict_do_nothing(index_elements=[key])
+    if returning is None:
+        return connection.execute(statement).rowcount
+    return connection.execute(statement.returning(returning)).first()

@@ -1,0 +1,107 @@
+"""Snoozes: an override with a snoozing reason becomes a suppression window; lookups for the
+pipeline (running snoozes of a patient, cards already shown in the ordering session)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, or_, select
+
+from cds_server.knowledge.model import CardPolicy
+from cds_server.model import HookCall
+from cds_server.store.engine import clean, reading
+from cds_server.store.tables import card_log, snooze
+from cds_server.suppression import ORDER_HOOKS, PriorGuidance, ShownCard, Snooze
+
+
+def snooze_days(
+    policy: CardPolicy, card: Mapping[str, Any], reason: Mapping[str, Any] | None
+) -> int | None:
+    """Days to snooze for an ``overridden`` feedback on ``card`` (a card_log row), or None.
+
+    Only a reason of our own system that the knowledge marks ``snooze_days`` and that the
+    card's rule offers; never for a critical card or a card without a drug.
+    """
+    if not reason or reason.get("system") != policy.override_system:
+        return None
+    if card["indicator"] == "critical" or not card["drug_id"]:
+        return None
+    code = reason.get("code")
+    try:
+        offered = policy.topic(card["rule"]).override_reasons
+        days = policy.reason(code).snooze_days if code in offered else None
+    except KeyError:
+        return None
+    return days
+
+
+def create(
+    connection: Connection,
+    *,
+    feedback_id: int,
+    card: Mapping[str, Any],
+    reason_code: str,
+    days: int,
+    outcome_at: datetime,
+    received_at: datetime,
+) -> None:
+    """Insert the window; it starts at the override (never later than its receipt)."""
+    starts = min(outcome_at, received_at)
+    connection.execute(
+        snooze.insert().values(
+            patient_hash=card["patient_hash"],
+            rule=card["rule"],
+            drug_id=card["drug_id"],
+            starts_at=starts,
+            until=starts + timedelta(days=days),
+            reason_code=reason_code,
+            feedback_id=feedback_id,
+        )
+    )
+
+
+def prior_guidance(
+    engine: Engine,
+    *,
+    call: HookCall,
+    patient_hash: str,
+    encounter_hash: str | None,
+    now: datetime,
+    window: timedelta,
+) -> PriorGuidance:
+    """Running snoozes of the patient, and the cards shown in this ordering session."""
+    with reading(engine) as connection:
+        snoozes = tuple(
+            Snooze(r.rule, r.drug_id, r.until, r.reason_code)
+            for r in connection.execute(
+                select(snooze.c.rule, snooze.c.drug_id, snooze.c.until, snooze.c.reason_code)
+                .where(snooze.c.patient_hash == patient_hash)
+                .where(snooze.c.until > now)
+                .where(snooze.c.starts_at <= now)
+            )
+        )
+        shown: tuple[ShownCard, ...] = ()
+        if window > timedelta(0) and call.hook in ORDER_HOOKS:
+            session = card_log.c.hook_instance == clean(call.hook_instance)
+            if encounter_hash is not None:
+                session = or_(session, card_log.c.encounter_hash == encounter_hash)
+            shown = tuple(
+                ShownCard(r.rule, r.drug_id, r.indicator, r.hook, r.hook_instance)
+                for r in connection.execute(
+                    select(
+                        card_log.c.rule,
+                        card_log.c.drug_id,
+                        card_log.c.indicator,
+                        card_log.c.hook,
+                        card_log.c.hook_instance,
+                    )
+                    .where(card_log.c.patient_hash == patient_hash)
+                    .where(card_log.c.issued_at >= now - window)
+                    .where(card_log.c.issued_at <= now)
+                    .where(card_log.c.drug_id.is_not(None))
+                    .where(session)
+                )
+            )
+    return PriorGuidance(snoozes=snoozes, shown=shown)

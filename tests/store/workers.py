@@ -1,0 +1,30 @@
+"""Worker-process bodies for the concurrency test (importable by ``spawn`` children)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+
+def post_all_feedback(
+    settings: dict[str, Any], items: list[dict[str, Any]], seed: int, barrier: Any, out: Any
+) -> None:
+    """Build an own app on the shared database, wait for the others, post every item twice
+    in shuffled batches of 1-5; put the status codes on ``out``."""
+    from cds_server.app import create_app
+    from cds_server.store import get_store
+
+    app = create_app({"TESTING": True, "AUTH_REQUIRED": False, **settings})
+    client = app.test_client()
+    rng = random.Random(seed)
+    work = items * 2
+    rng.shuffle(work)
+    barrier.wait(timeout=120)
+    statuses = []
+    while work:
+        size = rng.randint(1, 5)
+        batch, work = work[:size], work[size:]
+        resp = client.post("/cds-services/infusion-safety/feedback", json={"feedback": batch})
+        statuses.append(resp.status_code)
+    get_store(app).engine.dispose()
+    out.put(statuses)

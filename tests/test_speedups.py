@@ -1,0 +1,351 @@
+"""Speed-ups that must not change behaviour: the plain fast path (``fhirdata/fastpath.py``)
+parses exactly as the R4B models do, and the recognition indexes find what a full scan finds.
+
+For every MedicationRequest, Medication and AllergyIntolerance in the fixtures and the
+benchmark data, and for thousands of seeded mutations of them (deleted, emptied, nulled,
+retyped and malformed elements, unknown properties, doubled choice elements, odd dates and
+numbers):
+
+* anything the plain check accepts, the R4B model accepts too;
+* ``parse_*(plain=True)`` and ``parse_*(plain=False)`` give equal results and warnings.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import fields, is_dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cds_server.fhirdata import fastpath, parse
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = sorted(
+    [*(ROOT / "fixtures" / "fhir").rglob("*.json"), *(ROOT / "bench" / "data").glob("*.json")]
+)
+
+
+def _walk(value: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(value, dict):
+        if value.get("resourceType") in (*fastpath.TYPES, "Medication"):
+            yield value
+        for sub in value.values():
+            yield from _walk(sub)
+    elif isinstance(value, list):
+        for sub in value:
+            yield from _walk(sub)
+
+
+def _collect() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for path in SOURCES:
+        for res in _walk(json.loads(path.read_text(encoding="utf-8"))):
+            found.setdefault(json.dumps(res, sort_keys=True), res)
+    resources = [r for r in found.values() if r["resourceType"] in fastpath.TYPES]
+    log = parse.ParseLog()
+    meds = {
+        f"Medication/{r['id']}": parse.parse_medication(r, "m", log)
+        for r in found.values()
+        if r["resourceType"] == "Medication" and "id" in r
+    }
+    return resources, meds
+
+
+RESOURCES, MEDICATIONS = _collect()
+
+
+def _plain_data(value: Any) -> Any:
+    """A comparable form: dataclasses as tuples, dates and datetimes in ISO form."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return tuple(
+            (f.name, _plain_data(getattr(value, f.name))) for f in fields(value) if f.compare
+        )
+    if isinstance(value, datetime | date):
+        return (type(value).__name__, value.isoformat())
+    if isinstance(value, tuple | list):
+        return tuple(_plain_data(v) for v in value)
+    return value
+
+
+def _parse(resource: Any, plain: bool) -> tuple[Any, list[str]]:
+    log = parse.ParseLog()
+    try:
+        if resource.get("resourceType") == "Medication":
+            med = parse.parse_medication(resource, "r #0", log, plain=plain)
+            out = None if med is None else (med.id, parse._medication_codes(med))
+        elif resource.get("resourceType") == "AllergyIntolerance":
+            out = parse.parse_allergy(resource, "r #0", log, plain=plain)
+        else:
+            out = parse.parse_medication_request(
+                resource, "r #0", log, MEDICATIONS, is_draft=True, plain=plain
+            )
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
+        return ("raised", type(exc).__name__), log.warnings
+    return _plain_data(out), log.warnings
+
+
+def _assert_same(resource: dict[str, Any]) -> bool:
+    """Both paths agree; returns whether the plain path was taken."""
+    repaired = parse._repair(resource)
+    taken = fastpath.plain_view(str(resource.get("resourceType")), repaired) is not None
+    if taken:
+        model = parse._MODELS[resource["resourceType"]]
+        model.model_validate(repaired)  # plain ⇒ valid R4B: must not raise
+    assert _parse(resource, plain=True) == _parse(resource, plain=False), resource
+    return taken
+
+
+def test_fixtures_parse_the_same_and_mostly_take_the_plain_path() -> None:
+    assert len(RESOURCES) > 150
+    taken = [_assert_same(r) for r in RESOURCES]
+    assert sum(taken) >= 0.8 * len(taken)
+
+
+# -- mutations ---------------------------------------------------------------------------
+
+_ODD_VALUES: list[Any] = [
+    None,
+    "",
+    " ",
+    "\x0b",
+    "a  b",
+    " lead",
+    "trail ",
+    "x\ty",
+    "ü",
+    "é code",
+    True,
+    False,
+    0,
+    -1,
+    1.5,
+    10**16,
+    10**400,
+    float("nan"),
+    float("inf"),
+    [],
+    {},
+    [None],
+    [""],
+    [{}],
+    {"x": 1},
+    "2026-02-30",
+    "2026-11",
+    "2026",
+    "2026-11-21T10:00",
+    "2026-11-21T10:00:00",
+    "2026-11-21T24:00:00Z",
+    "2026-11-21T10:00:00+14:30",
+    "2026-11-21T23:59:60Z",
+    "2026-11-21T10:00:00.1234567Z",
+    "2026-11-21T10:00:00.5-05:00",
+    "2026-11-21",
+    "21/11/2026",
+    "Medication/x",
+    "#med",
+    "http://a b",
+    "urn:oid:1.2",
+    "a" * 65,
+    "100",
+    "1e3",
+]
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield prefix
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            yield from _paths(sub, (*prefix, key))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            yield from _paths(sub, (*prefix, i))
+
+
+def _get(value: Any, path: tuple[Any, ...]) -> Any:
+    for step in path:
+        value = value[step]
+    return value
+
+
+def _mutate(resource: dict[str, Any], rnd: random.Random) -> dict[str, Any]:
+    out = copy.deepcopy(resource)
+    for _ in range(rnd.choice((1, 1, 2))):
+        path = rnd.choice([p for p in _paths(out) if p])
+        parent, key = _get(out, path[:-1]), path[-1]
+        action = rnd.randrange(7)
+        if action == 0 and isinstance(parent, dict):
+            del parent[key]
+        elif action == 1 and isinstance(parent, dict):
+            parent[rnd.choice(("extra", "_status", "fhir_comments", "extension", "contained"))] = (
+                rnd.choice(_ODD_VALUES)
+            )
+        elif action == 2:
+            parent[key] = [parent[key]] if not isinstance(parent[key], list) else parent[key][0:1]
+        elif action == 3 and isinstance(parent, dict) and "medicationCodeableConcept" in parent:
+            parent["medicationReference"] = {"reference": "Medication/bench-med-mvasi-400"}
+        elif action == 3 and isinstance(parent, dict) and "itemCodeableConcept" in parent:
+            parent["itemReference"] = {"display": "other"}
+        elif action == 4 and isinstance(parent, dict) and "doseQuantity" in parent:
+            parent[rnd.choice(("doseRange", "rateRatio", "rateRange"))] = {
+                "low": parent["doseQuantity"]
+            }
+        else:
+            parent[key] = copy.deepcopy(rnd.choice(_ODD_VALUES))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mutations_parse_the_same(seed: int) -> None:
+    rnd = random.Random(seed)
+    taken = 0
+    for _ in range(1000):
+        resource = _mutate(rnd.choice(RESOURCES), rnd)
+        taken += _assert_same(resource)
+    # Both outcomes are exercised: mutants that stay plain and mutants that fall back.
+    assert 100 < taken < 900
+
+
+def test_plain_view_reads_like_the_model() -> None:
+    view = fastpath.PlainView({"a": {"b": [{"c": 1}, "d"]}, "e": "f"})
+    assert view.a.b[0].c == 1 and view.a.b[1] == "d" and view.e == "f"
+    assert view.missing is None and view.a.missing is None
+    with pytest.raises(AttributeError):
+        view.__deepcopy__  # noqa: B018 - dunder lookups are not elements
+
+
+# -- recognition: the first-token index finds what the full scan found -------------------
+
+
+def _scan_text_hits(rec: Any, kinds: Any, texts: Any) -> list[Any]:
+    """The original algorithm: every phrase of every kind against every text."""
+    from cds_server import recognition as r
+
+    hits = []
+    vetoed: dict[Any, bool] = {}
+    for kind in kinds:
+        for phrase in rec._phrases[kind]:
+            key = (kind, phrase.target)
+            if key not in vetoed:
+                vetoed[key] = rec._vetoed(kind, phrase.target, texts)
+            if vetoed[key]:
+                continue
+            for i, tokens in enumerate(texts):
+                start = r._find(tokens, phrase.tokens)
+                if start >= 0:
+                    hits.append(r._Hit(phrase, i, start, tokens == phrase.tokens))
+    kept = [h for h in hits if not any(h.inside(o) for o in hits)]
+    return sorted(kept, key=r._Hit.sort_key)
+
+
+def test_indexed_text_hits_equal_the_full_scan(kb: Any) -> None:
+    from cds_server import recognition as r
+
+    rec = r.Recogniser(kb)
+    names = sorted(
+        {" ".join(p.tokens) for phrases in rec._phrases.values() for p in phrases}
+        | {" ".join(t) for terms in rec._excludes.values() for t in terms}
+    )
+    words = sorted({w for n in names for w in n.split()} | {"and", "mg", "iv", "in", "250"})
+    rnd = random.Random(7)
+    kinds_options = [("drug",), ("agent",), ("drug", "class"), ("drug", "agent", "class")]
+    for _ in range(1500):
+        texts = [
+            rnd.choice(names)
+            if rnd.random() < 0.5
+            else " ".join(rnd.choice(words) for _ in range(rnd.randint(1, 8)))
+            for _ in range(rnd.randint(1, 4))
+        ]
+        tokens = r._normalised(texts)
+        for kinds in kinds_options:
+            assert rec._text_hits(kinds, tokens) == _scan_text_hits(rec, kinds, tokens), texts
+
+
+def test_agents_with_known_drugs_equal_agents_recognised_again(kb: Any) -> None:
+    from cds_server import recognition as r
+
+    body = json.loads((ROOT / "bench" / "data" / "patient-view.json").read_text())
+    log = parse.ParseLog()
+    orders = [
+        o
+        for e in body["prefetch"]["medications"]["entry"]
+        if e["resource"]["resourceType"] == "MedicationRequest"
+        for o in [parse.parse_medication_request(e["resource"], "m", log, MEDICATIONS)]
+        if o is not None
+    ]
+    drugs = r.recognise_orders(orders, kb)
+    assert drugs and r.recognise_agents(orders, kb)
+    assert r.recognise_agents(orders, kb, drugs=drugs) == r.recognise_agents(orders, kb)
+
+
+# -- request limits: the level-by-level depth check agrees with a per-node walk ----------
+
+
+def _depth_exceeds_per_node(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if not isinstance(item, dict | list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def test_json_depth_check_agrees_with_a_per_node_walk() -> None:
+    from cds_server.limits import json_depth_exceeds
+
+    rnd = random.Random(3)
+
+    def nested(depth: int) -> Any:
+        r = rnd.random()
+        if depth > 12 or r < 0.3:
+            return rnd.choice([1, "x", None, True, 2.5])
+        if r < 0.65:
+            return [nested(depth + 1) for _ in range(rnd.randint(0, 4))]
+        return {str(i): nested(depth + 1) for i in range(rnd.randint(0, 4))}
+
+    for _ in range(1000):
+        value = nested(0)
+        for limit in range(15):
+            assert json_depth_exceeds(value, limit) == _depth_exceeds_per_node(value, limit)
+
+
+# -- knowledge: libyaml's safe loader reads the cards exactly as the pure-Python one -----
+
+
+def test_cards_parse_the_same_with_libyaml(cards_dir: Any) -> None:
+    import yaml
+
+    from cds_server.knowledge import loader
+
+    folder = Path(cards_dir) if cards_dir else ROOT / "cards"
+    files = sorted(folder.rglob("*.yaml"))
+    assert len(files) > 50
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert yaml.load(text, Loader=loader._FAST_SAFE_LOADER) == yaml.safe_load(text), path
+
+
+def test_invalid_yaml_is_reported_as_before(tmp_path: Path) -> None:
+    import yaml
+
+    from cds_server.knowledge import loader
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\nb: : c\n", encoding="utf-8")
+    problems: list[Any] = []
+    assert loader._read_yaml(bad, "bad.yaml", problems) is None
+    try:
+        yaml.safe_load(bad.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = exc.problem_mark  # type: ignore[attr-defined]
+        expected = f"line {mark.line + 1}", f"not valid YAML: {exc.problem}"  # type: ignore[attr-defined]
+    assert [(p.field, p.message) for p in problems] == [expected]
