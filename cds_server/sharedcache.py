@@ -43,12 +43,18 @@ class MemoryCache:
     """``SharedCache`` in a dict, for one process; full (``max_entries``) → fail closed."""
 
     def __init__(
-        self, *, max_entries: int = 1_000_000, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        max_entries: int = 1_000_000,
+        clock: Callable[[], float] = time.monotonic,
+        sweep_seconds: float = 60.0,
     ):
         self._items: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
         self._clock = clock
         self._max = max_entries
+        self._sweep_seconds = sweep_seconds
+        self._next_sweep = clock() + sweep_seconds
 
     def __repr__(self) -> str:
         return "MemoryCache()"
@@ -63,6 +69,10 @@ class MemoryCache:
         return item[1]
 
     def _store(self, key: str, value: str, ttl: float, now: float) -> None:
+        if now >= self._next_sweep:
+            # Drop expired entries periodically so memory tracks live tokens, not all tokens seen.
+            self._items = {k: v for k, v in self._items.items() if v[0] > now}
+            self._next_sweep = now + self._sweep_seconds
         if key not in self._items and len(self._items) >= self._max:
             self._items = {k: v for k, v in self._items.items() if v[0] > now}
             if len(self._items) >= self._max:

@@ -150,3 +150,15 @@ def test_only_sharedcache_imports_redis() -> None:
             if any(n.split(".")[0] == "redis" for n in names):
                 users.add(path.name)
     assert users == {"sharedcache.py"}
+
+
+def test_memory_cache_sweeps_expired_entries_periodically():
+    from cds_server.sharedcache import MemoryCache
+
+    now = [0.0]
+    cache = MemoryCache(clock=lambda: now[0], sweep_seconds=60)
+    for i in range(100):
+        assert cache.add(f"jti-{i}", "1", ttl=30)
+    now[0] = 61.0  # every entry has expired and a sweep is due
+    assert cache.add("fresh", "1", ttl=30)
+    assert len(cache._items) == 1

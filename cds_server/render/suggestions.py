@@ -97,6 +97,8 @@ def service_request(p: ProposedServiceRequest, patient_id: str) -> dict[str, Any
 def rate_update(p: ProposedRateChange) -> dict[str, Any]:
     """The whole draft order with its first rate replaced (CDS Hooks update = whole resource)."""
     assert p.order.resource is not None
+    if not p.order.resource.get("id"):
+        raise InvalidSuggestion("the draft order has no id, so an update cannot name it")
     resource = copy.deepcopy(dict(p.order.resource))
     resource.pop("_resolvedMedication", None)
     if isinstance(resource.get("category"), dict):

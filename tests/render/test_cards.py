@@ -150,3 +150,16 @@ def test_no_empty_or_null_fields(kb):
                 walk(v)
 
     walk(card)
+
+
+def test_rate_update_for_a_draft_without_id_is_dropped_not_sent(kb):
+    nameless = order("MedicationRequest/r", dose=700, rate=100)
+    resource = dict(nameless.resource)
+    resource.pop("id")
+    action = ProposedRateChange(
+        label="Set the starting rate to 50 mg/h",
+        order=type(nameless)(**{**nameless.__dict__, "resource": resource}),
+        new_rate=Quantity(50, "mg/h"),
+    )
+    [card] = render(kb, [finding(actions=(action,))])
+    assert "suggestions" not in card
