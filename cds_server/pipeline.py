@@ -21,7 +21,7 @@ from cds_server.fhirdata import prefetch, record
 from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import Finding, HookCall, PatientRecord, Situation
-from cds_server.render.cards import gate_critical, merge, render_cards, summary_text
+from cds_server.render.cards import card, prepare, summary_text
 
 
 def _uuid4() -> str:
@@ -119,19 +119,23 @@ def run(
         ),
     )
     findings = tuple(reasoning.run(situation, kb))
-    ready = [gate_critical(f) for f in merge(findings)]  # as the cards will show them
+    ready = prepare(findings)  # merged, gated and sorted once, as the cards show them
     held = (
         suppression.decide(ready, situation.call, history.prior_guidance(situation.call, now), now)
         if history is not None
         else {}
     )
-    cards = render_cards(
-        tuple(f for f in findings if (f.topic, f.drug_id) not in held),
-        kb,
-        new_uuid=new_uuid,
-        patient_id=context["patientId"],
-        warnings=patient_record.warnings,
-    )
+    cards = [
+        card(
+            f,
+            kb,
+            new_uuid=new_uuid,
+            patient_id=context["patientId"],
+            warnings=patient_record.warnings,
+        )
+        for f in ready
+        if (f.topic, f.drug_id) not in held
+    ]
     return Evaluation(
         request=request,
         service=service,

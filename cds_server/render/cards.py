@@ -183,6 +183,14 @@ def render_cards(
     warnings: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Cards for all findings: merged per topic and drug, gated, sorted by indicator then drug."""
+    return [
+        card(f, kb, new_uuid=new_uuid, patient_id=patient_id, warnings=warnings)
+        for f in prepare(findings)
+    ]
+
+
+def prepare(findings: Sequence[Finding]) -> list[Finding]:
+    """Findings as cards will show them: merged per topic and drug, gated, sorted."""
     ready = [gate_critical(f) for f in merge(findings)]
     ready.sort(key=lambda f: (_RANK[f.indicator], f.drug_name, f.topic))
-    return [card(f, kb, new_uuid=new_uuid, patient_id=patient_id, warnings=warnings) for f in ready]
+    return ready
