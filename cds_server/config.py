@@ -70,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
     # Same rule + drug + patient already shown in this ordering session (same encounter or
     # hookInstance) within this many minutes → not shown again (0 disables).
     "DEDUP_WINDOW_MINUTES": 60,
+    # Write the card log on a background thread per process, in batches, after the answer
+    # (false: inside the hook call). Feedback is always written before it is answered.
+    "CARD_LOG_BACKGROUND": True,
     # Bearer token for /analytics/*; None = analytics open in demo mode only (403 otherwise).
     "ADMIN_TOKEN": None,
     # -- trust (cds_server/auth.py, trusted_clients.py): CDS client JWTs, SSRF, limits -------
@@ -170,8 +173,9 @@ def _check_store(cfg: Config | dict[str, Any]) -> None:
     url = cfg.get("DATABASE_URL")
     if url is not None and not (isinstance(url, str) and "://" in url):
         raise ConfigError("DATABASE_URL must be an SQLAlchemy URL, e.g. postgresql://host/db")
-    if not isinstance(cfg.get("DATABASE_AUTO_UPGRADE"), bool):
-        raise ConfigError("DATABASE_AUTO_UPGRADE must be true or false")
+    for flag in ("DATABASE_AUTO_UPGRADE", "CARD_LOG_BACKGROUND"):
+        if not isinstance(cfg.get(flag), bool):
+            raise ConfigError(f"{flag} must be true or false")
     window = cfg.get("DEDUP_WINDOW_MINUTES")
     if isinstance(window, bool) or not isinstance(window, int) or window < 0:
         raise ConfigError("DEDUP_WINDOW_MINUTES must be a whole number of minutes (0 disables)")

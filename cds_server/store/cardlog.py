@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.dialects import postgresql, sqlite
 
 from cds_server.model import HookCall
-from cds_server.store.engine import clean, insert_ignoring, writing
+from cds_server.store.engine import clean, writing
 from cds_server.store.tables import card_log
 from cds_server.suppression import IssuedCard
 
 
-def log_cards(
-    engine: Engine,
+def rows(
     *,
     call: HookCall,
     patient_hash: str,
@@ -23,30 +24,32 @@ def log_cards(
     issued: Sequence[IssuedCard],
     issued_at: datetime,
     knowledge_version: str,
-) -> int:
-    """Record ``issued`` cards in one committed transaction; return how many were new."""
-    if not issued:
+) -> list[dict[str, Any]]:
+    """The ``card_log`` rows for ``issued`` (one per card)."""
+    return [
+        {
+            "card_uuid": clean(card.uuid),
+            "issued_at": issued_at,
+            "service_id": call.service_id,
+            "hook": clean(call.hook),
+            "hook_instance": clean(call.hook_instance),
+            "patient_hash": patient_hash,
+            "encounter_hash": encounter_hash,
+            "rule": card.rule,
+            "drug_id": card.drug,
+            "indicator": card.indicator,
+            "suggestion_uuids": json.dumps(list(card.suggestion_uuids)),
+            "knowledge_version": knowledge_version,
+        }
+        for card in issued
+    ]
+
+
+def write_rows(engine: Engine, batch: Sequence[Mapping[str, Any]]) -> int:
+    """Insert ``batch`` in one committed transaction (a uuid already logged is skipped)."""
+    if not batch:
         return 0
-    written = 0
     with writing(engine) as connection:
-        for card in issued:
-            written += insert_ignoring(
-                connection,
-                card_log,
-                {
-                    "card_uuid": clean(card.uuid),
-                    "issued_at": issued_at,
-                    "service_id": call.service_id,
-                    "hook": clean(call.hook),
-                    "hook_instance": clean(call.hook_instance),
-                    "patient_hash": patient_hash,
-                    "encounter_hash": encounter_hash,
-                    "rule": card.rule,
-                    "drug_id": card.drug,
-                    "indicator": card.indicator,
-                    "suggestion_uuids": json.dumps(list(card.suggestion_uuids)),
-                    "knowledge_version": knowledge_version,
-                },
-                "card_uuid",
-            )
-    return written
+        dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(card_log).on_conflict_do_nothing(index_elements=["card_uuid"])
+        return int(connection.execute(statement, [dict(r) for r in batch]).rowcount)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,10 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from cds_server.config import ConfigError
-from cds_server.store import identity
+from cds_server.store import cardlog, identity
 from cds_server.store.engine import is_memory, make_engine, writing
 from cds_server.store.store import Store
+from cds_server.store.writer import CardLogWriter
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +67,19 @@ def hash_key(config: Any, url: str) -> bytes:
 
 
 def build_store(config: Any, instance_path: str, *, with_key: bool = True) -> Store:
-    """The store for ``config``; ``with_key=False`` for schema work only (no key generated)."""
+    """The store for ``config``; ``with_key=False`` for schema work only (no key generated).
+
+    Card-log rows go through a background ``CardLogWriter`` unless ``CARD_LOG_BACKGROUND``
+    is false or the database is in memory (one shared connection: no second thread on it).
+    """
     url = database_url(config, instance_path)
+    engine = make_engine(url)
+    background = config.get("CARD_LOG_BACKGROUND", True) and not is_memory(url)
     return Store(
-        engine=make_engine(url),
+        engine=engine,
         key=hash_key(config, url) if with_key else b"",
         dedup_window=timedelta(minutes=int(config.get("DEDUP_WINDOW_MINUTES", 0))),
+        writer=CardLogWriter(partial(cardlog.write_rows, engine)) if background else None,
     )
 
 

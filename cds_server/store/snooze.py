@@ -3,7 +3,7 @@ pipeline (running snoozes of a patient, cards already shown in the ordering sess
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -70,8 +70,13 @@ def prior_guidance(
     encounter_hash: str | None,
     now: datetime,
     window: timedelta,
+    pending: Sequence[Mapping[str, Any]] = (),
 ) -> PriorGuidance:
-    """Running snoozes of the patient, and the cards shown in this ordering session."""
+    """Running snoozes of the patient, and the cards shown in this ordering session.
+
+    ``pending``: card-log rows of this process not yet committed (``CardLogWriter``); those
+    of the same session count as shown too.
+    """
     with reading(engine) as connection:
         snoozes = tuple(
             Snooze(r.rule, r.drug_id, r.until, r.reason_code)
@@ -104,4 +109,29 @@ def prior_guidance(
                     .where(session)
                 )
             )
+            shown += tuple(
+                ShownCard(r["rule"], r["drug_id"], r["indicator"], r["hook"], r["hook_instance"])
+                for r in pending
+                if _in_session(r, call, patient_hash, encounter_hash, now - window, now)
+            )
     return PriorGuidance(snoozes=snoozes, shown=shown)
+
+
+def _in_session(
+    row: Mapping[str, Any],
+    call: HookCall,
+    patient_hash: str,
+    encounter_hash: str | None,
+    since: datetime,
+    until: datetime,
+) -> bool:
+    """The SQL filter above, for one uncommitted row."""
+    same_session = row["hook_instance"] == clean(call.hook_instance) or (
+        encounter_hash is not None and row["encounter_hash"] == encounter_hash
+    )
+    return (
+        row["patient_hash"] == patient_hash
+        and since <= row["issued_at"] <= until
+        and row["drug_id"] is not None
+        and same_session
+    )

@@ -2,8 +2,9 @@
 
 It hashes identifiers before anything touches SQL, implements the pipeline's read-only
 ``GuidanceHistory`` (failing open: if the database cannot be read, every card is shown), logs
-issued cards (a failure is logged, never turned into a failed hook call) and stores feedback
-(a failure is a 503: the client must not believe it was stored).
+issued cards (on the background ``CardLogWriter`` when it has one, else at once; a failure is
+logged, never turned into a failed hook call) and stores feedback (a failure is a 503: the
+client must not believe it was stored).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cds_server.knowledge.model import CardPolicy
 from cds_server.model import HookCall
 from cds_server.store import cardlog, feedback, report, snooze
 from cds_server.store.identity import keyed_hash
+from cds_server.store.writer import CardLogWriter
 from cds_server.suppression import IssuedCard, PriorGuidance
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class Store:
     key: bytes = field(repr=False)
     dedup_window: timedelta = timedelta(0)
     tenant: str = ""
+    writer: CardLogWriter | None = None  # None: card-log rows are written synchronously
 
     def patient_hash(self, patient_id: str) -> str:
         return keyed_hash(self.key, "patient", patient_id, self.tenant)
@@ -44,6 +47,9 @@ class Store:
 
     def prior_guidance(self, call: HookCall, now: datetime) -> PriorGuidance:
         """``GuidanceHistory`` for the pipeline; empty (show everything) if the DB fails."""
+        # The uncommitted rows are read before the database: a row committed in between is
+        # then seen twice (harmless) rather than not at all.
+        pending = self.writer.pending_rows() if self.writer is not None else []
         try:
             return snooze.prior_guidance(
                 self.engine,
@@ -52,6 +58,7 @@ class Store:
                 encounter_hash=self.encounter_hash(call.encounter_id),
                 now=now,
                 window=self.dedup_window,
+                pending=pending,
             )
         except SQLAlchemyError as exc:
             log.error("history lookup failed (%s): cards shown unfiltered", type(exc).__name__)
@@ -65,17 +72,20 @@ class Store:
         issued_at: datetime,
         knowledge_version: str,
     ) -> int:
-        """Record issued cards; on a database failure log it and return -1."""
+        """Record issued cards: how many were queued (background writer) or newly written;
+        -1 (logged) if they could not be."""
+        batch = cardlog.rows(
+            call=call,
+            patient_hash=self.patient_hash(call.patient_id),
+            encounter_hash=self.encounter_hash(call.encounter_id),
+            issued=issued,
+            issued_at=issued_at,
+            knowledge_version=knowledge_version,
+        )
+        if self.writer is not None:
+            return len(batch) if self.writer.submit(batch) else -1
         try:
-            return cardlog.log_cards(
-                self.engine,
-                call=call,
-                patient_hash=self.patient_hash(call.patient_id),
-                encounter_hash=self.encounter_hash(call.encounter_id),
-                issued=issued,
-                issued_at=issued_at,
-                knowledge_version=knowledge_version,
-            )
+            return cardlog.write_rows(self.engine, batch)
         except SQLAlchemyError as exc:
             log.error("card log write failed (%s): %d card(s)", type(exc).__name__, len(issued))
             return -1
@@ -89,6 +99,7 @@ class Store:
         received_at: datetime,
     ) -> feedback.FeedbackResult:
         """Store feedback durably; ``StoreUnavailable`` (503) if it could not be committed."""
+        self.flush()  # the cards it is about may still be on their way to the card log
         try:
             return feedback.record_feedback(
                 self.engine,
@@ -103,5 +114,15 @@ class Store:
                 "Feedback could not be stored; nothing was recorded. Retry later."
             ) from None
 
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait for the card-log rows queued so far to be written (True at once if none)."""
+        return self.writer.flush(timeout) if self.writer is not None else True
+
+    def close(self) -> None:
+        """Write what is queued, then close the database connections (tests, shutdown)."""
+        self.flush()
+        self.engine.dispose()
+
     def report(self, since: datetime, until: datetime) -> report.Report:
+        self.flush()  # include the cards this process has just issued
         return report.build_report(self.engine, since, until)

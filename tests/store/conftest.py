@@ -83,7 +83,7 @@ def store_app(make_app: Callable[..., Flask], db_url: str) -> Iterator[Flask]:
     """The app on ``db_url`` (demo settings: no JWT; analytics open)."""
     app = make_app(DATABASE_URL=db_url, PATIENT_HASH_KEY=HASH_KEY, AUTH_REQUIRED=False, DEMO=True)
     yield app
-    get_store(app).engine.dispose()
+    get_store(app).close()
 
 
 @pytest.fixture

@@ -137,7 +137,7 @@ def test_analytics_need_the_admin_token_or_the_demo(
         assert app.test_client().get("/analytics/report").status_code == 200
     finally:
         for a in apps:
-            get_store(a).engine.dispose()
+            get_store(a).close()
 
 
 def test_cli_report_text_and_json(

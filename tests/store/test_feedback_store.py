@@ -23,6 +23,7 @@ T0 = datetime(2026, 11, 21, 10, 5, 31, tzinfo=UTC)
 def test_card_log_records_every_card_without_patient_ids(store_app: Flask, raw: sa.Engine) -> None:
     body = load_request("order-sign-contained-medication")
     cards = call(store_app.test_client(), body)
+    assert get_store(store_app).flush()  # the card log is written after the answer
     logged = rows(raw, "card_log")
     assert [r["card_uuid"] for r in logged] == [c["uuid"] for c in cards]
     row, card = logged[0], cards[0]
@@ -138,7 +139,7 @@ def test_feedback_that_cannot_be_stored_is_a_503_and_calls_still_work(
         connection.execute(sa.text("DROP TABLE snooze"))
         connection.execute(sa.text("DROP TABLE feedback"))
         connection.execute(sa.text("DROP TABLE card_log"))
-    get_store(store_app).engine.dispose()
+    get_store(store_app).close()
     resp = post_feedback(client, overridden("card-1", when=T0))
     assert resp.status_code == 503
     outcome = resp.get_json()
@@ -147,6 +148,7 @@ def test_feedback_that_cannot_be_stored_is_a_503_and_calls_still_work(
     # hook calls fail open: every card is shown, the card log failure is only logged
     cards = call(client, body)
     assert card_for(cards, "premedication")["indicator"] == "warning"
+    assert get_store(store_app).flush()
     assert "card log write failed" in caplog.text
     assert body["context"]["patientId"] not in caplog.text
 

@@ -58,7 +58,7 @@ def test_app_upgrades_at_start_unless_told_not_to(make_app, db_url: str) -> None
     app = make_app(DATABASE_URL=db_url, PATIENT_HASH_KEY=HASH_KEY)
     assert db.current_revision(db.get_store(app).engine) == db.head_revision()
     engine.dispose()
-    db.get_store(app).engine.dispose()
+    db.get_store(app).close()
 
 
 def test_cli_db_upgrade_and_current(

@@ -79,7 +79,7 @@ def test_window_zero_disables_dedup(make_app: Callable[..., Flask], db_url: str)
         assert topics(call(client, load_request("order-select-rituximab"))) == RATE
         assert topics(call(client, load_request("order-sign-rituximab"))) == RATE
     finally:
-        get_store(app).engine.dispose()
+        get_store(app).close()
 
 
 def test_critical_cards_repeat_in_the_session(store_app: Flask) -> None:

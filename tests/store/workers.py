@@ -26,5 +26,5 @@ def post_all_feedback(
         batch, work = work[:size], work[size:]
         resp = client.post("/cds-services/infusion-safety/feedback", json={"feedback": batch})
         statuses.append(resp.status_code)
-    get_store(app).engine.dispose()
+    get_store(app).close()
     out.put(statuses)

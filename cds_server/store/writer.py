@@ -1,0 +1,108 @@
+"""``CardLogWriter``: writes card-log rows on a background thread, in batches, off the request path.
+
+A hook call hands its rows to ``submit`` and answers at once; one thread per process writes
+everything pending in one transaction (so concurrent calls share a commit and SQLite sees one
+writer per process instead of one per request thread). Until its commit, a row stays in
+``pending`` where the same process's session de-duplication and feedback still see it
+(``pending_rows``, ``flush``). The thread is started on first use in each process (gunicorn
+forks workers after the app is built, and threads do not survive a fork) and drains what is
+left at interpreter exit.
+
+The card log is an audit and de-duplication aid, not part of the answer: a failed write is
+logged (counts only) and dropped, as a synchronous write failure always was; when more than
+``max_pending`` rows wait (the database is down or far too slow), new rows are dropped and
+counted rather than letting memory grow.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Row = Mapping[str, Any]
+WriteBatch = Callable[[Sequence[Row]], int]
+
+
+class CardLogWriter:
+    """A per-process background writer for card-log rows (see the module docstring)."""
+
+    def __init__(self, write: WriteBatch, *, max_pending: int = 10_000, exit_wait: float = 5.0):
+        self._write = write
+        self._max_pending = max_pending
+        self._exit_wait = exit_wait
+        self._lock = threading.Condition()
+        self._pending: list[Row] = []  # submitted, not yet committed (incl. the batch in flight)
+        self._in_flight = 0  # how many of the first rows of ``_pending`` are being written
+        self._submitted = 0  # rows accepted so far (sequence numbers for ``flush``)
+        self._done = 0  # rows handled so far (committed, or dropped after a failure)
+        self._dropped = 0
+        self._pid: int | None = None  # the process whose thread is running
+
+    def submit(self, rows: Sequence[Row]) -> bool:
+        """Queue ``rows`` for writing; False (and a log line) if the queue is full."""
+        if not rows:
+            return True
+        with self._lock:
+            if len(self._pending) + len(rows) > self._max_pending:
+                self._dropped += len(rows)
+                log.error(
+                    "card log queue full: %d row(s) dropped (%d so far)", len(rows), self._dropped
+                )
+                return False
+            self._ensure_thread()
+            self._pending.extend(rows)
+            self._submitted += len(rows)
+            self._lock.notify_all()
+        return True
+
+    def pending_rows(self) -> list[Row]:
+        """Rows submitted in this process and not yet committed (a snapshot)."""
+        with self._lock:
+            return list(self._pending)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every row submitted so far is handled; False on timeout."""
+        with self._lock:
+            target = self._submitted
+            return self._lock.wait_for(lambda: self._done >= target, timeout)
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    # -- the writer thread ----------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        """Start this process's thread (called with the lock held)."""
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        if self._pid is not None:  # a forked child: the parent's rows are the parent's
+            self._pending.clear()
+            self._in_flight = 0
+            self._done = self._submitted
+        self._pid = pid
+        threading.Thread(target=self._run, name="card-log-writer", daemon=True).start()
+        atexit.register(self.flush, self._exit_wait)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: len(self._pending) > 0)
+                batch = list(self._pending)
+                self._in_flight = len(batch)
+            try:
+                self._write(batch)
+            except Exception as exc:  # noqa: BLE001 - the thread must survive any failure
+                log.error("card log write failed (%s): %d row(s)", type(exc).__name__, len(batch))
+            with self._lock:
+                del self._pending[: self._in_flight]
+                self._in_flight = 0
+                self._done += len(batch)
+                self._lock.notify_all()
