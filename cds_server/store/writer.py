@@ -99,7 +99,7 @@ class CardLogWriter:
                 self._in_flight = len(batch)
             try:
                 self._write(batch)
-            except Exception as exc:  # noqa: BLE001 - the thread must survive any failure
+            except Exception as exc:  # the thread must survive any failure
                 log.error("card log write failed (%s): %d row(s)", type(exc).__name__, len(batch))
             with self._lock:
                 del self._pending[: self._in_flight]
