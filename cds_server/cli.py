@@ -107,8 +107,9 @@ def demo(host: str, port: int, require_auth: bool, clients: Path | None) -> None
                 "Do not expose it or use it with real patient data. ***"
             )
         if host not in ("127.0.0.1", "localhost", "::1"):
-            log.warning("*** DEMO MODE listens on %s: anyone who can reach it can call it ***",
-                        host)
+            log.warning(
+                "*** DEMO MODE listens on %s: anyone who can reach it can call it ***", host
+            )
         log.warning("Discovery: curl %s/cds-services", base)
         log.warning("Sandbox page: %s/sandbox/", base)
         app.run(host=host, port=port, debug=False, use_reloader=False)
