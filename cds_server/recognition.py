@@ -33,7 +33,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from cds_server.knowledge.model import Identity, KnowledgeBase
 from cds_server.model import (
@@ -163,10 +163,32 @@ def _identity_phrases(kind: TargetKind, target: str, name: str, ident: Identity)
     return phrases
 
 
+# Orders whose codes and texts (with the route) fit in this many characters are remembered:
+# the same products recur in every patient's history, and matching is a pure function of them.
+MEMO_TEXT_CHARS = 512
+MEMO_ENTRIES = 4096
+
+
+def _order_key(order: MedicationOrder) -> tuple[Any, ...] | None:
+    """What ``match_order``/``match_agents`` read from an order, or None if too large to keep."""
+    codings = (*order.codings, *order.ingredient_codings)
+    size = sum(map(len, order.texts)) + len(order.route or "")
+    size += sum(len(c.code or "") + len(c.system or "") + len(c.display or "") for c in codings)
+    if size > MEMO_TEXT_CHARS:
+        return None
+    return (order.codings, order.ingredient_codings, order.texts, order.route)
+
+
 class Recogniser:
-    """Code and name indexes over one knowledge base; build once, use for every request."""
+    """Code and name indexes over one knowledge base; build once, use for every request.
+
+    Order matching is memoised (bounded LRU per recogniser, small orders only): it depends
+    only on the order's codes, texts and route and on this knowledge base.
+    """
 
     def __init__(self, kb: KnowledgeBase):
+        self._order_memo = lru_cache(maxsize=MEMO_ENTRIES)(self._match_order_key)
+        self._agent_memo = lru_cache(maxsize=MEMO_ENTRIES)(self._match_agents_key)
         self.version = kb.version
         self._codes: dict[TargetKind, dict[tuple[str, str], str]] = {
             "drug": {},
@@ -304,25 +326,39 @@ class Recogniser:
         A drug whose ``exclude_routes`` names the order's route (e.g. IV ofatumumab and a
         subcutaneous order: the MS pen) is not that drug.
         """
-        match = self._match_order_by_name(order)
-        if match is None or not order.route:
+        key = _order_key(order)
+        if key is None:
+            return self._match_order_key(
+                (order.codings, order.ingredient_codings, order.texts, order.route)
+            )
+        return self._order_memo(key)
+
+    def _match_order_key(self, key: tuple[Any, ...]) -> Match | None:
+        codings, ingredient_codings, raw_texts, route = key
+        texts = _normalised(raw_texts)
+        codes = self._code_matches("drug", codings, ingredient_codings, texts)
+        if codes:
+            match: Match | None = codes[0]
+        else:
+            matches = self._matches_in(("drug",), (), (), texts)
+            match = matches[0] if matches else None
+        if match is None or not route:
             return match
-        route = normalise(order.route)
-        if any(_find(route, normalise(r)) >= 0 for r in self._routes.get(match.target, ())):
+        route_tokens = normalise(route)
+        if any(_find(route_tokens, normalise(r)) >= 0 for r in self._routes.get(match.target, ())):
             return None
         return match
 
-    def _match_order_by_name(self, order: MedicationOrder) -> Match | None:
-        texts = _normalised(order.texts)
-        codes = self._code_matches("drug", order.codings, order.ingredient_codings, texts)
-        if codes:
-            return codes[0]
-        matches = self._matches_in(("drug",), (), (), texts)
-        return matches[0] if matches else None
-
     def match_agents(self, order: MedicationOrder) -> tuple[str, ...]:
         """Every agent an order is for (a combination product may hold several)."""
-        found = self._all_matches(("agent",), order.codings, order.ingredient_codings, order.texts)
+        key = _order_key(order)
+        if key is None:
+            return self._match_agents_key((order.codings, order.ingredient_codings, order.texts))
+        return self._agent_memo(key[:3])
+
+    def _match_agents_key(self, key: tuple[Any, ...]) -> tuple[str, ...]:
+        codings, ingredients, texts = key
+        found = self._all_matches(("agent",), codings, ingredients, texts)
         return tuple(m.target for m in found)
 
     def match_allergy(self, allergy: Allergy) -> tuple[Match, ...]:

@@ -212,11 +212,25 @@ def test_mutations_parse_the_same(seed: int) -> None:
 
 
 def test_plain_view_reads_like_the_model() -> None:
-    view = fastpath.PlainView({"a": {"b": [{"c": 1}, "d"]}, "e": "f"})
-    assert view.a.b[0].c == 1 and view.a.b[1] == "d" and view.e == "f"
-    assert view.missing is None and view.a.missing is None
+    resource = {
+        "resourceType": "MedicationRequest",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p"},
+        "medicationCodeableConcept": {"coding": [{"system": "s", "code": "1"}], "text": "x"},
+        "dosageInstruction": [{"doseAndRate": [{"doseQuantity": {"value": 5, "unit": "mg"}}]}],
+    }
+    view = fastpath.plain_view("MedicationRequest", resource)
+    assert view is not None
+    assert view.medicationCodeableConcept.coding[0].code == "1"
+    assert view.dosageInstruction[0].doseAndRate[0].doseQuantity.value == 5
+    assert view.medicationCodeableConcept.text == "x" and view.status == "active"
+    assert view.authoredOn is None and view.dosageInstruction[0].route is None  # absent
+    assert view.notAnElement is None
     with pytest.raises(AttributeError):
         view.__deepcopy__  # noqa: B018 - dunder lookups are not elements
+    assert fastpath.plain_view("MedicationRequest", {**resource, "status": ""}) is None
+    assert fastpath.plain_view("MedicationRequest", {**resource, "extra": 1}) is None
 
 
 # -- recognition: the first-token index finds what the full scan found -------------------
@@ -281,6 +295,38 @@ def test_agents_with_known_drugs_equal_agents_recognised_again(kb: Any) -> None:
     drugs = r.recognise_orders(orders, kb)
     assert drugs and r.recognise_agents(orders, kb)
     assert r.recognise_agents(orders, kb, drugs=drugs) == r.recognise_agents(orders, kb)
+
+
+def test_memoised_order_matching_equals_matching_afresh(kb: Any) -> None:
+    """Every fixture order, matched through the memo twice, as a fresh recogniser matches it
+    without the memo; an order too large to remember is matched without it."""
+    from dataclasses import replace
+
+    from cds_server import recognition as r
+
+    log = parse.ParseLog()
+    orders = [
+        o
+        for res in RESOURCES
+        if res.get("resourceType") == "MedicationRequest"
+        for o in [parse.parse_medication_request(res, "m", log, MEDICATIONS)]
+        if o is not None
+    ]
+    assert len(orders) > 100
+    memo, fresh = r.Recogniser(kb), r.Recogniser(kb)
+    for order in orders * 2:
+        key = (order.codings, order.ingredient_codings, order.texts, order.route)
+        assert memo.match_order(order) == fresh._match_order_key(key)
+        assert memo.match_agents(order) == fresh._match_agents_key(key[:3])
+    assert memo._order_memo.cache_info().hits >= len(orders)
+    known = next(o for o in orders if fresh.match_order(o) is not None)
+    padded = replace(known, texts=(*known.texts, "x" * r.MEMO_TEXT_CHARS))
+    assert r._order_key(padded) is None
+    before = memo._order_memo.cache_info().currsize
+    assert memo.match_order(padded) == fresh._match_order_key(
+        (padded.codings, padded.ingredient_codings, padded.texts, padded.route)
+    )
+    assert memo._order_memo.cache_info().currsize == before
 
 
 # -- request limits: the level-by-level depth check agrees with a per-node walk ----------

@@ -18,10 +18,9 @@ parse result over every fixture and thousands of mutations of them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from pydantic_core import SchemaValidator
+from pydantic_core import SchemaValidator, ValidationError
 from pydantic_core import core_schema as cs
 
 # -- primitives (each at least as strict as the FHIR R4 primitive it stands for) ---------------
@@ -63,6 +62,23 @@ _ITEM = ("itemCodeableConcept", "itemReference")
 # -- complex types: {name: spec}; "!name" is required; [spec] is a non-empty array --------
 
 
+class PlainView:
+    """Read-only, model-shaped access to a plain resource: absent elements read as None.
+
+    Instances are built by the compiled validator itself while it checks the resource
+    (``model_schema``): objects become ``PlainView``, arrays lists, primitives their JSON values
+    (dates stay strings; ``parse._datetime`` reads both forms the same way).
+    """
+
+    def __getattr__(self, name: str) -> Any:  # an element the plain schema does not list
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return None
+
+    def __repr__(self) -> str:
+        return f"PlainView({self.__dict__.get('resourceType') or 'element'})"
+
+
 class _Object(dict[str, Any]):
     """An element spec: ``{name: spec}`` (distinct from a compiled primitive schema)."""
 
@@ -70,10 +86,16 @@ class _Object(dict[str, Any]):
 def _compile(spec: Any) -> Any:
     if isinstance(spec, _Object):
         fields = {
-            name.lstrip("!"): cs.typed_dict_field(_compile(sub), required=name.startswith("!"))
+            name.lstrip("!"): cs.model_field(
+                _compile(sub)
+                if name.startswith("!")
+                else cs.with_default_schema(_compile(sub), default=None)
+            )
             for name, sub in spec.items()
         }
-        return cs.typed_dict_schema(fields, extra_behavior="forbid", total=False, strict=True)
+        return cs.model_schema(
+            PlainView, cs.model_fields_schema(fields, extra_behavior="forbid", strict=True)
+        )
     if isinstance(spec, list):
         return cs.list_schema(_compile(spec[0]), min_length=1, strict=True)
     return spec
@@ -210,32 +232,6 @@ _VALIDATORS: dict[str, SchemaValidator] = {
 TYPES = frozenset(_VALIDATORS)
 
 
-class PlainView:
-    """Read-only, model-shaped access to a plain JSON object: absent elements read as None.
-
-    Built eagerly (present elements become attributes): objects as ``PlainView``, arrays as
-    lists, primitives as their JSON values (dates stay strings; ``parse._datetime`` reads both
-    forms the same way).
-    """
-
-    def __init__(self, data: Mapping[str, Any]):
-        attributes = self.__dict__
-        for name, value in data.items():
-            if isinstance(value, dict):
-                value = PlainView(value)
-            elif isinstance(value, list):
-                value = [PlainView(v) if isinstance(v, dict) else v for v in value]
-            attributes[name] = value
-
-    def __getattr__(self, name: str) -> Any:  # called only for absent elements
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return None
-
-    def __repr__(self) -> str:
-        return f"PlainView({getattr(self, 'resourceType', None) or 'element'})"
-
-
 def _choices_ok(rtype: str, data: dict[str, Any]) -> bool:
     """The choice rules the schema cannot express (``data`` has passed the schema)."""
     if rtype == "Medication":
@@ -254,6 +250,10 @@ def _choices_ok(rtype: str, data: dict[str, Any]) -> bool:
 def plain_view(rtype: str, data: Any) -> PlainView | None:
     """A ``PlainView`` of ``data`` if it is a plain resource of type ``rtype``, else None."""
     validator = _VALIDATORS.get(rtype)
-    if validator is None or not validator.isinstance_python(data) or not _choices_ok(rtype, data):
+    if validator is None or not isinstance(data, dict):
         return None
-    return PlainView(data)
+    try:
+        view: PlainView = validator.validate_python(data)
+    except ValidationError:
+        return None
+    return view if _choices_ok(rtype, data) else None
