@@ -10,7 +10,6 @@ nothing else. The floor exists only in this module; the production app never has
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from cds_server import api, pipeline
-from cds_server.app import create_app
+from cds_server.app import create_app, settle_heap
 
 DATA = Path(__file__).resolve().parent / "data"
 FLOOR_PATH = "/bench/floor"
@@ -81,5 +80,5 @@ def create(
     floor = Blueprint("bench_floor", __name__)
     floor.add_url_rule(FLOOR_PATH, "floor", _floor, methods=["POST"])
     app.register_blueprint(floor)
-    gc.freeze()  # as ``cds-server serve`` does once the app is built
+    settle_heap()  # as ``cds-server serve`` does once the app is built
     return app

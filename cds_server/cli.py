@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -181,10 +180,9 @@ def serve(
             return app
 
     log.info("serving on %s:%d with %d worker(s) × %d thread(s)", host, port, workers, threads)
-    # What start-up built (knowledge, schemas, modules) lives as long as the process: keep it
-    # out of the garbage collector's full passes (they scanned it all: 0.1 s pauses under load,
-    # bench/README.md) and out of copy-on-write after the fork.
-    gc.freeze()
+    from cds_server.app import settle_heap
+
+    settle_heap()  # full GC passes over start-up objects caused 0.1 s pauses (bench/README.md)
     _Server().run()
 
 

@@ -110,3 +110,18 @@ def test_evaluate_without_http(kb: Any) -> None:
     body = load_request("patient-view-lymphoma")
     out = cds_server.evaluate(body, service_id="infusion-risk-summary", kb=kb)
     assert isinstance(out["cards"], list)
+
+
+def test_settle_heap_freezes_start_up_objects_and_raises_the_young_threshold() -> None:
+    import gc
+
+    from cds_server.app import GC_YOUNG_THRESHOLD, settle_heap
+
+    before = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, before[1], before[2])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

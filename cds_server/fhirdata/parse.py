@@ -69,6 +69,8 @@ _UNIT_ALIASES = {
 }
 _WEIGHT_TO_KG = {"kg": 1.0, "g": 0.001, "[lb_av]": 0.45359237, "lb": 0.45359237, "lbs": 0.45359237}
 BODY_WEIGHT_LOINC = "29463-7"
+# What the FHIR model library may raise on hostile input (besides ValidationError, a ValueError).
+MODEL_FAILURES = (TypeError, ValueError, KeyError, AttributeError, RecursionError)
 
 
 @dataclass
@@ -112,7 +114,7 @@ def validate(resource: Any, where: str, log: ParseLog, *, plain: bool = False) -
             return view
     try:
         return model.model_validate(data)
-    except (TypeError, ValueError, AttributeError) as exc:
+    except MODEL_FAILURES as exc:
         if not isinstance(exc, ValidationError):
             # fhir_core can raise plain errors on badly typed nested resources.
             log.warnings.append(f"{rtype} {where} skipped: invalid FHIR R4 structure")
@@ -129,7 +131,7 @@ def validate(resource: Any, where: str, log: ParseLog, *, plain: bool = False) -
             except ValidationError as exc2:
                 log.skip(rtype, where, exc2)
                 return None
-            except (TypeError, ValueError, AttributeError):
+            except MODEL_FAILURES:
                 log.warnings.append(f"{rtype} {where} skipped: invalid FHIR R4 structure")
                 return None
         log.skip(rtype, where, exc)
@@ -415,7 +417,7 @@ def latest_weight(resources: Iterable[Mapping[str, Any]], log: ParseLog) -> Weig
     for i, res in enumerate(resources):
         if res.get("resourceType") != "Observation":
             continue
-        obs = validate(res, f"Observation #{i}", log)
+        obs = validate(res, f"#{i}", log)
         if obs is None or obs.status in ("entered-in-error", "cancelled"):
             continue
         codes = {c.code for c in (obs.code.coding or ())} if obs.code else set()
@@ -440,7 +442,7 @@ def birth_date(resources: Iterable[Mapping[str, Any]], log: ParseLog) -> date | 
     """The Patient's birth date, if a valid Patient resource is present."""
     for i, res in enumerate(resources):
         if res.get("resourceType") == "Patient":
-            patient = validate(res, f"Patient #{i}", log)
+            patient = validate(res, f"#{i}", log)
             if patient is not None and patient.birthDate:
                 bd = patient.birthDate
                 return bd if isinstance(bd, date) else None

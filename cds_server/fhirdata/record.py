@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from cds_server.fhirdata.parse import (
+    MODEL_FAILURES,
     ParseLog,
     birth_date,
     latest_weight,
@@ -23,15 +24,12 @@ from cds_server.fhirdata.parse import (
     parse_medication,
     parse_medication_request,
     resources_of,
-    validate,
 )
 from cds_server.fhirdata.prefetch import KeyData
 from cds_server.model import Allergy, MedicationOrder, PatientRecord
 
 _UNKNOWN = KeyData((), False, "unavailable")
 T = TypeVar("T")
-# What the FHIR model library may raise, besides ValidationError, on hostile input.
-_MODEL_FAILURES = (TypeError, ValueError, KeyError, AttributeError, RecursionError)
 
 
 def _safely(
@@ -40,23 +38,9 @@ def _safely(
     """Run one parse; a resource that makes the model library fail is skipped with a warning."""
     try:
         return parse(*args, **kwargs)
-    except _MODEL_FAILURES:
+    except MODEL_FAILURES:
         log.warnings.append(f"{where} skipped: could not be parsed as FHIR R4")
         return None
-
-
-def _parseable(resources: Sequence[Mapping[str, Any]], what: str, log: ParseLog) -> list[Any]:
-    """The resources that the model library can at least process (for whole-list parsers)."""
-    kept = []
-    for i, res in enumerate(resources):
-        where = f"{what} #{i}"
-        try:
-            validate(res, where, ParseLog())  # invalid is fine here: the parser will say so
-        except _MODEL_FAILURES:
-            log.warnings.append(f"{where} skipped: could not be parsed as FHIR R4")
-            continue
-        kept.append(res)
-    return kept
 
 
 def draft_order_resources(draft_orders: Any) -> list[Mapping[str, Any]]:
@@ -148,8 +132,8 @@ def build_record(
 
     return PatientRecord(
         patient_id=patient_id,
-        birth_date=birth_date(_parseable(patient.resources, "Patient", log), log),
-        weight=latest_weight(_parseable(weight.resources, "Observation", log), log),
+        birth_date=birth_date(patient.resources, log),  # ``validate`` skips what fails
+        weight=latest_weight(weight.resources, log),
         draft_orders=tuple(drafts),
         medication_history=tuple(history),
         allergies=tuple(found),
