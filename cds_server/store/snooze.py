@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, or_, select
+from sqlalchemy import Connection, Engine, bindparam, or_, select
 
 from cds_server.knowledge.model import CardPolicy
 from cds_server.model import HookCall
@@ -62,6 +62,35 @@ def create(
     )
 
 
+# Built once (statement construction cost more than running them): bound per call.
+_RUNNING_SNOOZES = (
+    select(snooze.c.rule, snooze.c.drug_id, snooze.c.until, snooze.c.reason_code)
+    .where(snooze.c.patient_hash == bindparam("patient"))
+    .where(snooze.c.until > bindparam("now"))
+    .where(snooze.c.starts_at <= bindparam("now"))
+)
+_SHOWN = select(
+    card_log.c.rule,
+    card_log.c.drug_id,
+    card_log.c.indicator,
+    card_log.c.hook,
+    card_log.c.hook_instance,
+).where(
+    card_log.c.patient_hash == bindparam("patient"),
+    card_log.c.issued_at >= bindparam("since"),
+    card_log.c.issued_at <= bindparam("now"),
+    card_log.c.drug_id.is_not(None),
+)
+# The session: the same hookInstance, or the same encounter when the call has one.
+_SHOWN_IN_INSTANCE = _SHOWN.where(card_log.c.hook_instance == bindparam("instance"))
+_SHOWN_IN_SESSION = _SHOWN.where(
+    or_(
+        card_log.c.hook_instance == bindparam("instance"),
+        card_log.c.encounter_hash == bindparam("encounter"),
+    )
+)
+
+
 def prior_guidance(
     engine: Engine,
     *,
@@ -80,34 +109,21 @@ def prior_guidance(
     with reading(engine) as connection:
         snoozes = tuple(
             Snooze(r.rule, r.drug_id, r.until, r.reason_code)
-            for r in connection.execute(
-                select(snooze.c.rule, snooze.c.drug_id, snooze.c.until, snooze.c.reason_code)
-                .where(snooze.c.patient_hash == patient_hash)
-                .where(snooze.c.until > now)
-                .where(snooze.c.starts_at <= now)
-            )
+            for r in connection.execute(_RUNNING_SNOOZES, {"patient": patient_hash, "now": now})
         )
         shown: tuple[ShownCard, ...] = ()
         if window > timedelta(0) and call.hook in ORDER_HOOKS:
-            session = card_log.c.hook_instance == clean(call.hook_instance)
-            if encounter_hash is not None:
-                session = or_(session, card_log.c.encounter_hash == encounter_hash)
+            statement = _SHOWN_IN_INSTANCE if encounter_hash is None else _SHOWN_IN_SESSION
+            params = {
+                "patient": patient_hash,
+                "since": now - window,
+                "now": now,
+                "instance": clean(call.hook_instance),
+                "encounter": encounter_hash,
+            }
             shown = tuple(
                 ShownCard(r.rule, r.drug_id, r.indicator, r.hook, r.hook_instance)
-                for r in connection.execute(
-                    select(
-                        card_log.c.rule,
-                        card_log.c.drug_id,
-                        card_log.c.indicator,
-                        card_log.c.hook,
-                        card_log.c.hook_instance,
-                    )
-                    .where(card_log.c.patient_hash == patient_hash)
-                    .where(card_log.c.issued_at >= now - window)
-                    .where(card_log.c.issued_at <= now)
-                    .where(card_log.c.drug_id.is_not(None))
-                    .where(session)
-                )
+                for r in connection.execute(statement, params)
             )
             shown += tuple(
                 ShownCard(r["rule"], r["drug_id"], r["indicator"], r["hook"], r["hook_instance"])
