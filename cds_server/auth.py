@@ -103,10 +103,10 @@ class Verifier:
         if len(token) > MAX_TOKEN_CHARS or not _COMPACT_JWS.match(token):
             raise AuthFailure("not a compact JWT")
         try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
+            unread = jwt.decode_complete(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             raise AuthFailure("malformed JWT") from None
+        header, unverified = unread["header"], unread["payload"]
         alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or alg.lower() == "none" or alg.upper().startswith("HS"):
             raise AuthFailure(f"algorithm {_safe(alg)} is never accepted")
