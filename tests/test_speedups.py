@@ -1,4 +1,4 @@
-"""Speed-ups that must not change behaviour: the plain fast path (``fhirdata/fastpath.py``)
+"""Speed-ups that must not change behaviour: the plain fast path (``plainfhir.py``)
 parses exactly as the R4B models do, and the recognition indexes find what a full scan finds.
 
 For every MedicationRequest, Medication and AllergyIntolerance in the fixtures and the
@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from cds_server.fhirdata import fastpath, parse
+from cds_server import plainfhir as fastpath
+from cds_server.fhirdata import parse
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(

@@ -22,7 +22,6 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
-from cds_server.fhirdata.fastpath import plain_view
 from cds_server.model import (
     UCUM,
     Allergy,
@@ -32,6 +31,7 @@ from cds_server.model import (
     Reaction,
     Weight,
 )
+from cds_server.plainfhir import plain_view
 
 # Fields that are lists in R4 but that some clients send as a single object.
 _LIST_FIELDS = {
@@ -98,7 +98,7 @@ def validate(resource: Any, where: str, log: ParseLog, *, plain: bool = False) -
     """Validate one JSON resource with its R4B model, tolerating unknown properties.
 
     With ``plain``, a MedicationRequest, Medication or AllergyIntolerance that passes the
-    stricter plain check (``fastpath.py``) is returned as a model-shaped ``PlainView`` instead.
+    stricter plain check (``plainfhir.py``) is returned as a model-shaped ``PlainView`` instead.
     """
     if not isinstance(resource, Mapping):
         log.warnings.append(f"{where} skipped: not a JSON object")

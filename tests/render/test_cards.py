@@ -163,3 +163,27 @@ def test_rate_update_for_a_draft_without_id_is_dropped_not_sent(kb):
     )
     [card] = render(kb, [finding(actions=(action,))])
     assert "suggestions" not in card
+
+
+def test_suggested_resources_are_checked_plain_first_then_by_the_model() -> None:
+    from fhir.resources.R4B.medicationrequest import MedicationRequest
+
+    from cds_server.render.suggestions import InvalidSuggestion, _validated
+
+    plain = {
+        "resourceType": "MedicationRequest",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {"text": "diphenhydramine"},
+    }
+    assert _validated(MedicationRequest, plain) is plain
+    # valid R4 the plain check does not cover (an extension): accepted through the model
+    extended = {**plain, "extension": [{"url": "http://example.org/x", "valueString": "y"}]}
+    assert _validated(MedicationRequest, extended) is extended
+    for broken in ({**plain, "status": ""}, {**plain, "intent": 5}, {**plain, "subject": "p1"}):
+        with pytest.raises(InvalidSuggestion):
+            _validated(MedicationRequest, broken)
+    missing = {k: v for k, v in plain.items() if k != "status"}
+    with pytest.raises(InvalidSuggestion):
+        _validated(MedicationRequest, missing)

@@ -12,8 +12,11 @@ below, no empty strings, arrays or nulls, codes and URIs in printable ASCII, dat
 their common full forms, decimals as JSON numbers of moderate size, and the model's rules
 on required elements and choice types. A resource that passes is one the model accepts;
 every other resource goes to the model exactly as before (repairs, unknown-property
-trimming, warnings). ``tests/test_fastpath.py`` checks that both paths give the same
+trimming, warnings). ``tests/test_speedups.py`` checks that both paths give the same
 parse result over every fixture and thousands of mutations of them.
+
+Shared by parsing (``fhirdata/parse.py``) and by the check of suggested resources
+(``render/suggestions.py``): a suggestion that passes here needs no model validation.
 """
 
 from __future__ import annotations
