@@ -213,10 +213,3 @@ def fmt_number(value: float) -> str:
 
 def fmt_qty(q: Quantity) -> str:
     return f"{fmt_number(q.value)} {q.unit}"
-
-
-def in_force_orders(situation: Situation) -> tuple[MedicationOrder, ...]:
-    """Draft orders of this session plus history orders in force (active or on hold)."""
-    drafts = situation.record.draft_orders
-    active = tuple(o for o in situation.record.medication_history if o.status in IN_FORCE)
-    return drafts + active
