@@ -103,6 +103,7 @@ def call_service(service_id: str) -> Response:
         kb=runtime.kb,
         settings=auth.fhir_settings(runtime.fhir),  # only the caller's trusted fhirServers
         now=now,
+        client_factory=runtime.transport.client,
         history=cards_store,
     )
     cards_store.log_cards(

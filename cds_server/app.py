@@ -1,21 +1,22 @@
 """The Flask application factory: configuration, knowledge (loaded once), blueprints.
 
 Nothing here holds mutable state: the knowledge base and the outbound FHIR policy are
-built once per app and stored read-only in ``app.extensions["cds_server"]``.
+built once per app and stored read-only in ``app.extensions["cds_server"]``, next to the
+app's ``FhirTransport`` (its FHIR request threads and kept-alive connections, per process).
 """
 
 from __future__ import annotations
 
 import gc
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask
 from flask_cors import CORS
 
 from cds_server import auth, config, store
-from cds_server.fhirdata.client import FhirSettings
+from cds_server.fhirdata.client import FhirSettings, FhirTransport
 from cds_server.knowledge.loader import load_knowledge
 from cds_server.knowledge.model import KnowledgeBase
 
@@ -28,6 +29,8 @@ class Runtime:
 
     kb: KnowledgeBase
     fhir: FhirSettings
+    # Request threads and keep-alive connections to FHIR servers (created per process).
+    transport: FhirTransport = field(default_factory=FhirTransport)
 
 
 def create_app(

@@ -39,15 +39,19 @@ def test_server_problems() -> None:
 def test_token_only_in_header_and_never_in_repr() -> None:
     client = FhirClient(FHIR, TOKEN, FhirSettings())
     assert TOKEN not in repr(client)
-    assert client._session.headers["Authorization"] == f"Bearer {TOKEN}"
-    assert client._session.trust_env is False
-    assert list(client._session.adapters) == ["https://ehr.example.org/"]
+    assert client._headers["Authorization"] == f"Bearer {TOKEN}"
+    # The adapter (connection pool, shared by later calls) is bound to the one origin and
+    # holds no header: the token travels with each request of this call only.
+    assert client._adapter.cds_origin == "https://ehr.example.org"
+    assert TOKEN not in repr(vars(client._adapter))
+    assert TOKEN not in repr(client._adapter.poolmanager.connection_pool_kw)
     client.close()
+    assert "Authorization" not in client._headers  # not kept after the call
 
 
 def test_no_authorization_header_without_token() -> None:
     with FhirClient(FHIR, "", FhirSettings()) as client:
-        assert "Authorization" not in client._session.headers
+        assert "Authorization" not in client._headers
 
 
 def test_other_origins_are_refused_structurally(mocked_fhir: Any) -> None:

@@ -2,23 +2,32 @@
 
 Policy, all enforced here:
 
-* one ``requests.Session`` per hook call; the access token lives only in that object, is sent
-  as ``Authorization: Bearer …`` only when non-empty, and is never logged or kept afterwards;
-* adapters are mounted only for the ``fhirServer`` origin, so no request — and no token — can
-  go to any other origin; redirects are never followed; proxies/netrc from the environment
-  are ignored (``trust_env = False``);
+* the access token lives only in the ``FhirClient`` of one hook call (its private header
+  dict), is sent as ``Authorization: Bearer …`` on each of that call's requests only when
+  non-empty, and is never logged, kept afterwards or stored in anything shared; no cookies
+  are kept or sent;
+* requests go only to the ``fhirServer`` origin: the client refuses any other URL and its
+  adapter is bound to that one origin; redirects are never followed; proxies/netrc from the
+  environment are never used (there is no ``requests.Session``);
 * https only, unless the configuration allows http (``loopback`` for the demo, ``always`` for
   development and tests); optional allow-list of origins; with authentication on, only the
   ``fhirServer`` base URLs the authenticated client is trusted for (``allowed_servers``);
 * the server's host must resolve only to public addresses, unless its network is allowed
   (``FHIR_ALLOWED_NETWORKS``; loopback too under ``FHIR_ALLOW_HTTP=loopback``). The host is
-  checked before the first request and again, pinned, at every connection (no DNS rebinding);
+  checked at every hook call and again, pinned, at every new connection (no DNS rebinding);
+  name resolution waits at most what is left of the deadline (connect timeout at connect);
 * short connect/read timeouts plus one wall-clock deadline for the whole hook call;
 * searches follow ``Bundle.link[next]`` on the same origin only, up to a page cap, and all
   responses of a hook call share one byte budget;
-* independent requests run in parallel on a small thread pool;
+* independent requests of a call run in parallel, at most ``max_workers`` at a time;
 * log lines name the resource type, status, size and time — never URLs (they carry patient
   ids), bodies or tokens.
+
+``FhirTransport`` (one per app) owns what outlives a hook call, created lazily in each
+process (gunicorn forks after the app is built): the threads that run requests (an idle one
+if any, else a new one, so a call stuck past its deadline never delays another) and
+keep-alive connections per origin and address policy. A kept connection holds no headers,
+credentials or cookies; it was pinned to an address checked when it was opened.
 
 ``fetch_jwks`` is the second, smaller door: it reads a trusted client's JWK Set (``jku``) for
 ``auth.py`` with the same transport rules (no redirects, no proxies, timeouts, size cap).
@@ -26,22 +35,26 @@ Policy, all enforced here:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ipaddress
 import json
 import logging
+import os
+import queue
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.utils import DEFAULT_ACCEPT_ENCODING
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
@@ -49,6 +62,7 @@ from urllib3.exceptions import (
     HTTPError,
     NameResolutionError,
     NewConnectionError,
+    ProtocolError,
     ReadTimeoutError,
 )
 from urllib3.util import connection as urllib3_connection
@@ -64,7 +78,17 @@ T = TypeVar("T")
 USER_AGENT = "infusion-safety-cds"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolved = list[tuple[Address, tuple[Any, ...]]]
+Resolver = Callable[[str, int, float], Resolved]
 JWKS_MAX_BYTES = 256 * 1024
+# Per process: idle request threads kept (60 s at most), kept-alive connections per origin,
+# and origins with kept connections.
+KEEP_IDLE_THREADS = 16
+IDLE_THREAD_SECONDS = 60.0
+KEEP_CONNECTIONS = 16
+KEEP_ORIGINS = 32
+# Errors of a kept-alive connection the server closed meanwhile: the GET is sent once more.
+_DROPPED = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
 @dataclass(frozen=True)
@@ -191,12 +215,8 @@ def address_allowed(address: Address, settings: FhirSettings) -> bool:
     return address.is_global and not address.is_multicast
 
 
-def address_problem(host: str, port: int, settings: FhirSettings) -> str | None:
-    """Why ``host`` may not be called (None = every address it resolves to is allowed)."""
-    try:
-        addresses = resolve_addresses(host, port)
-    except (OSError, UnicodeError):
-        return "fhirServer host name could not be resolved"
+def addresses_problem(addresses: Resolved, settings: FhirSettings) -> str | None:
+    """Why these resolved addresses may not be called (None = every one is allowed)."""
     if not addresses:
         return "fhirServer host name could not be resolved"
     if not all(address_allowed(a, settings) for a, _ in addresses):
@@ -207,10 +227,183 @@ def address_problem(host: str, port: int, settings: FhirSettings) -> str | None:
     return None
 
 
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+# -- threads and connections that outlive one hook call ------------------------------------
+
+
+class _Workers:
+    """Threads that run callables: an idle one if any, else a new one (never a queue behind
+    a stuck request). At most ``keep`` idle threads wait, each for ``idle_seconds``."""
+
+    def __init__(self, keep: int, idle_seconds: float):
+        self._keep = keep
+        self._idle_seconds = idle_seconds
+        self._idle: list[queue.SimpleQueue[Callable[[], None] | None]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def run(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is not None:
+            inbox.put(fn)
+        else:
+            threading.Thread(target=self._serve, args=(fn,), name="fhir", daemon=True).start()
+
+    def _serve(self, fn: Callable[[], None] | None) -> None:
+        inbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        while fn is not None:
+            try:
+                fn()
+            except Exception as exc:  # tasks report their own outcome; never kill the thread
+                log.error("FHIR worker task failed (%s)", type(exc).__name__)
+            fn = None
+            with self._lock:
+                if self._closed or len(self._idle) >= self._keep:
+                    return
+                self._idle.append(inbox)
+            try:
+                fn = inbox.get(timeout=self._idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if inbox in self._idle:
+                        self._idle.remove(inbox)
+                        return
+                fn = inbox.get()  # handed a task just as the wait ended
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for inbox in idle:
+            inbox.put(None)
+
+
+class _ProcessState:
+    """What one process of the app keeps between hook calls (never shared across a fork)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.workers = _Workers(KEEP_IDLE_THREADS, IDLE_THREAD_SECONDS)
+        self.adapters: collections.OrderedDict[tuple[Any, ...], _GuardedAdapter] = (
+            collections.OrderedDict()
+        )
+        self.resolving: dict[tuple[str, int], Future[Resolved]] = {}
+
+    def resolve(self, host: str, port: int, timeout: float) -> Resolved:
+        """``resolve_addresses`` waiting at most ``timeout`` seconds (``TimeoutError``).
+
+        A lookup runs on a request thread; one that hangs keeps that thread, shared by
+        every caller asking for the same host meanwhile. IP literals need no lookup.
+        """
+        if _is_ip_literal(host):
+            return resolve_addresses(host, port)
+        key = (host, port)
+        with self.lock:
+            future = self.resolving.get(key)
+            start = future is None
+            if future is None:
+                future = self.resolving[key] = Future()
+        if start:
+
+            def lookup(future: Future[Resolved] = future) -> None:
+                try:
+                    future.set_result(resolve_addresses(host, port))
+                except BaseException as exc:
+                    future.set_exception(exc)
+                finally:
+                    with self.lock:
+                        if self.resolving.get(key) is future:
+                            del self.resolving[key]
+
+            self.workers.run(lookup)
+        return future.result(timeout=max(0.0, timeout))
+
+    def close(self) -> None:
+        self.workers.close()
+        with self.lock:
+            adapters = list(self.adapters.values())
+            self.adapters.clear()
+        for adapter in adapters:
+            adapter.close()
+
+
+def _close_states(states: dict[int, _ProcessState]) -> None:
+    state = states.pop(os.getpid(), None)
+    states.clear()  # another process's threads and sockets are not this process's to close
+    if state is not None:
+        state.close()
+
+
+class FhirTransport:
+    """Request threads and keep-alive connections of one app, created lazily per process.
+
+    Holds no token and no per-call state: ``client()`` opens the ``FhirClient`` of one hook
+    call (the ``prefetch.ClientFactory`` the app uses).
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[int, _ProcessState] = {}
+        self._finalizer = weakref.finalize(self, _close_states, self._states)
+
+    def client(self, base_url: str, access_token: str | None, settings: FhirSettings) -> FhirClient:
+        return FhirClient(base_url, access_token, settings, transport=self)
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def _local(self) -> _ProcessState:
+        """This process's state; a forked child starts afresh (the parent's threads do not
+        exist in it and its connections belong to the parent)."""
+        pid = os.getpid()
+        state = self._states.get(pid)
+        if state is None:
+            state = self._states.setdefault(pid, _ProcessState())  # one winner per process
+            for other in [p for p in list(self._states) if p != pid]:
+                self._states.pop(other, None)
+        return state
+
+    def run(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on a request thread."""
+        self._local().workers.run(fn)
+
+    def resolve(self, host: str, port: int, timeout: float) -> Resolved:
+        """``resolve_addresses`` waiting at most ``timeout`` seconds (``TimeoutError``)."""
+        return self._local().resolve(host, port, timeout)
+
+    def adapter(self, base_url: str, settings: FhirSettings) -> _GuardedAdapter:
+        """The kept adapter (connection pool) for this origin under this address policy."""
+        state = self._local()
+        key = (origin(base_url), settings.allow_http, settings.allowed_networks)
+        evicted = None
+        with state.lock:
+            adapter = state.adapters.get(key)
+            if adapter is None:
+                adapter = _GuardedAdapter(
+                    settings, key[0], state.resolve, pool_maxsize=KEEP_CONNECTIONS, max_retries=0
+                )
+                state.adapters[key] = adapter
+                if len(state.adapters) > KEEP_ORIGINS:
+                    evicted = state.adapters.popitem(last=False)[1]
+            else:
+                state.adapters.move_to_end(key)
+        if evicted is not None:
+            evicted.close()  # idle connections now; those in use when they come back
+        return adapter
+
+
 class _GuardedConnectionMixin:
     """Resolve, check every address, then connect to a checked address (no second lookup)."""
 
     cds_settings: FhirSettings
+    cds_resolve: Resolver
     host: str
     port: int
     timeout: Any
@@ -218,9 +411,14 @@ class _GuardedConnectionMixin:
     socket_options: Any
 
     def _new_conn(self) -> socket.socket:
+        wait = self.timeout if isinstance(self.timeout, int | float) else None
         try:
-            addresses = resolve_addresses(self.host, self.port)
-        except socket.gaierror as exc:
+            addresses = self.cds_resolve(
+                self.host, self.port, self.cds_settings.connect_timeout if wait is None else wait
+            )
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(self, "name resolution timed out") from exc
+        except (OSError, UnicodeError) as exc:
             raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
         if not addresses or not all(address_allowed(a, self.cds_settings) for a, _ in addresses):
             raise NewConnectionError(self, "refused: address not allowed")  # type: ignore[arg-type]
@@ -241,21 +439,38 @@ class _GuardedConnectionMixin:
 
 
 class _GuardedAdapter(HTTPAdapter):
-    """An ``HTTPAdapter`` whose connections enforce the address policy at connect time."""
+    """An ``HTTPAdapter`` for one origin whose connections enforce the address policy at
+    connect time. It holds no headers or credentials: those come with each request."""
 
-    def __init__(self, settings: FhirSettings, **kw: Any):
+    def __init__(self, settings: FhirSettings, bound_to: str, resolve: Resolver, **kw: Any):
         self.cds_settings = settings
+        self.cds_origin = bound_to
+        self.cds_resolve = resolve
         super().__init__(**kw)
 
     def init_poolmanager(self, *args: Any, **kw: Any) -> None:
         super().init_poolmanager(*args, **kw)
-        attrs = {"cds_settings": self.cds_settings}
+        attrs = {"cds_settings": self.cds_settings, "cds_resolve": staticmethod(self.cds_resolve)}
         http = type("GuardedHTTPConnection", (_GuardedConnectionMixin, HTTPConnection), attrs)
         https = type("GuardedHTTPSConnection", (_GuardedConnectionMixin, HTTPSConnection), attrs)
         self.poolmanager.pool_classes_by_scheme = {
             "http": type("GuardedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
             "https": type("GuardedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https}),
         }
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kw: Any) -> requests.Response:
+        if origin(request.url or "") != self.cds_origin:
+            raise requests.exceptions.InvalidURL("refusing to call another origin")
+        return super().send(request, *args, **kw)
+
+
+def _dropped(exc: requests.RequestException) -> bool:
+    """The connection was closed or reset before any answer came (e.g. a kept-alive one the
+    server had just closed)."""
+    cause = exc.args[0] if exc.args else None
+    return isinstance(cause, ProtocolError) and isinstance(
+        cause.args[-1] if cause.args else None, _DROPPED
+    )
 
 
 def _what(url: str) -> str:
@@ -269,7 +484,11 @@ def _what(url: str) -> str:
 
 
 class FhirClient:
-    """FHIR reads and searches against one ``fhirServer`` for one hook call."""
+    """FHIR reads and searches against one ``fhirServer`` for one hook call.
+
+    Without a ``transport`` (tests, ``cds-server explain``) the client opens a private one
+    and closes it with itself.
+    """
 
     def __init__(
         self,
@@ -278,6 +497,7 @@ class FhirClient:
         settings: FhirSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
+        transport: FhirTransport | None = None,
     ):
         problem = server_problem(base_url, settings)
         if problem:
@@ -289,24 +509,26 @@ class FhirClient:
         self._deadline = clock() + settings.deadline
         self._spent = 0
         self._lock = threading.Lock()
+        self._address_lock = threading.Lock()
         self._address_checked: str | None = None  # "" = allowed, else the problem
-        self._session = requests.Session()
-        self._session.trust_env = False
-        self._session.adapters.clear()
-        adapter = _GuardedAdapter(
-            settings, pool_maxsize=max(1, settings.max_workers), max_retries=0
-        )
-        mount_at = f"{urlsplit(base_url).scheme}://{urlsplit(base_url).netloc}/"
-        self._session.mount(mount_at, adapter)
-        self._session.headers.update({"Accept": "application/fhir+json", "User-Agent": USER_AGENT})
+        self._own_transport = transport is None
+        self._transport = transport or FhirTransport()
+        self._adapter = self._transport.adapter(base_url, settings)
+        self._headers = {
+            "Accept": "application/fhir+json",
+            "Accept-Encoding": DEFAULT_ACCEPT_ENCODING,
+            "User-Agent": USER_AGENT,
+        }
         if access_token:
-            self._session.headers["Authorization"] = f"Bearer {access_token}"
+            self._headers["Authorization"] = f"Bearer {access_token}"
 
     def __repr__(self) -> str:  # never show the token
         return f"FhirClient(origin={self.origin!r})"
 
     def close(self) -> None:
-        self._session.close()
+        self._headers.pop("Authorization", None)
+        if self._own_transport:
+            self._transport.close()
 
     def __enter__(self) -> FhirClient:
         return self
@@ -326,22 +548,26 @@ class FhirClient:
                 raise FhirUnavailable("FHIR responses exceeded the byte limit")
 
     def _check_address(self) -> None:
-        """Resolve the server's host once per hook call; refuse non-allowed addresses."""
-        with self._lock:
+        """Resolve the server's host once per hook call, within the deadline; refuse
+        non-allowed addresses."""
+        with self._address_lock:
             if self._address_checked is None:
                 parts = urlsplit(self.base)
                 port = parts.port or (443 if parts.scheme == "https" else 80)
-                self._address_checked = (
-                    address_problem(parts.hostname or "", port, self.settings) or ""
-                )
+                try:
+                    found = self._transport.resolve(parts.hostname or "", port, self._remaining())
+                    problem = addresses_problem(found, self.settings)
+                except TimeoutError:
+                    problem = "fhirServer host name could not be resolved within the FHIR deadline"
+                except (OSError, UnicodeError):
+                    problem = "fhirServer host name could not be resolved"
+                self._address_checked = problem or ""
         if self._address_checked:
             raise FhirUnavailable(self._address_checked)
 
-    def _get_json(self, url: str) -> dict[str, Any]:
-        what = _what(url)
-        if origin(url) != self.origin:
-            raise FhirUnavailable(f"{what}: refusing to call another origin")
-        self._check_address()
+    def _send(self, url: str, what: str, *, retry: bool = True) -> requests.Response:
+        """GET ``url`` with this call's headers; once more if a kept connection turns out to
+        have been closed by the server (the request never got an answer)."""
         remaining = self._remaining()
         if remaining <= 0:
             raise FhirUnavailable(f"{what}: FHIR deadline exceeded")
@@ -349,22 +575,35 @@ class FhirClient:
             min(self.settings.connect_timeout, remaining),
             min(self.settings.read_timeout, remaining),
         )
-        started = self._clock()
+        request = requests.PreparedRequest()
+        request.prepare(method="GET", url=url, headers=self._headers)
         try:
-            resp = self._session.get(url, timeout=timeout, allow_redirects=False, stream=True)
+            return self._adapter.send(request, stream=True, timeout=timeout, verify=True)
         except requests.Timeout:
             raise FhirUnavailable(f"{what}: FHIR server timed out") from None
         except requests.RequestException as exc:
+            if retry and _dropped(exc):
+                return self._send(url, what, retry=False)
             raise FhirUnavailable(
                 f"{what}: could not reach FHIR server ({type(exc).__name__})"
             ) from None
+
+    def _get_json(self, url: str) -> dict[str, Any]:
+        what = _what(url)
+        if origin(url) != self.origin:
+            raise FhirUnavailable(f"{what}: refusing to call another origin")
+        if self._remaining() <= 0:
+            raise FhirUnavailable(f"{what}: FHIR deadline exceeded")
+        self._check_address()
+        started = self._clock()
+        resp = self._send(url, what)
         try:
             if resp.status_code != 200:
                 log.warning("FHIR GET %s answered %d", what, resp.status_code)
                 raise FhirUnavailable(f"{what}: FHIR server answered HTTP {resp.status_code}")
             raw = self._read_body(resp, what)
         finally:
-            resp.close()
+            resp.close()  # a fully read response went back to the pool already; else closed
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError):
@@ -476,26 +715,43 @@ class FhirClient:
     # -- parallel --------------------------------------------------------------------------
 
     def parallel(self, calls: Mapping[str, Callable[[], T]]) -> dict[str, T | FhirUnavailable]:
-        """Run independent calls on the thread pool; failures are returned, not raised."""
+        """Run independent calls on the transport's threads, at most ``max_workers`` at a
+        time; failures are returned, not raised."""
         out: dict[str, T | FhirUnavailable] = {}
         if not calls:
             return out
-        workers = max(1, min(self.settings.max_workers, len(calls)))
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir")
+        futures: dict[str, Future[T]] = {key: Future() for key in calls}
+        todo = collections.deque((futures[key], fn) for key, fn in calls.items())
+
+        def lane() -> None:
+            while True:
+                try:
+                    future, fn = todo.popleft()
+                except IndexError:
+                    return
+                if not future.set_running_or_notify_cancel():
+                    continue  # the call has returned: nothing more is started
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+        for _ in range(max(1, min(self.settings.max_workers, len(calls)))):
+            self._transport.run(lane)
+        grace = 0.5  # for a timeout that fires at the deadline to be reported as such
         try:
-            futures = {key: pool.submit(fn) for key, fn in calls.items()}
-            grace = 0.5  # for a timeout that fires at the deadline to be reported as such
             for key, future in futures.items():
                 try:
                     out[key] = future.result(timeout=max(0.0, self._remaining() + grace))
                 except FhirUnavailable as exc:
                     out[key] = exc
-                except FutureTimeout:
+                except TimeoutError:
                     out[key] = FhirUnavailable("FHIR deadline exceeded")
         finally:
             # Never wait for a call still running after the deadline (a server dripping its
             # status line or headers holds a read open); it ends on its own socket timeout.
-            pool.shutdown(wait=False, cancel_futures=True)
+            for future in futures.values():
+                future.cancel()
         return out
 
     def read_many(self, refs: Iterable[str]) -> dict[str, dict[str, Any] | FhirUnavailable]:
