@@ -3,7 +3,8 @@
 * **SQLite** (the zero-setup default): WAL journal with ``synchronous=FULL`` so a committed
   transaction is on disk before ``COMMIT`` returns; a 30 s busy timeout; writers start with
   ``BEGIN IMMEDIATE`` (no lock-upgrade deadlocks between processes), readers with a plain
-  ``BEGIN``. An in-memory URL (``sqlite://``) gets one shared connection (tests).
+  ``BEGIN``; a page cache of ``SQLITE_CACHE_KIB`` per connection. An in-memory URL
+  (``sqlite://``) gets one shared connection (tests).
 * **PostgreSQL** (``postgresql://`` is driven by psycopg 3): a commit returns after the WAL
   flush (``synchronous_commit`` is left at its default, ``on``); connections are checked
   before use (``pool_pre_ping``) so a restarted database does not fail the next request.
@@ -22,6 +23,12 @@ from sqlalchemy.pool import StaticPool
 
 WRITE = "cds_write"  # execution option: this transaction writes (SQLite: BEGIN IMMEDIATE)
 SQLITE_BUSY_SECONDS = 30
+# Page cache per connection (SQLite's default: 2000 KiB). In WAL mode a connection empties its
+# cache when a transaction starts after another connection's commit, so under load a cache
+# lives for one transaction and buys little; but a transaction that reads many pages (the
+# session look-up over a growing card log) fills it, malloc keeps what it frees, and each
+# pooled connection thus added up to 2 MiB to a worker's RSS as the database grew.
+SQLITE_CACHE_KIB = 256
 
 
 def normalise_url(url: str) -> str:
@@ -61,6 +68,7 @@ def _sqlite_events(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")  # negative: KiB, not pages
         cursor.close()
 
     @event.listens_for(engine, "begin")
