@@ -226,21 +226,27 @@ def _invalid(errors: Mapping[str, list[str]], what: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid {what}: {names}", fields=errors)
 
 
+# Built once, like ``_RESPONSE_OUT``: building them per call was ≈ 3 % of a call's CPU (py-spy);
+# loading keeps no state on the instance (no ``context``), so one instance serves every thread.
+_HOOK_REQUEST_IN = HookRequestSchema()
+_CONTEXT_IN: dict[str, Schema] = {hook: cls() for hook, cls in CONTEXT_SCHEMAS.items()}
+
+
 def load_hook_request(body: Any) -> HookRequest:
     """Validate a service-call body; raise ``InvalidRequest`` (400) listing every problem."""
     if not isinstance(body, Mapping):
         raise InvalidRequest("The request body must be a JSON object")
     errors: dict[str, list[str]] = {}
     try:
-        env = HookRequestSchema().load(body)
+        env = _HOOK_REQUEST_IN.load(body)
     except ValidationError as exc:
         errors.update(_flatten(exc.messages))
         env = exc.valid_data if isinstance(exc.valid_data, dict) else {}
     context = env.get("context")
-    schema = CONTEXT_SCHEMAS.get(str(body.get("hook")))
+    schema = _CONTEXT_IN.get(str(body.get("hook")))
     if schema is not None and isinstance(context, Mapping):
         try:
-            context = schema().load(context)
+            context = schema.load(context)
         except ValidationError as exc:
             errors.update(_flatten(exc.messages, "context"))
     if errors:
@@ -312,12 +318,15 @@ class FeedbackSchema(_In):
     )
 
 
+_FEEDBACK_IN = FeedbackSchema()
+
+
 def load_feedback(body: Any) -> list[dict[str, Any]]:
     """Validate a feedback body; return its items; raise ``InvalidRequest`` (400)."""
     if not isinstance(body, Mapping):
         raise InvalidRequest("The request body must be a JSON object")
     try:
-        return FeedbackSchema().load(body)["feedback"]
+        return _FEEDBACK_IN.load(body)["feedback"]
     except ValidationError as exc:
         raise _invalid(_flatten(exc.messages), "feedback") from None
 

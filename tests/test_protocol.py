@@ -103,3 +103,26 @@ def test_error_body_is_an_operation_outcome() -> None:
     assert body["issue"][0]["details"]["coding"] == [
         {"system": protocol.ERROR_SYSTEM, "code": "prefetch-unavailable"}
     ]
+
+
+def test_shared_request_schemas_give_each_thread_its_own_result() -> None:
+    """The request schemas are built once and shared: concurrent loads of good and bad
+    bodies each get exactly what a load on its own gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    good = [load_request(n) for n in ("order-sign-rituximab", "order-select-rituximab")]
+    bad = [{**good[0], "hookInstance": 5}, {**good[1], "context": {"userId": 1}}]
+    bodies = (good + bad) * 50
+
+    def outcome(body: dict[str, object]) -> object:
+        try:
+            r = protocol.load_hook_request(body)
+            return (r.hook, r.hook_instance, sorted(r.context))
+        except InvalidRequest as exc:
+            return exc.message
+
+    alone = [outcome(b) for b in bodies]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(outcome, bodies))
+    assert together == alone
+    assert len(set(map(str, alone))) == 4
