@@ -70,7 +70,8 @@ def build_store(config: Any, instance_path: str, *, with_key: bool = True) -> St
     """The store for ``config``; ``with_key=False`` for schema work only (no key generated).
 
     Card-log rows go through a background ``CardLogWriter`` unless ``CARD_LOG_BACKGROUND``
-    is false or the database is in memory (one shared connection: no second thread on it).
+    is false or the database is in memory (one shared connection: no second thread on it);
+    it lets rows gather for ``CARD_LOG_LINGER_SECONDS`` so that calls share a commit.
     """
     url = database_url(config, instance_path)
     engine = make_engine(url)
@@ -79,7 +80,14 @@ def build_store(config: Any, instance_path: str, *, with_key: bool = True) -> St
         engine=engine,
         key=hash_key(config, url) if with_key else b"",
         dedup_window=timedelta(minutes=int(config.get("DEDUP_WINDOW_MINUTES", 0))),
-        writer=CardLogWriter(partial(cardlog.write_rows, engine)) if background else None,
+        writer=(
+            CardLogWriter(
+                partial(cardlog.write_rows, engine),
+                linger=float(config.get("CARD_LOG_LINGER_SECONDS", 0.0)),
+            )
+            if background
+            else None
+        ),
     )
 
 

@@ -1,12 +1,13 @@
 """``CardLogWriter``: writes card-log rows on a background thread, in batches, off the request path.
 
 A hook call hands its rows to ``submit`` and answers at once; one thread per process writes
-everything pending in one transaction (so concurrent calls share a commit and SQLite sees one
-writer per process instead of one per request thread). Until its commit, a row stays in
-``pending`` where the same process's session de-duplication and feedback still see it
-(``pending_rows``, ``flush``). The thread is started on first use in each process (gunicorn
-forks workers after the app is built, and threads do not survive a fork) and drains what is
-left at interpreter exit.
+everything pending in one transaction, after letting rows gather for ``linger`` seconds (so
+calls share a commit — one per call cost more CPU than the rest of the store's work — and
+SQLite sees one writer per process instead of one per request thread). Until its commit, a
+row stays in ``pending`` where the same process's session de-duplication and feedback still
+see it (``pending_rows``; ``flush`` skips the linger). The thread is started on first use in
+each process (gunicorn forks workers after the app is built, and threads do not survive a
+fork) and drains what is left at interpreter exit.
 
 The card log is an audit and de-duplication aid, not part of the answer: a failed write is
 logged (counts only) and dropped, as a synchronous write failure always was; when more than
@@ -32,8 +33,16 @@ WriteBatch = Callable[[Sequence[Row]], int]
 class CardLogWriter:
     """A per-process background writer for card-log rows (see the module docstring)."""
 
-    def __init__(self, write: WriteBatch, *, max_pending: int = 10_000, exit_wait: float = 5.0):
+    def __init__(
+        self,
+        write: WriteBatch,
+        *,
+        max_pending: int = 10_000,
+        exit_wait: float = 5.0,
+        linger: float = 0.0,
+    ):
         self._write = write
+        self._linger = linger
         self._max_pending = max_pending
         self._exit_wait = exit_wait
         self._lock = threading.Condition()
@@ -43,6 +52,7 @@ class CardLogWriter:
         self._done = 0  # rows handled so far (committed, or dropped after a failure)
         self._dropped = 0
         self._pid: int | None = None  # the process whose thread is running
+        self._waiters = 0  # flush() calls waiting: the writer skips its linger for them
 
     def submit(self, rows: Sequence[Row]) -> bool:
         """Queue ``rows`` for writing; False (and a log line) if the queue is full."""
@@ -70,7 +80,12 @@ class CardLogWriter:
         """Wait until every row submitted so far is handled; False on timeout."""
         with self._lock:
             target = self._submitted
-            return self._lock.wait_for(lambda: self._done >= target, timeout)
+            self._waiters += 1
+            self._lock.notify_all()
+            try:
+                return self._lock.wait_for(lambda: self._done >= target, timeout)
+            finally:
+                self._waiters -= 1
 
     @property
     def dropped(self) -> int:
@@ -95,6 +110,8 @@ class CardLogWriter:
         while True:
             with self._lock:
                 self._lock.wait_for(lambda: len(self._pending) > 0)
+                if self._linger > 0:  # let more rows join this commit, unless someone waits
+                    self._lock.wait_for(lambda: self._waiters > 0, self._linger)
                 batch = list(self._pending)
                 self._in_flight = len(batch)
             try:

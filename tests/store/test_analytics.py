@@ -144,6 +144,8 @@ def test_cli_report_text_and_json(
     store_app: Flask, db_url: str, monkeypatch: pytest.MonkeyPatch, cards_dir: Any
 ) -> None:
     run_fixture_flows(store_app)
+    # The CLI is another process: it sees the card log once the app's writer has committed.
+    assert get_store(store_app).flush()
     monkeypatch.setenv("CDS_DATABASE_URL", db_url)
     monkeypatch.setenv("CDS_PATIENT_HASH_KEY", HASH_KEY)
     if cards_dir:

@@ -184,3 +184,23 @@ def test_feedback_waits_for_its_card_to_be_logged(
     assert time.monotonic() - began >= 0.15
     assert (stored.stored, stored.unknown_cards, stored.snoozes) == (1, 0, 1)
     assert [r["known_card"] for r in rows(raw, "feedback")] in ([True], [1])
+
+
+def test_rows_gather_for_the_linger_and_flush_does_not_wait_for_it() -> None:
+    gate = Gate()
+    w = CardLogWriter(gate, linger=30.0)
+    for n in range(3):
+        w.submit([{"n": n}])
+    assert gate.batches == []  # still gathering
+    began = time.monotonic()
+    assert w.flush(10)
+    assert time.monotonic() - began < 10  # the flush cut the 30 s linger short
+    assert [[r["n"] for r in b] for b in gate.batches] == [[0, 1, 2]]  # one commit for all
+
+
+def test_the_linger_setting_is_validated(make_app: Any) -> None:
+    from cds_server.config import ConfigError
+
+    for bad in (-1, 6, "0.2", True):
+        with pytest.raises(ConfigError, match="CARD_LOG_LINGER_SECONDS"):
+            make_app(CARD_LOG_LINGER_SECONDS=bad)
