@@ -63,34 +63,44 @@ class Store:
                 if res["resourceType"] == rtype and (rtype == "Patient" or res.get("id") == rid):
                     return 200, res
             return 404, {"resourceType": "OperationOutcome", "issue": []}
-        matches = [r for r in self.resources if r["resourceType"] == rtype]
-        if "code" in query:
-            code = query["code"][0].split("|")[-1]
-            matches = [
-                r
-                for r in matches
-                if any(c.get("code") == code for c in r.get("code", {}).get("coding", []))
-            ]
-        if query.get("_sort") == ["-date"]:
-            matches.sort(key=lambda r: r.get("effectiveDateTime", ""), reverse=True)
-        if "_count" in query:
-            matches = matches[: int(query["_count"][0])]
-        entries = [{"resource": r, "search": {"mode": "match"}} for r in matches]
-        if query.get("_include") == ["MedicationRequest:medication"]:
-            wanted = {
-                r.get("medicationReference", {}).get("reference", "").split("/")[-1]
-                for r in matches
-            }
-            entries += [
-                {"resource": r, "search": {"mode": "include"}}
-                for r in self.resources
-                if r["resourceType"] == "Medication" and r["id"] in wanted
-            ]
-        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
-        bundle["total"] = len(matches)
-        if entries:
-            bundle["entry"] = entries
-        return 200, bundle
+        return 200, search(self.resources, rtype, query)
+
+
+def search(
+    resources: list[dict[str, Any]], rtype: str, query: dict[str, list[str]]
+) -> dict[str, Any]:
+    """The searchset Bundle for ``rtype?query`` over ``resources`` (the parameters the service
+    sends: ``code`` token, ``_sort=-date``, ``_count``, ``_include=MedicationRequest:medication``).
+
+    Shared with the test suite's ``responses``-based fake (``tests/fakefhir.py``).
+    """
+    matches = [r for r in resources if r["resourceType"] == rtype]
+    if "code" in query:
+        code = query["code"][0].split("|")[-1]
+        matches = [
+            r
+            for r in matches
+            if any(c.get("code") == code for c in r.get("code", {}).get("coding", []))
+        ]
+    if query.get("_sort") == ["-date"]:
+        matches.sort(key=lambda r: r.get("effectiveDateTime", ""), reverse=True)
+    if "_count" in query:
+        matches = matches[: int(query["_count"][0])]
+    entries = [{"resource": r, "search": {"mode": "match"}} for r in matches]
+    if query.get("_include") == ["MedicationRequest:medication"]:
+        wanted = {
+            r.get("medicationReference", {}).get("reference", "").split("/")[-1] for r in matches
+        }
+        entries += [
+            {"resource": r, "search": {"mode": "include"}}
+            for r in resources
+            if r["resourceType"] == "Medication" and r["id"] in wanted
+        ]
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    bundle["total"] = len(matches)
+    if entries:
+        bundle["entry"] = entries
+    return bundle
 
 
 def _shape(target: str) -> str:

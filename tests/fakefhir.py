@@ -1,7 +1,8 @@
 """A tiny FHIR server on top of ``responses``, serving the resources of a fixture Bundle.
 
 Supports what the service asks for: ``Type/id`` reads, and ``Type?patient=…`` searches with
-``_include=MedicationRequest:medication``, ``code`` (token), ``_sort=-date`` and ``_count``.
+``_include=MedicationRequest:medication``, ``code`` (token), ``_sort=-date`` and ``_count``
+(the search is the benchmark fake's, ``bench.fakefhir.search``).
 Every request is recorded in ``calls`` (path, query, headers) for assertions.
 """
 
@@ -14,6 +15,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import responses
+
+from bench.fakefhir import search
 
 
 @dataclass
@@ -61,32 +64,5 @@ class FakeFhir:
                 if res["resourceType"] == rtype and res.get("id") == rid:
                     return 200, {"Content-Type": "application/fhir+json"}, json.dumps(res)
             return 404, {}, json.dumps({"resourceType": "OperationOutcome", "issue": []})
-        matches = [r for r in self.resources if r["resourceType"] == rtype]
-        if "code" in query:
-            code = query["code"][0].split("|")[-1]
-            matches = [
-                r for r in matches if any(c.get("code") == code for c in r["code"]["coding"])
-            ]
-        if query.get("_sort") == ["-date"]:
-            matches.sort(key=lambda r: r.get("effectiveDateTime", ""), reverse=True)
-        if "_count" in query:
-            matches = matches[: int(query["_count"][0])]
-        entries = [{"resource": r, "search": {"mode": "match"}} for r in matches]
-        if query.get("_include") == ["MedicationRequest:medication"]:
-            wanted = {
-                r.get("medicationReference", {}).get("reference", "").split("/")[-1]
-                for r in matches
-            }
-            entries += [
-                {"resource": r, "search": {"mode": "include"}}
-                for r in self.resources
-                if r["resourceType"] == "Medication" and r["id"] in wanted
-            ]
-        bundle: dict[str, Any] = {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": len(matches),
-        }
-        if entries:
-            bundle["entry"] = entries
+        bundle = search(self.resources, rtype, query)
         return 200, {"Content-Type": "application/fhir+json"}, json.dumps(bundle)
