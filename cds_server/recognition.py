@@ -169,14 +169,17 @@ MEMO_TEXT_CHARS = 512
 MEMO_ENTRIES = 4096
 
 
-def _order_key(order: MedicationOrder) -> tuple[Any, ...] | None:
-    """What ``match_order``/``match_agents`` read from an order, or None if too large to keep."""
+def _order_key(order: MedicationOrder) -> tuple[Any, ...]:
+    """What ``match_order`` reads from an order (``match_agents``: all but the route)."""
+    return (order.codings, order.ingredient_codings, order.texts, order.route)
+
+
+def _memoisable(order: MedicationOrder) -> bool:
+    """Small enough to keep in the memo (``MEMO_TEXT_CHARS`` of codes, texts and route)."""
     codings = (*order.codings, *order.ingredient_codings)
     size = sum(map(len, order.texts)) + len(order.route or "")
     size += sum(len(c.code or "") + len(c.system or "") + len(c.display or "") for c in codings)
-    if size > MEMO_TEXT_CHARS:
-        return None
-    return (order.codings, order.ingredient_codings, order.texts, order.route)
+    return size <= MEMO_TEXT_CHARS
 
 
 class Recogniser:
@@ -327,11 +330,7 @@ class Recogniser:
         subcutaneous order: the MS pen) is not that drug.
         """
         key = _order_key(order)
-        if key is None:
-            return self._match_order_key(
-                (order.codings, order.ingredient_codings, order.texts, order.route)
-            )
-        return self._order_memo(key)
+        return self._order_memo(key) if _memoisable(order) else self._match_order_key(key)
 
     def _match_order_key(self, key: tuple[Any, ...]) -> Match | None:
         codings, ingredient_codings, raw_texts, route = key
@@ -351,10 +350,8 @@ class Recogniser:
 
     def match_agents(self, order: MedicationOrder) -> tuple[str, ...]:
         """Every agent an order is for (a combination product may hold several)."""
-        key = _order_key(order)
-        if key is None:
-            return self._match_agents_key((order.codings, order.ingredient_codings, order.texts))
-        return self._agent_memo(key[:3])
+        key = _order_key(order)[:3]
+        return self._agent_memo(key) if _memoisable(order) else self._match_agents_key(key)
 
     def _match_agents_key(self, key: tuple[Any, ...]) -> tuple[str, ...]:
         codings, ingredients, texts = key

@@ -8,10 +8,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.dialects import postgresql, sqlite
 
 from cds_server.model import HookCall
-from cds_server.store.engine import clean, writing
+from cds_server.store.engine import clean, insert_ignoring_statement, writing
 from cds_server.store.tables import card_log
 from cds_server.suppression import IssuedCard
 
@@ -50,6 +49,5 @@ def write_rows(engine: Engine, batch: Sequence[Mapping[str, Any]]) -> int:
     if not batch:
         return 0
     with writing(engine) as connection:
-        dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-        statement = dialect.insert(card_log).on_conflict_do_nothing(index_elements=["card_uuid"])
+        statement = insert_ignoring_statement(connection, card_log, "card_uuid")
         return int(connection.execute(statement, [dict(r) for r in batch]).rowcount)

@@ -99,12 +99,17 @@ def clean(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
 
+def insert_ignoring_statement(connection: Connection, table: Table, key: str) -> Any:
+    """INSERT … ON CONFLICT (key) DO NOTHING, in the connection's dialect (rows bound later)."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
+
+
 def insert_ignoring(
     connection: Connection, table: Table, row: Mapping[str, Any], key: str, returning: Any = None
 ) -> Any:
-    """INSERT … ON CONFLICT (key) DO NOTHING; the RETURNING row, or None on a conflict."""
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).values(**row).on_conflict_do_nothing(index_elements=[key])
+    """Insert one row unless ``key`` exists; the RETURNING row, or None on a conflict."""
+    statement = insert_ignoring_statement(connection, table, key).values(**row)
     if returning is None:
         return connection.execute(statement).rowcount
     return connection.execute(statement.returning(returning)).first()

@@ -47,7 +47,6 @@ class CardLogWriter:
         self._exit_wait = exit_wait
         self._lock = threading.Condition()
         self._pending: list[Row] = []  # submitted, not yet committed (incl. the batch in flight)
-        self._in_flight = 0  # how many of the first rows of ``_pending`` are being written
         self._submitted = 0  # rows accepted so far (sequence numbers for ``flush``)
         self._done = 0  # rows handled so far (committed, or dropped after a failure)
         self._dropped = 0
@@ -100,7 +99,6 @@ class CardLogWriter:
             return
         if self._pid is not None:  # a forked child: the parent's rows are the parent's
             self._pending.clear()
-            self._in_flight = 0
             self._done = self._submitted
         self._pid = pid
         threading.Thread(target=self._run, name="card-log-writer", daemon=True).start()
@@ -112,14 +110,12 @@ class CardLogWriter:
                 self._lock.wait_for(lambda: len(self._pending) > 0)
                 if self._linger > 0:  # let more rows join this commit, unless someone waits
                     self._lock.wait_for(lambda: self._waiters > 0, self._linger)
-                batch = list(self._pending)
-                self._in_flight = len(batch)
+                batch = list(self._pending)  # the writer alone removes rows, from the front
             try:
                 self._write(batch)
             except Exception as exc:  # the thread must survive any failure
                 log.error("card log write failed (%s): %d row(s)", type(exc).__name__, len(batch))
             with self._lock:
-                del self._pending[: self._in_flight]
-                self._in_flight = 0
+                del self._pending[: len(batch)]
                 self._done += len(batch)
                 self._lock.notify_all()
