@@ -151,12 +151,12 @@ def wait_until_answers(
     raise RuntimeError(f"nothing answered {path} on port {port} within {limit:.0f} s")
 
 
-def stop(proc: subprocess.Popen[Any]) -> None:
-    """Terminate a process we started, by its PID; kill it if it does not stop."""
+def stop(proc: subprocess.Popen[Any], wait: float = 15) -> None:
+    """Terminate a process we started, by its PID; kill it if it does not stop in ``wait`` s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

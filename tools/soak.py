@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import random
-import signal
 import socket
 import statistics
 import subprocess
@@ -60,7 +59,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests import fhirserver, loghygiene  # noqa: E402  (after the path set-up)
+from bench.run import stop  # noqa: E402  (after the path set-up)
+from tests import fhirserver, loghygiene  # noqa: E402
 
 FIXTURES = ROOT / "fixtures" / "fhir"
 ISS = "https://soak-client.example.org"
@@ -730,12 +730,7 @@ def main(argv: list[str] | None = None) -> int:
             for t in threads:
                 t.join(timeout=args.minutes * 60 + 120)
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop(server, wait=30)
         fhir_calls = ehr.recorded() + broken.recorded()
 
     if any(c.headers.get("Authorization") != f"Bearer {ACCESS_TOKEN}" for c in fhir_calls):
