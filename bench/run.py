@@ -37,6 +37,7 @@ from typing import Any
 from bench import fixture
 from bench.jwtgen import Signer
 from bench.loadgen import BodyTemplate, Check, LoadResult, python_load, wrk_load, wrk_path
+from cds_server.cli import SERVE_THREADS
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "bench" / "data"
@@ -674,7 +675,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per workload")
     p.add_argument("--connections", type=int, default=8, help="concurrency (default 8)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=4, help="threads per worker (as serve)")
+    p.add_argument(
+        "--threads", type=int, default=SERVE_THREADS, help="threads per worker (as serve)"
+    )
     p.add_argument("--delay", type=float, default=0.1, help="fake FHIR delay, seconds")
     p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--demo-runs", type=int, default=3)

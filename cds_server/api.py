@@ -75,7 +75,7 @@ def _json_body() -> dict[str, Any]:
         raise MalformedJson("The request body is not valid JSON (or nested too deeply)") from None
     if not isinstance(body, dict):
         raise MalformedJson("The request body must be a JSON object")
-    limits.check_depth(body, current_app.config["MAX_JSON_DEPTH"])
+    limits.check_depth(raw, current_app.config["MAX_JSON_DEPTH"])
     return body
 
 

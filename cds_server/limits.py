@@ -10,35 +10,47 @@ Counting is done before validation and tolerates any shape (validation reports s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from cds_server.errors import LimitExceeded, MalformedJson
 
-_CONTAINERS = (dict, list)  # a tuple: ``dict | list`` would build a union object per check
+# Bytes the depth count reads: brackets and quotes (everything else is dropped), with braces
+# read as brackets (for nesting depth an object and an array are alike).
+_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b'[]{}"')
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)  # a backslash and the character it escapes
+_STRING = re.compile(rb'"[^"]*"')
 
 
-def json_depth_exceeds(value: Any, limit: int) -> bool:
-    """True if ``value`` (parsed JSON) nests objects/arrays more than ``limit`` levels deep.
+def json_text_depth_exceeds(text: bytes, limit: int) -> bool:
+    """True if ``text`` (UTF-8 JSON that ``json.loads`` accepted) nests objects/arrays more
+    than ``limit`` levels deep.
 
-    Walks one level at a time, collecting each level's children with C-level ``extend``:
-    it runs on every request body, and this is three times faster than a per-node stack.
+    Reads the text, not the parsed value, with bytes operations that run in C: it runs on
+    every request body, and walking the parsed value node by node cost as much as parsing.
+    Escapes are removed first (so ``\\"`` ends no string), then everything but brackets and
+    quotes; what is left between quotes is inside strings. Each pass then removes the
+    innermost pairs, one level per pass.
     """
-    level = [value] if isinstance(value, _CONTAINERS) else []
+    if b"\\" in text:
+        text = _ESCAPE.sub(b"", text)
+    marks = text.translate(_BRACKETS, _NOT_BRACKETS).replace(b'""', b"")
+    if b'"' in marks:
+        marks = _STRING.sub(b"", marks)  # brackets inside strings
     depth = 0
-    while level:
+    while marks:
         depth += 1
         if depth > limit:
             return True
-        children: list[Any] = []
-        for item in level:
-            children.extend(item.values() if isinstance(item, dict) else item)
-        level = [child for child in children if isinstance(child, _CONTAINERS)]
+        marks = marks.replace(b"[]", b"")
     return False
 
 
-def check_depth(body: Any, limit: int) -> None:
-    if json_depth_exceeds(body, limit):
+def check_depth(text: bytes, limit: int) -> None:
+    """400 if the JSON ``text`` (already parsed successfully) nests deeper than ``limit``."""
+    if json_text_depth_exceeds(text, limit):
         raise MalformedJson(f"The request body is nested deeper than {limit} levels")
 
 

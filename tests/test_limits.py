@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from cds_server.limits import json_depth_exceeds
+from cds_server.limits import json_text_depth_exceeds
 from tests.conftest import load_request
 
 SIGN = "/cds-services/infusion-safety"
@@ -29,12 +29,19 @@ def _nest(levels: int) -> Any:
     return value
 
 
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    return json_text_depth_exceeds(json.dumps(value).encode(), limit)
+
+
 def test_depth_counting() -> None:
     assert not json_depth_exceeds({"a": [1, {"b": 2}]}, 3)
     assert json_depth_exceeds({"a": [1, {"b": {}}]}, 3)
     assert not json_depth_exceeds(_nest(64), 64)
     assert json_depth_exceeds(_nest(65), 64)
     assert not json_depth_exceeds("scalar", 1)
+    # Brackets, quotes and backslashes inside strings are not structure.
+    assert not json_depth_exceeds({"a": "[[[{{{", "b": '\\"[[', "c": "\\"}, 1)
+    assert json_depth_exceeds({"a": "]]]}}}", "b": [{"c": "\\"}]}, 2)
 
 
 def test_the_fixtures_are_far_below_the_depth_limit() -> None:

@@ -79,7 +79,7 @@ def _parse(resource: Any, plain: bool) -> tuple[Any, list[str]]:
     try:
         if resource.get("resourceType") == "Medication":
             med = parse.parse_medication(resource, "r #0", log, plain=plain)
-            out = None if med is None else (med.id, parse._medication_codes(med))
+            out = None if med is None else (med.get("id"), parse._medication_codes(med))
         elif resource.get("resourceType") == "AllergyIntolerance":
             out = parse.parse_allergy(resource, "r #0", log, plain=plain)
         else:
@@ -94,7 +94,7 @@ def _parse(resource: Any, plain: bool) -> tuple[Any, list[str]]:
 def _assert_same(resource: dict[str, Any]) -> bool:
     """Both paths agree; returns whether the plain path was taken."""
     repaired = parse._repair(resource)
-    taken = fastpath.plain_view(str(resource.get("resourceType")), repaired) is not None
+    taken = fastpath.is_plain(str(resource.get("resourceType")), repaired)
     if taken:
         model = parse._MODELS[resource["resourceType"]]
         model.model_validate(repaired)  # plain ⇒ valid R4B: must not raise
@@ -212,7 +212,7 @@ def test_mutations_parse_the_same(seed: int) -> None:
     assert 100 < taken < 900
 
 
-def test_plain_view_reads_like_the_model() -> None:
+def test_plain_check_accepts_plain_json_and_rejects_the_rest() -> None:
     resource = {
         "resourceType": "MedicationRequest",
         "status": "active",
@@ -221,17 +221,54 @@ def test_plain_view_reads_like_the_model() -> None:
         "medicationCodeableConcept": {"coding": [{"system": "s", "code": "1"}], "text": "x"},
         "dosageInstruction": [{"doseAndRate": [{"doseQuantity": {"value": 5, "unit": "mg"}}]}],
     }
-    view = fastpath.plain_view("MedicationRequest", resource)
-    assert view is not None
-    assert view.medicationCodeableConcept.coding[0].code == "1"
-    assert view.dosageInstruction[0].doseAndRate[0].doseQuantity.value == 5
-    assert view.medicationCodeableConcept.text == "x" and view.status == "active"
-    assert view.authoredOn is None and view.dosageInstruction[0].route is None  # absent
-    assert view.notAnElement is None
-    with pytest.raises(AttributeError):
-        view.__deepcopy__  # noqa: B018 - dunder lookups are not elements
-    assert fastpath.plain_view("MedicationRequest", {**resource, "status": ""}) is None
-    assert fastpath.plain_view("MedicationRequest", {**resource, "extra": 1}) is None
+    assert fastpath.is_plain("MedicationRequest", resource)
+    assert not fastpath.is_plain("MedicationRequest", {**resource, "status": ""})
+    assert not fastpath.is_plain("MedicationRequest", {**resource, "extra": 1})
+    del resource["subject"]  # required
+    assert not fastpath.is_plain("MedicationRequest", resource)
+    assert not fastpath.is_plain("Patient", {"resourceType": "Patient"})  # not a plain type
+
+
+def test_checked_json_is_the_same_from_both_paths() -> None:
+    """The model path hands the flatteners the model's JSON form, shaped like the input."""
+    for resource in RESOURCES:
+        plain = parse.checked(resource, "r", parse.ParseLog())
+        model = parse.checked(resource, "r", parse.ParseLog(), plain=False)
+        if plain is not None and fastpath.is_plain(resource["resourceType"], plain):
+            assert model is not None
+            assert model["resourceType"] == plain["resourceType"]
+            assert model.get("id") == plain.get("id")
+            assert set(model) <= set(plain) | {"resourceType"}
+
+
+def test_a_decimal_beyond_float_range_is_unreadable_not_infinite() -> None:
+    """The model accepts 1e400 mL; the flattener ignores it and reads the bag from the text."""
+    resource = {
+        "resourceType": "MedicationRequest",
+        "id": "big",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p"},
+        "medicationCodeableConcept": {"text": "rituximab 500 mg in 500 mL NS"},
+        "dispenseRequest": {"quantity": {"value": 10**400, "unit": "mL"}},
+        "dosageInstruction": [
+            {
+                "doseAndRate": [
+                    {
+                        "rateRatio": {
+                            "numerator": {"value": 10**400, "unit": "mg"},
+                            "denominator": {"value": 1, "unit": "h"},
+                        }
+                    }
+                ]
+            }
+        ],
+    }
+    for plain in (True, False):
+        order = parse.parse_medication_request(resource, "r", parse.ParseLog(), plain=plain)
+        assert order is not None
+        assert order.volume is not None and order.volume.value == 500.0
+        assert order.rate is None
 
 
 # -- recognition: the first-token index finds what the full scan found -------------------
@@ -346,23 +383,35 @@ def _depth_exceeds_per_node(value: Any, limit: int) -> bool:
     return False
 
 
+_TRICKY = ["x", "", "[", "]]", "{", "}", '"', '\\"', "\\", "\\\\", '\\\\"[', "é[ü", "\n{", "\u2028"]
+
+
 def test_json_depth_check_agrees_with_a_per_node_walk() -> None:
-    from cds_server.limits import json_depth_exceeds
+    """The text check counts as a walk over the parsed value does, whatever the strings hold
+    (brackets, quotes, backslashes, escapes) and however the text is written."""
+    from cds_server.limits import json_text_depth_exceeds
 
     rnd = random.Random(3)
+
+    def text() -> str:
+        return "".join(rnd.choice(_TRICKY) for _ in range(rnd.randint(0, 4)))
 
     def nested(depth: int) -> Any:
         r = rnd.random()
         if depth > 12 or r < 0.3:
-            return rnd.choice([1, "x", None, True, 2.5])
+            return rnd.choice([1, text(), None, True, 2.5, text()])
         if r < 0.65:
             return [nested(depth + 1) for _ in range(rnd.randint(0, 4))]
-        return {str(i): nested(depth + 1) for i in range(rnd.randint(0, 4))}
+        return {text() + str(i): nested(depth + 1) for i in range(rnd.randint(0, 4))}
 
-    for _ in range(1000):
+    for n in range(1000):
         value = nested(0)
+        style = [{}, {"separators": (",", ":")}, {"indent": 1}, {"ensure_ascii": False}][n % 4]
+        raw = json.dumps(value, **style).encode()
+        assert json.loads(raw) == value
         for limit in range(15):
-            assert json_depth_exceeds(value, limit) == _depth_exceeds_per_node(value, limit)
+            expected = _depth_exceeds_per_node(value, limit)
+            assert json_text_depth_exceeds(raw, limit) == expected, (raw, limit)
 
 
 # -- knowledge: libyaml's safe loader reads the cards exactly as the pure-Python one -----

@@ -8,7 +8,7 @@ What it does, all on 127.0.0.1 and nowhere else:
 
 1. starts two fake FHIR servers (``tests.fhirserver.LiveFhir``: one healthy, one whose
    AllergyIntolerance search fails), writes a trusted-clients file with a fresh ES384 key,
-   and starts ``cds-server serve`` (gunicorn, 2 workers × 4 threads, authentication on,
+   and starts ``cds-server serve`` (gunicorn, 2 workers × 8 threads, authentication on,
    a SQLite database in the output folder unless ``--database-url`` is given), its output
    captured in ``server.log``;
 2. runs ``--concurrency`` client threads until the time is up (or ``--max-requests``),
@@ -60,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.run import stop  # noqa: E402  (after the path set-up)
+from cds_server.cli import SERVE_THREADS  # noqa: E402
 from tests import fhirserver, loghygiene  # noqa: E402
 
 FIXTURES = ROOT / "fixtures" / "fhir"
@@ -662,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="load duration (default 10)")
     parser.add_argument("--concurrency", type=int, default=4, help="client threads")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=SERVE_THREADS, help="as serve")
     parser.add_argument("--window", type=int, default=60, help="report window, seconds")
     parser.add_argument("--max-requests", type=int, default=2_000_000, help="hard cap")
     parser.add_argument("--database-url", default=None, help="default: SQLite in --out")

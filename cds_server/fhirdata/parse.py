@@ -1,5 +1,10 @@
 """Tolerant FHIR R4 parsing (``fhir.resources.R4B``) of JSON resources into plain ``model`` objects.
 
+A MedicationRequest, Medication or AllergyIntolerance is first *checked* (``checked``): a
+plain one (``plainfhir.is_plain``) is read as the JSON it is; any other is validated with
+its R4B model and read from the model's JSON form. Either way the flatteners below read
+validated JSON, so both paths give the same result (``tests/test_speedups.py``).
+
 Real clients send imperfect R4: ``category`` as an object instead of an array, non-FHIR
 properties such as ``_resolvedMedication``, draft orders without ``medication[x]``. Such
 quirks are repaired; a resource that still fails validation is skipped with a warning that
@@ -9,6 +14,7 @@ because values may be patient data.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,7 +37,7 @@ from cds_server.model import (
     Reaction,
     Weight,
 )
-from cds_server.plainfhir import plain_view
+from cds_server.plainfhir import is_plain
 
 # Fields that are lists in R4 but that some clients send as a single object.
 _LIST_FIELDS = {
@@ -94,12 +100,8 @@ def _repair(resource: Mapping[str, Any]) -> dict[str, Any]:
     return fixed
 
 
-def validate(resource: Any, where: str, log: ParseLog, *, plain: bool = False) -> Any | None:
-    """Validate one JSON resource with its R4B model, tolerating unknown properties.
-
-    With ``plain``, a MedicationRequest, Medication or AllergyIntolerance that passes the
-    stricter plain check (``plainfhir.py``) is returned as a model-shaped ``PlainView`` instead.
-    """
+def validate(resource: Any, where: str, log: ParseLog) -> Any | None:
+    """Validate one JSON resource with its R4B model, tolerating unknown properties."""
     if not isinstance(resource, Mapping):
         log.warnings.append(f"{where} skipped: not a JSON object")
         return None
@@ -107,11 +109,12 @@ def validate(resource: Any, where: str, log: ParseLog, *, plain: bool = False) -
     model = _MODELS.get(rtype)
     if model is None:
         return None
-    data = _repair(resource)
-    if plain:
-        view = plain_view(rtype, data)
-        if view is not None:
-            return view
+    return _model_validate(model, rtype, _repair(resource), where, log)
+
+
+def _model_validate(
+    model: Any, rtype: str, data: dict[str, Any], where: str, log: ParseLog
+) -> Any | None:
     try:
         return model.model_validate(data)
     except MODEL_FAILURES as exc:
@@ -138,6 +141,33 @@ def validate(resource: Any, where: str, log: ParseLog, *, plain: bool = False) -
         return None
 
 
+def checked(
+    resource: Any, where: str, log: ParseLog, *, plain: bool = True
+) -> dict[str, Any] | None:
+    """The resource as validated JSON (quirks repaired, unknown properties dropped), or None.
+
+    A plain resource is returned as it came (repaired); any other goes through its R4B model
+    and comes back as the model's dump (the same element names and shapes).
+    ``plain=False`` always takes the model (the reference for the fast path).
+    """
+    if not isinstance(resource, Mapping):
+        log.warnings.append(f"{where} skipped: not a JSON object")
+        return None
+    rtype = str(resource.get("resourceType"))
+    model = _MODELS.get(rtype)
+    if model is None:
+        return None
+    data = _repair(resource)
+    if plain and is_plain(rtype, data):
+        return data
+    validated = _model_validate(model, rtype, data, where, log)
+    if validated is None:
+        return None
+    # Python mode: values keep the model's types (Decimal, date, datetime), read as before.
+    dumped: dict[str, Any] = validated.model_dump(by_alias=True, exclude_none=True)
+    return dumped
+
+
 def resources_of(value: Any) -> list[Mapping[str, Any]]:
     """The resources in a prefetch value or a FHIR search result: Bundle entries or one resource."""
     if not isinstance(value, Mapping):
@@ -159,25 +189,28 @@ def resources_of(value: Any) -> list[Mapping[str, Any]]:
     return [value]
 
 
-def _codings(concept: Any) -> tuple[Coding, ...]:
-    if concept is None:
+def _codings(concept: Mapping[str, Any] | None) -> tuple[Coding, ...]:
+    if not concept:
         return ()
     return tuple(
-        Coding(system=c.system, code=c.code, display=c.display) for c in (concept.coding or ())
+        Coding(system=c.get("system"), code=c.get("code"), display=c.get("display"))
+        for c in concept.get("coding") or ()
     )
 
 
-def _texts(concept: Any) -> tuple[str, ...]:
-    if concept is None:
+def _texts(concept: Mapping[str, Any] | None) -> tuple[str, ...]:
+    if not concept:
         return ()
-    out = [concept.text] if concept.text else []
-    out.extend(c.display for c in (concept.coding or ()) if c.display)
+    text = concept.get("text")
+    out = [text] if text else []
+    out.extend(c["display"] for c in concept.get("coding") or () if c.get("display"))
     return tuple(out)
 
 
-def _unit(quantity: Any) -> str | None:
-    raw = quantity.code if quantity.system == UCUM and quantity.code else quantity.unit
-    raw = raw or quantity.code
+def _unit(quantity: Mapping[str, Any]) -> str | None:
+    code = quantity.get("code")
+    raw = code if quantity.get("system") == UCUM and code else quantity.get("unit")
+    raw = raw or code
     if not raw:
         return None
     return _UNIT_ALIASES.get(raw.strip().lower(), raw.strip())
@@ -186,22 +219,34 @@ def _unit(quantity: Any) -> str | None:
 _TO_MG = {"g": 1000.0, "µg": 0.001}
 
 
-def _quantity(q: Any) -> Quantity | None:
+def _number(value: Any) -> float | None:
+    """A FHIR decimal as a float; None for one beyond float's range (the model allows it)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _quantity(q: Mapping[str, Any] | None) -> Quantity | None:
     """A FHIR Quantity with a normalised unit; masses in g or µg are converted to mg."""
-    if q is None or q.value is None:
+    value = _number(q["value"]) if q and q.get("value") is not None else None
+    if q is None or value is None:
         return None
     unit = _unit(q)
     if not unit:
         return None
     if unit in _TO_MG:
-        return Quantity(float(q.value) * _TO_MG[unit], "mg")
-    return Quantity(float(q.value), unit)
+        return Quantity(value * _TO_MG[unit], "mg")
+    return Quantity(value, unit)
 
 
-def _ratio_rate(ratio: Any) -> Quantity | None:
+def _ratio_rate(ratio: Mapping[str, Any]) -> Quantity | None:
     """``rateRatio`` (e.g. 50 mg per 1 h) → a rate quantity such as 50 mg/h."""
-    num, den = ratio.numerator, ratio.denominator
-    if num is None or den is None or num.value is None or not den.value:
+    num, den = ratio.get("numerator") or {}, ratio.get("denominator") or {}
+    top = _number(num["value"]) if num.get("value") is not None else None
+    bottom = _number(den["value"]) if den.get("value") is not None else None
+    if top is None or not bottom:
         return None
     num_unit, den_unit = _unit(num), _unit(den)
     if not num_unit or not den_unit:
@@ -209,7 +254,7 @@ def _ratio_rate(ratio: Any) -> Quantity | None:
     per = {"h": 1.0, "min": 1.0, "d": 1.0}.get(den_unit)
     if per is None:
         return None
-    return Quantity(float(num.value) / float(den.value), f"{num_unit}/{den_unit}")
+    return Quantity(top / bottom, f"{num_unit}/{den_unit}")
 
 
 def _datetime(value: Any) -> datetime | None:
@@ -231,20 +276,24 @@ def _datetime(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+JSON = Mapping[str, Any]
+
+
 def _medication_codes(
-    med: Medication,
+    med: JSON,
 ) -> tuple[tuple[Coding, ...], tuple[Coding, ...], tuple[str, ...]]:
-    codings = _codings(med.code)
-    texts = list(_texts(med.code))
+    """Codings, ingredient codings and texts of a checked Medication."""
+    codings = _codings(med.get("code"))
+    texts = list(_texts(med.get("code")))
     ingredients: list[Coding] = []
-    for ing in med.ingredient or ():
-        concept = getattr(ing, "itemCodeableConcept", None)
-        if concept is not None:
+    for ing in med.get("ingredient") or ():
+        concept = ing.get("itemCodeableConcept")
+        if concept:
             ingredients.extend(_codings(concept))
             texts.extend(_texts(concept))
-        ref = getattr(ing, "itemReference", None)
-        if ref is not None and ref.display:
-            texts.append(ref.display)
+        display = (ing.get("itemReference") or {}).get("display")
+        if display:
+            texts.append(display)
     return codings, tuple(ingredients), tuple(texts)
 
 
@@ -258,17 +307,27 @@ def medication_ref_key(reference: str | None) -> str | None:
 
 def parse_medication(
     resource: Mapping[str, Any], where: str, log: ParseLog, *, plain: bool = True
-) -> Any | None:
-    """Validate a Medication resource (for ``medicationReference`` resolution); a plain one
-    comes back as a ``PlainView`` unless ``plain`` is False."""
-    return validate(resource, where, log, plain=plain)
+) -> dict[str, Any] | None:
+    """A Medication resource as checked JSON (for ``medicationReference`` resolution)."""
+    return checked(resource, where, log, plain=plain)
+
+
+def _route(route: JSON | None) -> str | None:
+    """A dosage route as text: its ``text``, else the first coding's display or code."""
+    if not route:
+        return None
+    text: str | None = route.get("text")
+    if text:
+        return text
+    names = (c.get("display") or c.get("code") for c in route.get("coding") or ())
+    return next((name for name in names if name), None)
 
 
 def parse_medication_request(
     resource: Mapping[str, Any],
     where: str,
     log: ParseLog,
-    medications: Mapping[str, Medication] | None = None,
+    medications: Mapping[str, JSON] | None = None,
     *,
     is_draft: bool = False,
     selected: bool = True,
@@ -276,23 +335,26 @@ def parse_medication_request(
 ) -> MedicationOrder | None:
     """Flatten one MedicationRequest, resolving contained or referenced Medications.
 
-    ``plain=False`` always validates with the R4B model (the reference for the fast path).
+    ``medications``: checked Medication JSON by ``Medication/<id>`` (``parse_medication``).
+    ``plain`` as for ``checked``.
     """
-    mr = validate(resource, where, log, plain=plain)
+    mr = checked(resource, where, log, plain=plain)
     if mr is None:
         return None
     codings: tuple[Coding, ...] = ()
     ingredients: tuple[Coding, ...] = ()
     texts: tuple[str, ...] = ()
-    if mr.medicationCodeableConcept is not None:
-        codings = _codings(mr.medicationCodeableConcept)
-        texts = _texts(mr.medicationCodeableConcept)
-    elif mr.medicationReference is not None:
-        ref = mr.medicationReference.reference
+    concept = mr.get("medicationCodeableConcept")
+    reference = mr.get("medicationReference")
+    if concept is not None:
+        codings = _codings(concept)
+        texts = _texts(concept)
+    elif reference is not None:
+        ref = reference.get("reference")
         med = None
         if ref and ref.startswith("#"):
-            for contained in mr.contained or ():
-                if getattr(contained, "id", None) == ref[1:] and isinstance(contained, Medication):
+            for contained in mr.get("contained") or ():
+                if contained.get("id") == ref[1:] and contained.get("resourceType") == "Medication":
                     med = contained
                     break
         elif medications:
@@ -302,35 +364,33 @@ def parse_medication_request(
             codings, ingredients, texts = _medication_codes(med)
         elif ref:
             log.warnings.append(f"MedicationRequest {where}: medicationReference not resolved")
-        if mr.medicationReference.display:
-            texts = (*texts, mr.medicationReference.display)
+        if reference.get("display"):
+            texts = (*texts, reference["display"])
     else:
         log.warnings.append(f"MedicationRequest {where}: no medication[x]")
 
     dose = rate = None
     route = dosage_text = None
     when = None
-    for dosage in mr.dosageInstruction or ():
-        dosage_text = dosage_text or dosage.text
-        if route is None and dosage.route is not None:
-            route = dosage.route.text or next(
-                (c.display or c.code for c in dosage.route.coding or () if c.display or c.code),
-                None,
-            )
-        for dr in dosage.doseAndRate or ():
-            dose = dose or _quantity(getattr(dr, "doseQuantity", None))
+    for dosage in mr.get("dosageInstruction") or ():
+        dosage_text = dosage_text or dosage.get("text")
+        route = route or _route(dosage.get("route"))
+        for dr in dosage.get("doseAndRate") or ():
+            dose = dose or _quantity(dr.get("doseQuantity"))
             if rate is None:
-                rate = _quantity(getattr(dr, "rateQuantity", None))
-            if rate is None and getattr(dr, "rateRatio", None) is not None:
-                rate = _ratio_rate(dr.rateRatio)
-        if when is None and dosage.timing is not None and dosage.timing.event:
-            when = _datetime(dosage.timing.event[0])
-    authored = _datetime(mr.authoredOn) or when
+                rate = _quantity(dr.get("rateQuantity"))
+            if rate is None and dr.get("rateRatio"):
+                rate = _ratio_rate(dr["rateRatio"])
+        events = (dosage.get("timing") or {}).get("event")
+        if when is None and events:
+            when = _datetime(events[0])
+    authored = _datetime(mr.get("authoredOn")) or when
     volume = _infusion_volume(mr, (*texts, dosage_text or ""))
+    rid = mr.get("id")
     return MedicationOrder(
-        ref=f"MedicationRequest/{mr.id}" if mr.id else None,
-        status=mr.status,
-        intent=mr.intent,
+        ref=f"MedicationRequest/{rid}" if rid else None,
+        status=mr.get("status"),
+        intent=mr.get("intent"),
         codings=codings,
         ingredient_codings=ingredients,
         texts=texts,
@@ -349,13 +409,11 @@ def parse_medication_request(
 _VOLUME_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*ml\b", re.IGNORECASE)
 
 
-def _infusion_volume(mr: MedicationRequest, texts: Iterable[str]) -> Quantity | None:
+def _infusion_volume(mr: JSON, texts: Iterable[str]) -> Quantity | None:
     """The infusion bag volume: ``dispenseRequest.quantity`` in mL, else "… 250 mL" in the text."""
-    dispense = mr.dispenseRequest
-    if dispense is not None and dispense.quantity is not None:
-        q = _quantity(dispense.quantity)
-        if q is not None and q.unit == "mL":
-            return q
+    q = _quantity((mr.get("dispenseRequest") or {}).get("quantity"))
+    if q is not None and q.unit == "mL":
+        return q
     for text in texts:
         match = _VOLUME_TEXT.search(text or "")
         if match:
@@ -363,51 +421,53 @@ def _infusion_volume(mr: MedicationRequest, texts: Iterable[str]) -> Quantity | 
     return None
 
 
+def _status(concept: JSON | None) -> str | None:
+    """A clinical/verification status: the first coded value, else the text in lower case."""
+    if not concept:
+        return None
+    for c in concept.get("coding") or ():
+        if c.get("code"):
+            return str(c["code"])
+    text = concept.get("text")
+    return text.lower() if text else None
+
+
 def parse_allergy(
     resource: Mapping[str, Any], where: str, log: ParseLog, *, plain: bool = True
 ) -> Allergy | None:
-    """Flatten one AllergyIntolerance (``plain`` as for ``parse_medication_request``)."""
-    ai = validate(resource, where, log, plain=plain)
+    """Flatten one AllergyIntolerance (``plain`` as for ``checked``)."""
+    ai = checked(resource, where, log, plain=plain)
     if ai is None:
         return None
-
-    def status(concept: Any) -> str | None:
-        if concept is None:
-            return None
-        for c in concept.coding or ():
-            if c.code:
-                return c.code
-        return concept.text.lower() if concept.text else None
-
-    codings = list(_codings(ai.code))
-    texts = list(_texts(ai.code))
+    codings = list(_codings(ai.get("code")))
+    texts = list(_texts(ai.get("code")))
     reactions = []
-    for r in ai.reaction or ():
-        codings.extend(_codings(r.substance))
-        texts.extend(_texts(r.substance))
-        manifestations = [c for m in r.manifestation or () for c in _codings(m)]
-        mtexts = [t for m in r.manifestation or () for t in _texts(m)]
+    for r in ai.get("reaction") or ():
+        codings.extend(_codings(r.get("substance")))
+        texts.extend(_texts(r.get("substance")))
+        manifestations = r.get("manifestation") or ()
         reactions.append(
             Reaction(
-                manifestations=tuple(manifestations),
-                manifestation_texts=tuple(mtexts),
-                severity=r.severity,
-                onset=_datetime(r.onset),
-                description=r.description,
+                manifestations=tuple(c for m in manifestations for c in _codings(m)),
+                manifestation_texts=tuple(t for m in manifestations for t in _texts(m)),
+                severity=r.get("severity"),
+                onset=_datetime(r.get("onset")),
+                description=r.get("description"),
             )
         )
-    onset = _datetime(getattr(ai, "onsetDateTime", None))
+    onset = _datetime(ai.get("onsetDateTime"))
+    rid = ai.get("id")
     return Allergy(
-        ref=f"AllergyIntolerance/{ai.id}" if ai.id else None,
-        clinical_status=status(ai.clinicalStatus),
-        verification_status=status(ai.verificationStatus),
-        criticality=ai.criticality,
-        category=tuple(ai.category or ()),
+        ref=f"AllergyIntolerance/{rid}" if rid else None,
+        clinical_status=_status(ai.get("clinicalStatus")),
+        verification_status=_status(ai.get("verificationStatus")),
+        criticality=ai.get("criticality"),
+        category=tuple(ai.get("category") or ()),
         codings=tuple(codings),
         texts=tuple(texts),
         reactions=tuple(reactions),
-        recorded=_datetime(ai.recordedDate) or onset,
-        notes=tuple(n.text for n in ai.note or () if n.text),
+        recorded=_datetime(ai.get("recordedDate")) or onset,
+        notes=tuple(n["text"] for n in ai.get("note") or () if n.get("text")),
     )
 
 

@@ -18,7 +18,7 @@ from cds_server.model import (
     ProposedServiceRequest,
     Quantity,
 )
-from cds_server.plainfhir import plain_view
+from cds_server.plainfhir import is_plain
 
 _UCUM_CODES = {"mg": "mg", "mg/h": "mg/h", "mL/h": "mL/h", "mL/min": "mL/min", "mg/min": "mg/min"}
 
@@ -116,7 +116,7 @@ def rate_update(p: ProposedRateChange) -> dict[str, Any]:
 
 def _validated(model: Any, resource: dict[str, Any]) -> dict[str, Any]:
     """``resource`` if it is valid R4 (plain ones pass without the model), else raise."""
-    if plain_view(resource["resourceType"], resource) is not None:
+    if is_plain(resource["resourceType"], resource):
         return resource
     try:
         model.model_validate(resource)

@@ -29,6 +29,11 @@ SQLITE_BUSY_SECONDS = 30
 # session look-up over a growing card log) fills it, malloc keeps what it frees, and each
 # pooled connection thus added up to 2 MiB to a worker's RSS as the database grew.
 SQLITE_CACHE_KIB = 256
+# Connections kept per worker process: one per request thread of ``cds-server serve`` (8) and
+# one for the card-log writer, so none is opened and closed per call under load. Opened only
+# when needed; ``max_overflow`` more for bursts (other thread counts, scripts).
+POOL_SIZE = 10
+MAX_OVERFLOW = 10
 
 
 def normalise_url(url: str) -> str:
@@ -49,11 +54,18 @@ def make_engine(url: str) -> Engine:
     url = normalise_url(url)
     backend = make_url(url).get_backend_name()
     if backend != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW
+        )
     if is_memory(url):
         engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
     else:
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS})
+        engine = create_engine(
+            url,
+            pool_size=POOL_SIZE,
+            max_overflow=MAX_OVERFLOW,
+            connect_args={"timeout": SQLITE_BUSY_SECONDS},
+        )
     _sqlite_events(engine)
     return engine
 

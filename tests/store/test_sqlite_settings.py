@@ -181,3 +181,25 @@ def test_a_read_over_many_pages_keeps_sqlites_heap_within_the_cache_bound(
         assert growth_kib < 2 * SQLITE_CACHE_KIB, growth_kib
     finally:
         engine.dispose()
+
+
+def test_the_pool_keeps_a_connection_for_every_serve_thread_and_the_writer(db_url: str) -> None:
+    """Under load each of ``serve``'s request threads and the card-log writer holds a
+    connection at once; the pool keeps them all, so none is opened and closed per call."""
+    from cds_server.cli import SERVE_THREADS
+
+    engine = make_engine(db_url)
+    try:
+        held = [engine.connect() for _ in range(SERVE_THREADS + 1)]
+        for connection in held:
+            connection.execute(sa.text("SELECT 1"))
+        raw = {id(c.connection.dbapi_connection) for c in held}
+        for connection in held:
+            connection.close()
+        assert engine.pool.checkedin() == SERVE_THREADS + 1  # overflow would have been closed
+        again = [engine.connect() for _ in range(SERVE_THREADS + 1)]
+        assert {id(c.connection.dbapi_connection) for c in again} == raw  # reused, not reopened
+        for connection in again:
+            connection.close()
+    finally:
+        engine.dispose()
