@@ -55,10 +55,10 @@ _TIME = (
 _DATE_TIME = cs.str_schema(strict=True, pattern=f"^(19|20){_D}{_D}-{_DAY}({_TIME})?$")
 
 # Choice elements ``x[x]``: at most one of each group (the model's rule).
-_DOSE = ("doseQuantity", "doseRange")
-_RATE = ("rateQuantity", "rateRatio", "rateRange")
-_MEDICATION = ("medicationCodeableConcept", "medicationReference")
-_ITEM = ("itemCodeableConcept", "itemReference")
+_DOSE = frozenset(("doseQuantity", "doseRange"))
+_RATE = frozenset(("rateQuantity", "rateRatio", "rateRange"))
+_MEDICATION = frozenset(("medicationCodeableConcept", "medicationReference"))
+_ITEM = frozenset(("itemCodeableConcept", "itemReference"))
 
 
 # -- complex types: {name: spec}; "!name" is required; [spec] is a non-empty array --------
@@ -216,14 +216,14 @@ TYPES = frozenset(_VALIDATORS)
 def _choices_ok(rtype: str, data: dict[str, Any]) -> bool:
     """The choice rules the schema cannot express (``data`` has passed the schema)."""
     if rtype == "Medication":
-        return all(sum(n in i for n in _ITEM) == 1 for i in data.get("ingredient", ()))
+        return all(len(i.keys() & _ITEM) == 1 for i in data.get("ingredient", ()))
     if rtype != "MedicationRequest":
         return True
-    if sum(name in data for name in _MEDICATION) != 1:
+    if len(data.keys() & _MEDICATION) != 1:
         return False
     for dosage in data.get("dosageInstruction", ()):
         for dr in dosage.get("doseAndRate", ()):
-            if sum(n in dr for n in _DOSE) > 1 or sum(n in dr for n in _RATE) > 1:
+            if len(dr.keys() & _DOSE) > 1 or len(dr.keys() & _RATE) > 1:
                 return False
     return True
 

@@ -92,11 +92,12 @@ class ParseLog:
 
 
 def _repair(resource: Mapping[str, Any]) -> dict[str, Any]:
-    """Wrap single objects that R4 defines as arrays."""
-    fixed = dict(resource)
-    for name in _LIST_FIELDS.get(str(resource.get("resourceType")), ()):
-        if name in fixed and isinstance(fixed[name], dict):
-            fixed[name] = [fixed[name]]
+    """Wrap single objects that R4 defines as arrays (a copy only when something is wrapped)."""
+    names = _LIST_FIELDS.get(str(resource.get("resourceType")), ())
+    wrap = [name for name in names if isinstance(resource.get(name), dict)]
+    fixed = dict(resource) if wrap or not isinstance(resource, dict) else resource
+    for name in wrap:
+        fixed[name] = [fixed[name]]
     return fixed
 
 
