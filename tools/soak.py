@@ -59,7 +59,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.run import stop  # noqa: E402  (after the path set-up)
+from bench.run import load_average, stop  # noqa: E402  (after the path set-up)
 from cds_server.cli import SERVE_THREADS  # noqa: E402
 from tests import fhirserver, loghygiene  # noqa: E402
 
@@ -617,6 +617,7 @@ def _report(args: argparse.Namespace, results: Results, extra: dict[str, Any]) -
         "log_leaks": extra["leaks"],
         "log_bytes": extra["log_bytes"],
         "jwts_issued": extra["jwts"],
+        "load_average": extra["load_average"],
     }
 
 
@@ -624,7 +625,7 @@ def _markdown(r: dict[str, Any]) -> str:
     lines = [
         f"# Soak run {r['started']}",
         "",
-        f"- machine: {r['machine']}",
+        f"- machine: {r['machine']}; 1-minute load average {r['load_average']}",
         f"- {r['minutes']} min, gunicorn {r['workers']} workers × {r['threads']} threads, "
         f"{r['concurrency']} client threads, database {r['database']}, JWT replay cache "
         f"{r['auth_cache']}",
@@ -708,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
             _wait_ready(base, signer, server)
             print(f"soak: {args.minutes} min against {base}; output in {out}", flush=True)
             mix = Mix(good, ehr.base, broken.base, random.Random(args.seed))
+            load_before = load_average()  # other processes' demand for the same CPUs
             started = time.monotonic()
             end = started + args.minutes * 60
             budget = threading.Semaphore(args.max_requests)
@@ -730,6 +732,7 @@ def main(argv: list[str] | None = None) -> int:
                 t.start()
             for t in threads:
                 t.join(timeout=args.minutes * 60 + 120)
+            load_after = load_average()
         finally:
             stop(server, wait=30)
         fhir_calls = ehr.recorded() + broken.recorded()
@@ -754,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
             "leaks": _scan_logs(log_text, secrets),
             "log_bytes": len(log_text),
             "jwts": signer.issued,
+            "load_average": f"{load_before} before, {load_after} at the end of the load",
         },
     )
     (out / "report.json").write_text(json.dumps(report, indent=2))
