@@ -107,8 +107,19 @@ class PrefetchField(fields.Dict):
         return result
 
 
+# What ``Authorization: Bearer <token>`` can carry: visible ASCII, no spaces (RFC 6750's
+# b64token is a subset); "" means no Authorization header.
+_BEARER_TOKEN = re.compile(r"^[!-~]*$")
+
+
 class FhirAuthorizationSchema(_In):
-    access_token = fields.String(required=True)  # may be "" (then no Authorization header)
+    access_token = fields.String(
+        required=True,
+        validate=validate.Regexp(
+            _BEARER_TOKEN,
+            error="must be a bearer token: visible ASCII characters, no spaces or line breaks",
+        ),
+    )
     token_type = fields.String(required=True)
     expires_in = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
     scope = fields.String(required=True)

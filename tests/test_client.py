@@ -73,6 +73,21 @@ def test_invalid_json_and_non_resources(mocked_fhir: Any) -> None:
             client.get("Patient/b")
 
 
+@pytest.mark.parametrize("token", ["abc\ndef", "abc\r\nX-Injected: 1", "abc\rdef"])
+def test_a_token_no_header_can_carry_is_a_fhir_failure_not_a_crash(
+    mocked_fhir: Any, token: str
+) -> None:
+    """The protocol refuses such tokens (400); the client, used directly, fails cleanly too."""
+    mocked_fhir.get(f"{FHIR}/Patient/a", json={"resourceType": "Patient", "id": "a"})
+    with (
+        FhirClient(FHIR, token, FhirSettings()) as client,
+        pytest.raises(FhirUnavailable, match="could not be built") as err,
+    ):
+        client.get("Patient/a")
+    assert token.strip() not in err.value.message
+    assert len(mocked_fhir.calls) == 0
+
+
 def test_deadline(mocked_fhir: Any) -> None:
     mocked_fhir.get(f"{FHIR}/Patient/a", json={"resourceType": "Patient", "id": "a"})
     ticks = iter([0.0, 10.0, 10.0, 10.0])

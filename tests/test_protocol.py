@@ -33,6 +33,12 @@ def test_load_hook_request_keeps_wire_names_and_hides_the_token(fhir_auth: Any) 
         ({"expires_in": "30"}, False),
         ({"expires_in": -1}, False),
         ({"scope": None}, False),
+        ({"access_token": "eyJhbGciOi.J9-_~+/="}, True),
+        ({"access_token": "abc\ndef"}, False),  # would split the HTTP header
+        ({"access_token": "abc\r"}, False),
+        ({"access_token": " leading"}, False),
+        ({"access_token": "tøken"}, False),  # not ASCII: cannot go in a header as is
+        ({"access_token": "abc\x00"}, False),
     ],
 )
 def test_fhir_authorization_fields(fhir_auth: Any, change: dict[str, Any], ok: bool) -> None:

@@ -576,7 +576,12 @@ class FhirClient:
             min(self.settings.read_timeout, remaining),
         )
         request = requests.PreparedRequest()
-        request.prepare(method="GET", url=url, headers=self._headers)
+        try:
+            request.prepare(method="GET", url=url, headers=self._headers)
+        except (requests.RequestException, ValueError) as exc:  # e.g. a header it cannot send
+            raise FhirUnavailable(
+                f"{what}: the request could not be built ({type(exc).__name__})"
+            ) from None
         try:
             return self._adapter.send(request, stream=True, timeout=timeout, verify=True)
         except requests.Timeout:
