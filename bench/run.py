@@ -25,11 +25,12 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,44 @@ class Measured:
     peak_rss_mb: float
     fhir_requests_per_call: int | None = None
     worker_cpu_split: tuple[float, ...] = ()  # each worker's share of the CPU time
+    runs: tuple[Measured, ...] = ()  # with --repeat: each measured run, in order
+
+
+def combine(runs: Sequence[Measured]) -> Measured:
+    """One workload's figures over repeated runs (``--repeat``): the median of each run's
+    latency percentiles and CPU per request, throughput over all runs together, the highest
+    RSS; each run is kept in ``runs``. A shared machine disturbs some runs more than others,
+    and the median is not moved by one disturbed run."""
+    if len(runs) == 1:
+        return runs[0]
+    loads = [m.load for m in runs]
+    requests = sum(lr.requests for lr in loads)
+    errors: dict[str, int] = {}
+    for lr in loads:
+        for kind, count in lr.errors.items():
+            errors[kind] = errors.get(kind, 0) + count
+    load = LoadResult(
+        generator=loads[0].generator,
+        requests=requests,
+        duration=sum(lr.duration for lr in loads),
+        p50=statistics.median(lr.p50 for lr in loads),
+        p95=statistics.median(lr.p95 for lr in loads),
+        p99=statistics.median(lr.p99 for lr in loads),
+        mean=sum(lr.mean * lr.requests for lr in loads) / requests if requests else 0.0,
+        max=max(lr.max for lr in loads),
+        errors=errors,
+    )
+    splits = [m.worker_cpu_split for m in runs if m.worker_cpu_split]
+    return Measured(
+        workload=runs[0].workload,
+        title=runs[0].title,
+        load=load,
+        cpu_ms_per_request=statistics.median(m.cpu_ms_per_request for m in runs),
+        peak_rss_mb=max(m.peak_rss_mb for m in runs),
+        fhir_requests_per_call=runs[0].fhir_requests_per_call,
+        worker_cpu_split=tuple(round(statistics.fmean(x), 2) for x in zip(*splits, strict=True)),
+        runs=tuple(runs),
+    )
 
 
 # -- processes --------------------------------------------------------------------------
@@ -461,45 +500,53 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
                     tokens,
                 )
                 rate = warm.throughput
-            cpu0 = cpu_seconds(pids)
-            per0 = [cpu_seconds([p]) for p in pids]
-            check = checker(signatures[w.key]) if args.smoke else None
-            salt += 1
-            tokens = _tokens(
-                signer if needs_jwt else None,
-                public_url + w.path,
-                2 * rate * args.duration,
-                logdir / f"tokens-{salt}.txt",
-            )
-            load = _load(
-                loadgen,
-                port,
-                w,
-                bodies[w.key],
-                body,
-                args.connections,
-                args.duration,
-                check,
-                salt,
-                tokens,
-            )
-            cpu = cpu_seconds(pids) - cpu0
-            per = [cpu_seconds([p]) - c0 for p, c0 in zip(pids, per0, strict=True)]
-            m = Measured(
-                workload=w.key,
-                title=w.title,
-                load=load,
-                cpu_ms_per_request=cpu * 1000 / load.requests if load.requests else 0.0,
-                peak_rss_mb=peak_rss_mb(pids),
-                fhir_requests_per_call=fhir_calls if w.key == "no-prefetch" else None,
-                worker_cpu_split=tuple(round(x / cpu, 2) if cpu else 0.0 for x in per),
-            )
+            runs: list[Measured] = []
+            for repeat in range(args.repeat):
+                cpu0 = cpu_seconds(pids)
+                per0 = [cpu_seconds([p]) for p in pids]
+                check = checker(signatures[w.key]) if args.smoke else None
+                salt += 1
+                tokens = _tokens(
+                    signer if needs_jwt else None,
+                    public_url + w.path,
+                    2 * rate * args.duration,
+                    logdir / f"tokens-{salt}.txt",
+                )
+                load = _load(
+                    loadgen,
+                    port,
+                    w,
+                    bodies[w.key],
+                    body,
+                    args.connections,
+                    args.duration,
+                    check,
+                    salt,
+                    tokens,
+                )
+                cpu = cpu_seconds(pids) - cpu0
+                per = [cpu_seconds([p]) - c0 for p, c0 in zip(pids, per0, strict=True)]
+                one = Measured(
+                    workload=w.key,
+                    title=w.title,
+                    load=load,
+                    cpu_ms_per_request=cpu * 1000 / load.requests if load.requests else 0.0,
+                    peak_rss_mb=peak_rss_mb(pids),
+                    fhir_requests_per_call=fhir_calls if w.key == "no-prefetch" else None,
+                    worker_cpu_split=tuple(round(x / cpu, 2) if cpu else 0.0 for x in per),
+                )
+                runs.append(one)
+                if load.error_count:
+                    problems.append(
+                        f"{w.key}: {load.error_count} error(s) under load: {load.errors}"
+                    )
+                if load.requests == 0:
+                    problems.append(f"{w.key}: no request completed")
+                if args.repeat > 1:
+                    say(_row(one, f"  run {repeat + 1}/{args.repeat}"))
+            m = combine(runs)
             results.append(m)
-            if load.error_count:
-                problems.append(f"{w.key}: {load.error_count} error(s) under load: {load.errors}")
-            if load.requests == 0:
-                problems.append(f"{w.key}: no request completed")
-            say(_row(m))
+            say(_row(m, f"{m.title} (median of {len(runs)})" if len(runs) > 1 else None))
         for a, b in (("order-sign", "no-prefetch"), ("order-sign", "floor")):
             if a in signatures and b in signatures and signatures[a] != signatures[b]:
                 problems.append(f"{b}: cards differ from {a} (same patient, same data)")
@@ -518,6 +565,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
             "threads": args.threads,
             "connections": args.connections,
             "duration_s": args.duration,
+            "repeat": args.repeat,
             "warmup_s": args.warmup,
             "fhir_delay_ms": args.delay * 1000,
             "loadgen": loadgen,
@@ -587,10 +635,10 @@ HEADER = (
 )
 
 
-def _row(m: Measured) -> str:
+def _row(m: Measured, label: str | None = None) -> str:
     lr = m.load
     return (
-        f"{m.title:34s} {lr.throughput:8.1f} {lr.p50:8.1f} {lr.p95:8.1f} {lr.p99:8.1f} "
+        f"{label or m.title:34s} {lr.throughput:8.1f} {lr.p50:8.1f} {lr.p95:8.1f} {lr.p99:8.1f} "
         f"{m.cpu_ms_per_request:10.2f} {m.peak_rss_mb:18.1f} {lr.error_count:6d}  "
         + "/".join(f"{x:.0%}" for x in m.worker_cpu_split)
     )
@@ -604,7 +652,9 @@ def report(out: dict[str, Any]) -> str:
         f"gunicorn {mach['gunicorn']}, kernel {mach['kernel']}; "
         f"load average {out['load_average']} the run",
         f"settings: {st['workers']} workers × {st['threads']} threads (gthread), "
-        f"concurrency {st['connections']}, {st['duration_s']:g} s per workload after "
+        f"concurrency {st['connections']}, "
+        + (f"{st['repeat']} × " if st.get("repeat", 1) > 1 else "")
+        + f"{st['duration_s']:g} s per workload after "
         f"{st['warmup_s']:g} s warm-up, fake FHIR delay {st['fhir_delay_ms']:.0f} ms, "
         f"caller JWTs {'verified' if st['auth'] else 'off'}, store {st['database']}, "
         f"load generator {st['loadgen']}" + (f" ({mach['wrk']})" if st["loadgen"] == "wrk" else ""),
@@ -613,6 +663,17 @@ def report(out: dict[str, Any]) -> str:
         *(_row(m) for m in out["results"]),
         "",
     ]
+    for m in out["results"]:
+        if m.runs:
+            lines.append(
+                f"{m.title}, each of {len(m.runs)} runs: req/s "
+                + ", ".join(f"{r.load.throughput:.0f}" for r in m.runs)
+                + "; p99 ms "
+                + ", ".join(f"{r.load.p99:.1f}" for r in m.runs)
+            )
+    if any(m.runs for m in out["results"]):
+        lines.append("(table: median of the runs' percentiles and CPU, throughput over all runs)")
+        lines.append("")
     by = {m.workload: m for m in out["results"]}
     checks: list[tuple[str, bool]] = []
     if "order-sign" in by and "floor" in by and by["floor"].load.throughput:
@@ -660,12 +721,17 @@ def report(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _json_measured(m: Measured) -> dict[str, Any]:
+    return {
+        **asdict(m),
+        "load": {**asdict(m.load), "throughput": m.load.throughput},
+        "runs": [_json_measured(r) for r in m.runs],
+    }
+
+
 def to_json(out: dict[str, Any]) -> dict[str, Any]:
     data = dict(out)
-    data["results"] = [
-        {**asdict(m), "load": {**asdict(m.load), "throughput": m.load.throughput}}
-        for m in out["results"]
-    ]
+    data["results"] = [_json_measured(m) for m in out["results"]]
     return data
 
 
@@ -680,6 +746,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--delay", type=float, default=0.1, help="fake FHIR delay, seconds")
     p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measured runs per workload; the table shows their medians and lists each run",
+    )
     p.add_argument("--demo-runs", type=int, default=3)
     p.add_argument("--only", nargs="*", choices=[w.key for w in WORKLOADS])
     p.add_argument("--json", type=Path, help="also write the figures to this file")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import fixture, run
-from bench.loadgen import BodyTemplate, percentile
+from bench.loadgen import BodyTemplate, LoadResult, percentile
 
 
 @pytest.mark.parametrize("name", sorted(fixture.FILES))
@@ -62,3 +62,38 @@ def test_smoke_run_has_no_errors(tmp_path: Path) -> None:
     assert len(out["demo_ready_s"]) == 1
     text = run.report(out)
     assert "workload 1 throughput ÷ floor throughput" in text and "ERROR" not in text
+
+
+def _measured(p99: float, requests: int, cpu: float, split: tuple[float, ...]) -> run.Measured:
+    load = LoadResult("wrk", requests, 10.0, p99 / 2, p99 * 0.8, p99, p99 / 2, p99 * 1.5)
+    return run.Measured("order-sign", "1 order-sign", load, cpu, 100.0 + cpu, None, split)
+
+
+def test_repeated_runs_combine_into_medians_and_keep_each_run() -> None:
+    runs = [
+        _measured(50.0, 3000, 6.0, (0.5, 0.5)),
+        _measured(90.0, 2000, 8.0, (0.3, 0.7)),  # one disturbed run
+        _measured(55.0, 2800, 6.5, (0.4, 0.6)),
+    ]
+    m = run.combine(runs)
+    assert m.load.p99 == 55.0 and m.load.p50 == 27.5  # medians: the disturbed run moves nothing
+    assert m.cpu_ms_per_request == 6.5 and m.peak_rss_mb == 108.0
+    assert m.load.requests == 7800 and m.load.throughput == 7800 / 30.0  # all runs together
+    assert m.load.max == 135.0 and m.worker_cpu_split == (0.4, 0.6)
+    assert m.runs == tuple(runs)
+    assert run.combine(runs[:1]) is runs[0]  # one run: as measured, no ``runs``
+
+
+def test_smoke_run_with_repeats_reports_each_run(tmp_path: Path) -> None:
+    args = run.parse_args(
+        ["--smoke", "--repeat", "2", "--only", "floor", "--logdir", str(tmp_path)]
+    )
+    args.demo_runs = 0
+    out = run.run(args, say=lambda _line: None)
+    assert out["problems"] == [], run.report(out)
+    (m,) = out["results"]
+    assert len(m.runs) == 2 and m.load.requests == sum(r.load.requests for r in m.runs) > 0
+    text = run.report(out)
+    assert "4 floor (parse + fixed cards), each of 2 runs: req/s" in text
+    assert "2 × 1 s per workload" in text
+    assert len(run.to_json(out)["results"][0]["runs"]) == 2
