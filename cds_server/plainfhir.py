@@ -1,8 +1,9 @@
-"""A fast validation check for plainly valid MedicationRequests, Medications and allergies.
+"""A fast validation check for plainly valid FHIR resources of the types a hook call reads.
 
 Validating with the ``fhir.resources`` R4B models costs about 0.1 ms per resource, and an
 order-sign call for an oncology patient carries dozens of MedicationRequests. Most of them
-are *plain*: they use only common elements, with well-formed values. ``is_plain`` checks
+are *plain*: they use only common elements, with well-formed values (so are most Patients
+and body-weight Observations, checked the same way). ``is_plain`` checks
 that in compiled code (a ``pydantic_core`` schema built once at import); a plain resource is
 then read as the JSON it is, without building the model (``fhirdata/parse.py``).
 
@@ -53,6 +54,8 @@ _TIME = (
     f"(Z|[+-]((0{_D}|1[0-3]):[0-5]{_D}|14:00))"
 )
 _DATE_TIME = cs.str_schema(strict=True, pattern=f"^(19|20){_D}{_D}-{_DAY}({_TIME})?$")
+_DATE = cs.str_schema(strict=True, pattern=f"^(19|20){_D}{_D}-{_DAY}$")
+_INSTANT = cs.str_schema(strict=True, pattern=f"^(19|20){_D}{_D}-{_DAY}{_TIME}$")
 
 # Choice elements ``x[x]``: at most one of each group (the model's rule).
 _DOSE = frozenset(("doseQuantity", "doseRange"))
@@ -205,10 +208,67 @@ _MEDICATION_RESOURCE = _compile(
     )
 )
 
+_HUMAN_NAME = _object(
+    use=_CODE, text=_STRING, family=_STRING, given=[_STRING], prefix=[_STRING], suffix=[_STRING]
+)
+_CONTACT_POINT = _object(system=_CODE, value=_STRING, use=_CODE)  # no rank (positiveInt)
+_ADDRESS = _object(
+    use=_CODE,
+    type=_CODE,
+    text=_STRING,
+    line=[_STRING],
+    city=_STRING,
+    district=_STRING,
+    state=_STRING,
+    postalCode=_STRING,
+    country=_STRING,
+)
+_PATIENT = _compile(
+    _Object(
+        {
+            "!resourceType": cs.literal_schema(["Patient"]),
+            "id": _ID,
+            "meta": _META,
+            "identifier": [_IDENTIFIER],
+            "active": _BOOLEAN,
+            "name": [_HUMAN_NAME],
+            "telecom": [_CONTACT_POINT],
+            "gender": _CODE,
+            "birthDate": _DATE,
+            "address": [_ADDRESS],
+            "maritalStatus": _CONCEPT,
+            "generalPractitioner": [_REFERENCE],
+            "managingOrganization": _REFERENCE,
+        }
+    )
+)
+_OBSERVATION = _compile(
+    _Object(
+        {
+            "!resourceType": cs.literal_schema(["Observation"]),
+            "id": _ID,
+            "meta": _META,
+            "identifier": [_IDENTIFIER],
+            "!status": _CODE,
+            "category": [_CONCEPT],
+            "!code": _CONCEPT,
+            "subject": _REFERENCE,
+            "encounter": _REFERENCE,
+            "effectiveDateTime": _DATE_TIME,
+            "issued": _INSTANT,
+            "performer": [_REFERENCE],
+            "valueQuantity": _QUANTITY,
+            "note": [_ANNOTATION],
+        }
+    )
+)
+
 _VALIDATORS: dict[str, SchemaValidator] = {
     "MedicationRequest": SchemaValidator(_MEDICATION_REQUEST),
     "AllergyIntolerance": SchemaValidator(_ALLERGY_INTOLERANCE),
     "Medication": SchemaValidator(_MEDICATION_RESOURCE),
+    "Patient": SchemaValidator(_PATIENT),
+    "Observation": SchemaValidator(_OBSERVATION),
 }
 TYPES = frozenset(_VALIDATORS)
 

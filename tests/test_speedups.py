@@ -1,10 +1,10 @@
 """Speed-ups that must not change behaviour: the plain fast path (``plainfhir.py``)
 parses exactly as the R4B models do, and the recognition indexes find what a full scan finds.
 
-For every MedicationRequest, Medication and AllergyIntolerance in the fixtures and the
-benchmark data, and for thousands of seeded mutations of them (deleted, emptied, nulled,
-retyped and malformed elements, unknown properties, doubled choice elements, odd dates and
-numbers):
+For every MedicationRequest, Medication, AllergyIntolerance, Patient and Observation in the
+fixtures and the benchmark data, and for thousands of seeded mutations of them (deleted,
+emptied, nulled, retyped and malformed elements, unknown properties, doubled choice elements,
+odd dates and numbers):
 
 * anything the plain check accepts, the R4B model accepts too;
 * ``parse_*(plain=True)`` and ``parse_*(plain=False)`` give equal results and warnings.
@@ -80,6 +80,10 @@ def _parse(resource: Any, plain: bool) -> tuple[Any, list[str]]:
         if resource.get("resourceType") == "Medication":
             med = parse.parse_medication(resource, "r #0", log, plain=plain)
             out = None if med is None else (med.get("id"), parse._medication_codes(med))
+        elif resource.get("resourceType") == "Patient":
+            out = parse.birth_date([resource], log, plain=plain)
+        elif resource.get("resourceType") == "Observation":
+            out = parse.latest_weight([resource], log, plain=plain)
         elif resource.get("resourceType") == "AllergyIntolerance":
             out = parse.parse_allergy(resource, "r #0", log, plain=plain)
         else:
@@ -226,7 +230,9 @@ def test_plain_check_accepts_plain_json_and_rejects_the_rest() -> None:
     assert not fastpath.is_plain("MedicationRequest", {**resource, "extra": 1})
     del resource["subject"]  # required
     assert not fastpath.is_plain("MedicationRequest", resource)
-    assert not fastpath.is_plain("Patient", {"resourceType": "Patient"})  # not a plain type
+    assert not fastpath.is_plain("ServiceRequest", {"resourceType": "ServiceRequest"})  # no check
+    assert fastpath.is_plain("Patient", {"resourceType": "Patient", "birthDate": "1962-03-08"})
+    assert not fastpath.is_plain("Patient", {"resourceType": "Patient", "birthDate": "1962-03"})
 
 
 def test_checked_json_is_the_same_from_both_paths() -> None:

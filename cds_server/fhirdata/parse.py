@@ -472,39 +472,49 @@ def parse_allergy(
     )
 
 
-def latest_weight(resources: Iterable[Mapping[str, Any]], log: ParseLog) -> Weight | None:
-    """The most recent valid body-weight Observation, in kg."""
+def latest_weight(
+    resources: Iterable[Mapping[str, Any]], log: ParseLog, *, plain: bool = True
+) -> Weight | None:
+    """The most recent valid body-weight Observation, in kg (``plain`` as for ``checked``)."""
     best: Weight | None = None
     for i, res in enumerate(resources):
         if res.get("resourceType") != "Observation":
             continue
-        obs = validate(res, f"#{i}", log)
-        if obs is None or obs.status in ("entered-in-error", "cancelled"):
+        obs = checked(res, f"#{i}", log, plain=plain)
+        if obs is None or obs.get("status") in ("entered-in-error", "cancelled"):
             continue
-        codes = {c.code for c in (obs.code.coding or ())} if obs.code else set()
+        codes = {c.get("code") for c in (obs.get("code") or {}).get("coding") or ()}
         if codes and BODY_WEIGHT_LOINC not in codes:
             continue
-        q = obs.valueQuantity
-        if q is None or q.value is None:
+        q = obs.get("valueQuantity")
+        value = _number(q["value"]) if q and q.get("value") is not None else None
+        if q is None or value is None:
             continue
-        unit = (q.code or q.unit or "").strip()
+        unit = (q.get("code") or q.get("unit") or "").strip()
         factor = _WEIGHT_TO_KG.get(unit) or _WEIGHT_TO_KG.get(unit.lower())
         if factor is None:
             log.warnings.append(f"Observation #{i}: body weight unit not understood")
             continue
-        when = _datetime(obs.effectiveDateTime) or _datetime(obs.issued)
-        candidate = Weight(kg=float(q.value) * factor, effective=when)
+        when = _datetime(obs.get("effectiveDateTime")) or _datetime(obs.get("issued"))
+        candidate = Weight(kg=value * factor, effective=when)
         if best is None or (when and (best.effective is None or when > best.effective)):
             best = candidate
     return best
 
 
-def birth_date(resources: Iterable[Mapping[str, Any]], log: ParseLog) -> date | None:
-    """The Patient's birth date, if a valid Patient resource is present."""
+def birth_date(
+    resources: Iterable[Mapping[str, Any]], log: ParseLog, *, plain: bool = True
+) -> date | None:
+    """The Patient's birth date, if a valid Patient resource gives a full one."""
     for i, res in enumerate(resources):
         if res.get("resourceType") == "Patient":
-            patient = validate(res, f"#{i}", log)
-            if patient is not None and patient.birthDate:
-                bd = patient.birthDate
-                return bd if isinstance(bd, date) else None
+            patient = checked(res, f"#{i}", log, plain=plain)
+            bd = patient.get("birthDate") if patient is not None else None
+            if not bd:
+                continue
+            if isinstance(bd, date):  # the model's full date
+                return bd
+            if isinstance(bd, str) and len(bd) == len("YYYY-MM-DD"):  # plain: a full date
+                return date.fromisoformat(bd)
+            return None  # partial ("1962", "1962-03")
     return None

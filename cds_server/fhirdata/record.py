@@ -132,7 +132,7 @@ def build_record(
 
     return PatientRecord(
         patient_id=patient_id,
-        birth_date=birth_date(patient.resources, log),  # ``validate`` skips what fails
+        birth_date=birth_date(patient.resources, log),  # ``checked`` skips what fails
         weight=latest_weight(weight.resources, log),
         draft_orders=tuple(drafts),
         medication_history=tuple(history),
