@@ -101,21 +101,10 @@ def _repair(resource: Mapping[str, Any]) -> dict[str, Any]:
     return fixed
 
 
-def validate(resource: Any, where: str, log: ParseLog) -> Any | None:
-    """Validate one JSON resource with its R4B model, tolerating unknown properties."""
-    if not isinstance(resource, Mapping):
-        log.warnings.append(f"{where} skipped: not a JSON object")
-        return None
-    rtype = str(resource.get("resourceType"))
-    model = _MODELS.get(rtype)
-    if model is None:
-        return None
-    return _model_validate(model, rtype, _repair(resource), where, log)
-
-
 def _model_validate(
     model: Any, rtype: str, data: dict[str, Any], where: str, log: ParseLog
 ) -> Any | None:
+    """Validate one (repaired) resource with its R4B model, tolerating unknown properties."""
     try:
         return model.model_validate(data)
     except MODEL_FAILURES as exc:
