@@ -3,9 +3,9 @@
 Validating with the ``fhir.resources`` R4B models costs about 0.1 ms per resource, and an
 order-sign call for an oncology patient carries dozens of MedicationRequests. Most of them
 are *plain*: they use only common elements, with well-formed values (so are most Patients
-and body-weight Observations, checked the same way). ``is_plain`` checks
-that in compiled code (a ``pydantic_core`` schema built once at import); a plain resource is
-then read as the JSON it is, without building the model (``fhirdata/parse.py``).
+and body-weight Observations, checked the same way). ``is_plain`` checks that in compiled
+code (a ``pydantic_core`` schema built once at import); a plain resource is then read as the
+JSON it is, without building the model (``fhirdata/parse.py``).
 
 The plain check is deliberately **stricter** than the R4B models: only the elements listed
 below, no empty strings, arrays or nulls, codes and URIs in printable ASCII, dates only in
@@ -53,9 +53,10 @@ _TIME = (
     f"T([01]{_D}|2[0-3]):[0-5]{_D}:[0-5]{_D}([.]{_D}{{1,6}})?"
     f"(Z|[+-]((0{_D}|1[0-3]):[0-5]{_D}|14:00))"
 )
-_DATE_TIME = cs.str_schema(strict=True, pattern=f"^(19|20){_D}{_D}-{_DAY}({_TIME})?$")
-_DATE = cs.str_schema(strict=True, pattern=f"^(19|20){_D}{_D}-{_DAY}$")
-_INSTANT = cs.str_schema(strict=True, pattern=f"^(19|20){_D}{_D}-{_DAY}{_TIME}$")
+_YMD = f"(19|20){_D}{_D}-{_DAY}"
+_DATE = cs.str_schema(strict=True, pattern=f"^{_YMD}$")
+_DATE_TIME = cs.str_schema(strict=True, pattern=f"^{_YMD}({_TIME})?$")
+_INSTANT = cs.str_schema(strict=True, pattern=f"^{_YMD}{_TIME}$")  # time and zone required
 
 # Choice elements ``x[x]``: at most one of each group (the model's rule).
 _DOSE = frozenset(("doseQuantity", "doseRange"))

@@ -34,7 +34,7 @@ SOURCES = sorted(
 
 def _walk(value: Any) -> Iterator[dict[str, Any]]:
     if isinstance(value, dict):
-        if value.get("resourceType") in (*fastpath.TYPES, "Medication"):
+        if value.get("resourceType") in fastpath.TYPES:
             yield value
         for sub in value.values():
             yield from _walk(sub)

@@ -1,8 +1,8 @@
 """Tolerant FHIR R4 parsing (``fhir.resources.R4B``) of JSON resources into plain ``model`` objects.
 
-A MedicationRequest, Medication or AllergyIntolerance is first *checked* (``checked``): a
-plain one (``plainfhir.is_plain``) is read as the JSON it is; any other is validated with
-its R4B model and read from the model's JSON form. Either way the flatteners below read
+Every resource is first *checked* (``checked``): a plain one (``plainfhir.is_plain``) is
+read as the JSON it is; any other is validated with its R4B model and read from the model's
+dump, which has the same element names and shapes. Either way the readers below read
 validated JSON, so both paths give the same result (``tests/test_speedups.py``).
 
 Real clients send imperfect R4: ``category`` as an object instead of an array, non-FHIR
@@ -210,7 +210,10 @@ _TO_MG = {"g": 1000.0, "µg": 0.001}
 
 
 def _number(value: Any) -> float | None:
-    """A FHIR decimal as a float; None for one beyond float's range (the model allows it)."""
+    """A FHIR decimal as a float; None when absent or beyond float's range (the model
+    allows such values)."""
+    if value is None:
+        return None
     try:
         number = float(value)
     except OverflowError:
@@ -220,7 +223,7 @@ def _number(value: Any) -> float | None:
 
 def _quantity(q: Mapping[str, Any] | None) -> Quantity | None:
     """A FHIR Quantity with a normalised unit; masses in g or µg are converted to mg."""
-    value = _number(q["value"]) if q and q.get("value") is not None else None
+    value = _number(q.get("value")) if q else None
     if q is None or value is None:
         return None
     unit = _unit(q)
@@ -234,8 +237,7 @@ def _quantity(q: Mapping[str, Any] | None) -> Quantity | None:
 def _ratio_rate(ratio: Mapping[str, Any]) -> Quantity | None:
     """``rateRatio`` (e.g. 50 mg per 1 h) → a rate quantity such as 50 mg/h."""
     num, den = ratio.get("numerator") or {}, ratio.get("denominator") or {}
-    top = _number(num["value"]) if num.get("value") is not None else None
-    bottom = _number(den["value"]) if den.get("value") is not None else None
+    top, bottom = _number(num.get("value")), _number(den.get("value"))
     if top is None or not bottom:
         return None
     num_unit, den_unit = _unit(num), _unit(den)
@@ -476,7 +478,7 @@ def latest_weight(
         if codes and BODY_WEIGHT_LOINC not in codes:
             continue
         q = obs.get("valueQuantity")
-        value = _number(q["value"]) if q and q.get("value") is not None else None
+        value = _number(q.get("value")) if q else None
         if q is None or value is None:
             continue
         unit = (q.get("code") or q.get("unit") or "").strip()
