@@ -105,6 +105,7 @@ def call_service(service_id: str) -> Response:
         now=now,
         client_factory=runtime.transport.client,
         history=cards_store,
+        caller=auth.caller_namespace(),
     )
     cards_store.log_cards(
         result.situation.call, result.issued, issued_at=now, knowledge_version=runtime.kb.version

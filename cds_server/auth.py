@@ -19,7 +19,9 @@ this order (signature before anything is stored):
 Any failure → ``Unauthorized`` (401, no detail in the body); the reason is logged with the
 (sanitised) ``iss``, ``tenant`` and ``jti`` — never the token. Extra claims (``sub``, ``nbf``…)
 are tolerated. The authenticated client's ``fhir_servers`` then bound where the service may
-send a ``fhirAuthorization`` token (``fhir_settings``). Preflight ``OPTIONS`` needs no token.
+send a ``fhirAuthorization`` token (``fhir_settings``), and its ``iss`` and ``tenant`` name the
+id space of its patients in the store (``caller_namespace``). Preflight ``OPTIONS`` needs no
+token.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jwt
@@ -73,6 +75,19 @@ def _number(claims: Mapping[str, Any], name: str) -> float:
     return float(value)
 
 
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller: its trusted-clients entry and the token's ``tenant`` claim."""
+
+    client: TrustedClient
+    tenant: str | None = None
+
+    @property
+    def namespace(self) -> str:
+        """The caller's id space for patients and encounters (``iss`` and ``tenant``)."""
+        return json.dumps([self.client.iss, self.tenant])
+
+
 class Verifier:
     """Checks CDS client JWTs against the trusted clients; holds no per-request state."""
 
@@ -95,7 +110,7 @@ class Verifier:
         self._jwks_ttl = jwks_ttl
         self._min_refresh = jwks_min_refresh
 
-    def verify(self, token: str, audiences: Sequence[str]) -> TrustedClient:
+    def verify(self, token: str, audiences: Sequence[str]) -> Caller:
         """The trusted client that signed ``token`` for one of ``audiences``.
 
         Raises ``AuthFailure`` (refuse) or ``CacheUnavailable`` (cannot decide).
@@ -166,7 +181,8 @@ class Verifier:
         ttl = max(1.0, exp + self.leeway - self._clock())
         if not self.cache.add(f"jti:{digest}", "1", ttl):
             raise AuthFailure("replayed jti")
-        return client
+        tenant = claims.get("tenant")
+        return Caller(client, tenant if isinstance(tenant, str) else None)
 
     def _check_times(self, claims: Mapping[str, Any]) -> float:
         now = self._clock()
@@ -252,7 +268,7 @@ def authenticate() -> None:
         current_app.config["PUBLIC_URL"], request.path, feedback=rule.endswith("/feedback")
     )
     try:
-        g.cds_client = verifier.verify(_bearer(request.headers.get("Authorization")), audiences)
+        g.cds_caller = verifier.verify(_bearer(request.headers.get("Authorization")), audiences)
     except AuthFailure as failure:
         log.warning(
             "authentication failed on %s %s: %s (%s)",
@@ -283,8 +299,17 @@ def fhir_settings(settings: FhirSettings) -> FhirSettings:
     authenticated client's ``fhir_servers`` (none if, somehow, no client is known)."""
     if EXTENSION not in current_app.extensions:
         return settings
-    client: TrustedClient | None = g.get("cds_client")
-    return replace(settings, allowed_servers=client.fhir_servers if client else ())
+    caller: Caller | None = g.get("cds_caller")
+    return replace(settings, allowed_servers=caller.client.fhir_servers if caller else ())
+
+
+def caller_namespace() -> str:
+    """Whose patient ids this request's are: the authenticated caller's ``Caller.namespace``;
+    "" with authentication off (a single, unnamed EHR: ``cds-server demo``, tests)."""
+    if EXTENSION not in current_app.extensions:
+        return ""
+    caller: Caller | None = g.get("cds_caller")
+    return caller.namespace if caller else ""
 
 
 def init_app(app: Flask, *, blueprint: str) -> None:

@@ -134,6 +134,9 @@ class HookCall:
     user_id: str | None = None
     encounter_id: str | None = None
     now: datetime | None = None
+    # Whose ids ``patient_id`` and ``encounter_id`` are (``auth.caller_namespace``): two EHRs
+    # may both have a patient "123". "" when the caller is not authenticated.
+    caller: str = ""
 
 
 @dataclass(frozen=True)

@@ -54,11 +54,13 @@ def run(
     new_uuid: Callable[[], str] = _uuid4,
     client_factory: prefetch.ClientFactory | None = None,
     history: suppression.GuidanceHistory | None = None,
+    caller: str = "",
 ) -> Evaluation:
     """Evaluate one hook request body against the service ``service_id``.
 
     ``history`` (read-only; ``cds_server.store`` in the app) lets snoozed and already-shown
-    non-critical cards be held back; without it every card is shown.
+    non-critical cards be held back; without it every card is shown. ``caller``: whose patient
+    ids the request's are (``HookCall.caller``).
 
     Raises ``CdsError`` subclasses: ``UnknownService`` (404), ``InvalidRequest`` and
     ``HookMismatch`` (400), ``PrefetchUnavailable`` (412).
@@ -106,6 +108,7 @@ def run(
             user_id=context.get("userId"),
             encounter_id=context.get("encounterId"),
             now=now,
+            caller=caller,
         ),
         record=patient_record,
         orders=ordered,

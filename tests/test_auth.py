@@ -317,7 +317,8 @@ def test_spec_example_jwt_signature_verifies_and_expiry_is_enforced() -> None:
     clients = parse({"clients": [SPEC_CLIENT]})
     # Our verifier, with the clock set before exp: accepted (the jku is not fetched: static JWKS).
     then = Verifier(clients, cache=MemoryCache(), clock=lambda: SPEC_EXP - 60.0)
-    assert then.verify(SPEC_JWT, [SPEC_AUD]).iss == SPEC_CLIENT["iss"]
+    caller = then.verify(SPEC_JWT, [SPEC_AUD])
+    assert (caller.client.iss, caller.tenant) == (SPEC_CLIENT["iss"], SPEC_CLIENT["tenant"])
     # Today: refused as expired, and for no other reason.
     today = Verifier(clients, cache=MemoryCache())
     with pytest.raises(AuthFailure, match=r"^expired$"):

@@ -3,8 +3,8 @@
 The store never sees an identifier in the clear: ``patient_hash`` is
 HMAC-SHA256(key, "patient" NUL tenant NUL id), ``encounter_hash`` the same with "encounter".
 Without the key a hash cannot be tested against a guessed id (unlike a plain SHA-256 of a
-medical record number). ``tenant`` separates EHRs whose ids could collide; it is "" until
-client authentication names the calling EHR.
+medical record number). ``tenant`` separates EHRs whose ids could collide: the authenticated
+caller's ``iss`` and ``tenant`` claim (``auth.caller_namespace``), "" with authentication off.
 
 The key comes from ``PATIENT_HASH_KEY``; for a SQLite file it is generated once into
 ``patient-hash.key`` (mode 0600) next to the database, i.e. the instance folder by default.

@@ -34,16 +34,16 @@ class Store:
     engine: Engine
     key: bytes = field(repr=False)
     dedup_window: timedelta = timedelta(0)
-    tenant: str = ""
     writer: CardLogWriter | None = None  # None: card-log rows are written synchronously
 
-    def patient_hash(self, patient_id: str) -> str:
-        return keyed_hash(self.key, "patient", patient_id, self.tenant)
+    def patient_hash(self, call: HookCall) -> str:
+        """The call's patient as stored: keyed by the calling EHR (``HookCall.caller``) too."""
+        return keyed_hash(self.key, "patient", call.patient_id, call.caller)
 
-    def encounter_hash(self, encounter_id: str | None) -> str | None:
-        if not encounter_id:
+    def encounter_hash(self, call: HookCall) -> str | None:
+        if not call.encounter_id:
             return None
-        return keyed_hash(self.key, "encounter", encounter_id, self.tenant)
+        return keyed_hash(self.key, "encounter", call.encounter_id, call.caller)
 
     def prior_guidance(self, call: HookCall, now: datetime) -> PriorGuidance:
         """``GuidanceHistory`` for the pipeline; empty (show everything) if the DB fails."""
@@ -54,8 +54,8 @@ class Store:
             return snooze.prior_guidance(
                 self.engine,
                 call=call,
-                patient_hash=self.patient_hash(call.patient_id),
-                encounter_hash=self.encounter_hash(call.encounter_id),
+                patient_hash=self.patient_hash(call),
+                encounter_hash=self.encounter_hash(call),
                 now=now,
                 window=self.dedup_window,
                 pending=pending,
@@ -76,8 +76,8 @@ class Store:
         -1 (logged) if they could not be."""
         batch = cardlog.rows(
             call=call,
-            patient_hash=self.patient_hash(call.patient_id),
-            encounter_hash=self.encounter_hash(call.encounter_id),
+            patient_hash=self.patient_hash(call),
+            encounter_hash=self.encounter_hash(call),
             issued=issued,
             issued_at=issued_at,
             knowledge_version=knowledge_version,

@@ -101,21 +101,27 @@ class CardLogWriter:
             self._pending.clear()
             self._done = self._submitted
         self._pid = pid
-        threading.Thread(target=self._run, name="card-log-writer", daemon=True).start()
+        threading.Thread(target=self._run, args=(pid,), name="card-log-writer", daemon=True).start()
         atexit.register(self.flush, self._exit_wait)
 
-    def _run(self) -> None:
+    def _run(self, pid: int) -> None:
+        # ``pid``: the process this thread serves. After a fork only the child's own thread
+        # may touch the queue (a real fork leaves no other; tests simulate one in-process).
         while True:
             with self._lock:
-                self._lock.wait_for(lambda: len(self._pending) > 0)
+                self._lock.wait_for(lambda: len(self._pending) > 0 or self._pid != pid)
                 if self._linger > 0:  # let more rows join this commit, unless someone waits
                     self._lock.wait_for(lambda: self._waiters > 0, self._linger)
+                if self._pid != pid:
+                    return
                 batch = list(self._pending)  # the writer alone removes rows, from the front
             try:
                 self._write(batch)
             except Exception as exc:  # the thread must survive any failure
                 log.error("card log write failed (%s): %d row(s)", type(exc).__name__, len(batch))
             with self._lock:
+                if self._pid != pid:
+                    return
                 del self._pending[: len(batch)]
                 self._done += len(batch)
                 self._lock.notify_all()
