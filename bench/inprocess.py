@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench import run
-from bench.jwtgen import Signer
+from bench.jwtgen import ALGORITHM, ALGORITHMS, Signer
 from bench.loadgen import BodyTemplate
 from bench.server import create
 
@@ -31,7 +31,7 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(requests: int, rounds: int) -> dict[str, float]:
+def measure(requests: int, rounds: int, alg: str = ALGORITHM) -> dict[str, float]:
     """Best-of-``rounds`` CPU milliseconds per request, per workload."""
     folder = Path(tempfile.mkdtemp(prefix="cds-bench-inprocess-"))
     fake = subprocess.Popen(
@@ -43,7 +43,7 @@ def measure(requests: int, rounds: int) -> dict[str, float]:
     try:
         assert fake.stdout is not None
         fhir_base = fake.stdout.readline().split()[1]
-        signer = Signer()
+        signer = Signer(alg)
         app = create(
             database_url=f"sqlite:///{folder / 'bench.sqlite3'}",
             clients_file=str(signer.clients_file(folder / "clients.yaml", [fhir_base])),
@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.inprocess", description=__doc__)
     parser.add_argument("--requests", type=int, default=100, help="requests per round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--alg", choices=ALGORITHMS, default=ALGORITHM, help="callers' JWTs")
     args = parser.parse_args(argv)
-    figures = measure(args.requests, args.rounds)
+    figures = measure(args.requests, args.rounds, args.alg)
     print(f"{'workload':34s} {'CPU ms/req (in process, best round)':>36s}")
     for w in run.WORKLOADS:
         print(f"{w.title:34s} {figures[w.key]:36.2f}")

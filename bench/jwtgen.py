@@ -1,5 +1,6 @@
-"""CDS client JWTs for the benchmark: a throw-away ES384 key pair, its trusted-clients entry,
-and files of signed tokens (one per request: every token has its own ``jti``).
+"""CDS client JWTs for the benchmark: a throw-away key pair (ES384, as the CDS Hooks Sandbox
+signs, or RS384, Epic's default), its trusted-clients entry, and files of signed tokens (one
+per request: every token has its own ``jti``).
 
 The service verifies them exactly as in production (``AUTH_REQUIRED``): signature, ``iss``,
 ``aud`` (the endpoint's URL under ``PUBLIC_URL``), ``exp``/``iat``, ``jti`` replay. Tokens are
@@ -16,29 +17,40 @@ from typing import Any
 
 import jwt
 import yaml
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 ISS = "urn:infusion-safety-cds:benchmark"
-ALGORITHM = "ES384"
+ALGORITHMS = ("ES384", "RS384")  # the two CDS Hooks 2.0 recommends
+ALGORITHM = "ES384"  # the default
+RSA_BITS = 2048  # the smallest RSA key the service accepts (PyJWT minimum, enforced)
 LIFETIME_SECONDS = 300  # as the CDS Hooks Sandbox signs them
 
 
 class Signer:
     """One key pair, generated in memory for one benchmark run."""
 
-    def __init__(self) -> None:
+    def __init__(self, algorithm: str = ALGORITHM) -> None:
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}")
+        self.algorithm = algorithm
         self.kid = secrets.token_hex(8)
-        self._key = ec.generate_private_key(ec.SECP384R1())
+        self._key: Any = (
+            ec.generate_private_key(ec.SECP384R1())
+            if algorithm == "ES384"
+            else rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+        )
 
     def clients_file(self, path: Path, fhir_servers: list[str]) -> Path:
         """A trusted-clients file trusting this key's public half (and these FHIR servers)."""
-        jwk: dict[str, Any] = ECAlgorithm.to_jwk(self._key.public_key(), as_dict=True)
+        public = self._key.public_key()
+        codec: Any = ECAlgorithm if self.algorithm == "ES384" else RSAAlgorithm
+        jwk: dict[str, Any] = codec.to_jwk(public, as_dict=True)
         entry = {
             "iss": ISS,
-            "jwks": {"keys": [{**jwk, "kid": self.kid, "alg": ALGORITHM, "use": "sig"}]},
+            "jwks": {"keys": [{**jwk, "kid": self.kid, "alg": self.algorithm, "use": "sig"}]},
             "fhir_servers": fhir_servers,
-            "algorithms": [ALGORITHM],
+            "algorithms": [self.algorithm],
         }
         path.write_text(yaml.safe_dump({"clients": [entry]}, sort_keys=False), encoding="utf-8")
         return path
@@ -52,7 +64,7 @@ class Signer:
             "exp": now + LIFETIME_SECONDS,
             "jti": str(uuid.uuid4()),
         }
-        return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.kid})
+        return jwt.encode(claims, self._key, algorithm=self.algorithm, headers={"kid": self.kid})
 
     def tokens(self, aud: str, count: int, path: Path) -> Path:
         """``count`` tokens for ``aud``, one per line."""

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import fixture
-from bench.jwtgen import Signer
+from bench.jwtgen import ALGORITHM, ALGORITHMS, Signer
 from bench.loadgen import BodyTemplate, Check, LoadResult, python_load, wrk_load, wrk_path
 from cds_server.cli import SERVE_THREADS
 
@@ -447,7 +447,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
     logdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     public_url = f"http://{HOST}:{port}"
-    signer = Signer() if args.auth else None
+    signer = Signer(args.alg) if args.auth else None
     with contextlib.ExitStack() as stack:
         fhir_base, fhir_port = stack.enter_context(fake_fhir(args.delay, logdir / "fakefhir.log"))
         app_args = {"database_url": database_url(args, logdir)}
@@ -570,6 +570,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
             "fhir_delay_ms": args.delay * 1000,
             "loadgen": loadgen,
             "auth": args.auth,
+            "alg": args.alg,
             "database": args.database_url.split(":", 1)[0] if args.database_url else "sqlite file",
         },
         "results": results,
@@ -656,7 +657,8 @@ def report(out: dict[str, Any]) -> str:
         + (f"{st['repeat']} × " if st.get("repeat", 1) > 1 else "")
         + f"{st['duration_s']:g} s per workload after "
         f"{st['warmup_s']:g} s warm-up, fake FHIR delay {st['fhir_delay_ms']:.0f} ms, "
-        f"caller JWTs {'verified' if st['auth'] else 'off'}, store {st['database']}, "
+        f"caller JWTs {st.get('alg', ALGORITHM) + ' verified' if st['auth'] else 'off'}, "
+        f"store {st['database']}, "
         f"load generator {st['loadgen']}" + (f" ({mach['wrk']})" if st["loadgen"] == "wrk" else ""),
         "",
         HEADER,
@@ -765,6 +767,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         dest="auth",
         action="store_false",
         help="no caller authentication (default: a signed JWT per request, as in production)",
+    )
+    p.add_argument(
+        "--alg",
+        choices=ALGORITHMS,
+        default=ALGORITHM,
+        help=f"the callers' JWT algorithm (default {ALGORITHM}, as the CDS Hooks Sandbox signs; "
+        "Epic's default is RS384)",
     )
     p.add_argument(
         "--smoke",

@@ -8,12 +8,18 @@ speed is measured by ``bench/run``, not by tests.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import jwt
 import pytest
 
 from bench import fixture, run
+from bench.jwtgen import ALGORITHMS, ISS, Signer
 from bench.loadgen import BodyTemplate, LoadResult, percentile
+from cds_server import trusted_clients
+from cds_server.auth import AuthFailure, Verifier
+from cds_server.sharedcache import MemoryCache
 
 
 @pytest.mark.parametrize("name", sorted(fixture.FILES))
@@ -41,6 +47,22 @@ def test_body_template_gives_each_request_its_own_session() -> None:
     assert first == b'{"h":"b3e1c7a0-0000-4000-8001-000000000001","c":' + (
         b'{"e":"bench-enc-001000000000001","p":"pat-bench-001000000000001"}}'
     )
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_bench_tokens_pass_the_service_s_own_checks(alg: str, tmp_path: Path) -> None:
+    signer, other = Signer(alg), Signer(alg)
+    other.kid = signer.kid  # another key under the same kid
+    clients = trusted_clients.load(str(signer.clients_file(tmp_path / "c.yaml", [])))
+    verifier = Verifier(clients, cache=MemoryCache())
+    aud = "http://127.0.0.1:1/cds-services/infusion-safety"
+    token = signer.sign(aud, int(time.time()))
+    assert jwt.get_unverified_header(token)["alg"] == alg
+    assert verifier.verify(token, [aud]).client.iss == ISS
+    with pytest.raises(AuthFailure, match="replayed"):
+        verifier.verify(token, [aud])
+    with pytest.raises(AuthFailure, match="bad signature"):
+        verifier.verify(other.sign(aud, int(time.time())), [aud])
 
 
 def test_percentile_is_nearest_rank() -> None:
