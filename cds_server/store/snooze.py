@@ -7,11 +7,23 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Executable,
+    Select,
+    bindparam,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+)
 
 from cds_server.knowledge.model import CardPolicy
 from cds_server.model import HookCall
-from cds_server.store.engine import clean, reading
+from cds_server.store.engine import clean, reading_once
 from cds_server.store.tables import card_log, snooze
 from cds_server.suppression import ORDER_HOOKS, PriorGuidance, ShownCard, Snooze
 
@@ -62,32 +74,59 @@ def create(
     )
 
 
-# Built once (statement construction cost more than running them): bound per call.
-_RUNNING_SNOOZES = (
-    select(snooze.c.rule, snooze.c.drug_id, snooze.c.until, snooze.c.reason_code)
-    .where(snooze.c.patient_hash == bindparam("patient"))
-    .where(snooze.c.until > bindparam("now"))
-    .where(snooze.c.starts_at <= bindparam("now"))
-)
-_SHOWN = select(
-    card_log.c.rule,
-    card_log.c.drug_id,
-    card_log.c.indicator,
-    card_log.c.hook,
-    card_log.c.hook_instance,
-).where(
-    card_log.c.patient_hash == bindparam("patient"),
-    card_log.c.issued_at >= bindparam("since"),
-    card_log.c.issued_at <= bindparam("now"),
-    card_log.c.drug_id.is_not(None),
-)
-# The session: the same hookInstance, or the same encounter when the call has one.
-_SHOWN_IN_INSTANCE = _SHOWN.where(card_log.c.hook_instance == bindparam("instance"))
-_SHOWN_IN_SESSION = _SHOWN.where(
-    or_(
-        card_log.c.hook_instance == bindparam("instance"),
-        card_log.c.encounter_hash == bindparam("encounter"),
+# One statement per look-up (a round trip and a query plan less than two, which PostgreSQL
+# pays in full), built once (construction cost more than running it) and bound per call: the
+# running snoozes of the patient, then (``kind`` "shown") the cards shown in the session.
+def _snoozes() -> Select[Any]:
+    return (
+        select(
+            literal("snooze").label("kind"),
+            snooze.c.rule,
+            snooze.c.drug_id,
+            snooze.c.until,
+            snooze.c.reason_code,
+            null().label("indicator"),
+            null().label("hook"),
+            null().label("hook_instance"),
+        )
+        .where(snooze.c.patient_hash == bindparam("patient"))
+        .where(snooze.c.until > bindparam("now"))
+        .where(snooze.c.starts_at <= bindparam("now"))
     )
+
+
+def _shown(*session: ColumnElement[bool]) -> Select[Any]:
+    return select(
+        literal("shown"),
+        card_log.c.rule,
+        card_log.c.drug_id,
+        null(),
+        null(),
+        card_log.c.indicator,
+        card_log.c.hook,
+        card_log.c.hook_instance,
+    ).where(
+        card_log.c.patient_hash == bindparam("patient"),
+        card_log.c.issued_at >= bindparam("since"),
+        card_log.c.issued_at <= bindparam("now"),
+        card_log.c.drug_id.is_not(None),
+        *session,
+    )
+
+
+_SNOOZES_ONLY = _snoozes()
+# The session: the same hookInstance, or the same encounter when the call has one.
+_WITH_SHOWN_IN_INSTANCE = union_all(
+    _snoozes(), _shown(card_log.c.hook_instance == bindparam("instance"))
+)
+_WITH_SHOWN_IN_SESSION = union_all(
+    _snoozes(),
+    _shown(
+        or_(
+            card_log.c.hook_instance == bindparam("instance"),
+            card_log.c.encounter_hash == bindparam("encounter"),
+        )
+    ),
 )
 
 
@@ -106,31 +145,32 @@ def prior_guidance(
     ``pending``: card-log rows of this process not yet committed (``CardLogWriter``); those
     of the same session count as shown too.
     """
-    with reading(engine) as connection:
-        snoozes = tuple(
-            Snooze(r.rule, r.drug_id, r.until, r.reason_code)
-            for r in connection.execute(_RUNNING_SNOOZES, {"patient": patient_hash, "now": now})
+    in_session = window > timedelta(0) and call.hook in ORDER_HOOKS
+    params: dict[str, Any] = {"patient": patient_hash, "now": now}
+    statement: Executable = _SNOOZES_ONLY
+    if in_session:
+        statement = _WITH_SHOWN_IN_INSTANCE if encounter_hash is None else _WITH_SHOWN_IN_SESSION
+        params |= {
+            "since": now - window,
+            "instance": clean(call.hook_instance),
+            "encounter": encounter_hash,
+        }
+    snoozes: list[Snooze] = []
+    shown: list[ShownCard] = []
+    with reading_once(engine) as connection:
+        for r in connection.execute(statement, params):
+            if r.kind == "snooze":
+                snoozes.append(Snooze(r.rule, r.drug_id, r.until, r.reason_code))
+            else:
+                shown.append(ShownCard(r.rule, r.drug_id, r.indicator, r.hook, r.hook_instance))
+    if in_session:
+        since = now - window
+        shown += (
+            ShownCard(r["rule"], r["drug_id"], r["indicator"], r["hook"], r["hook_instance"])
+            for r in pending
+            if _in_session(r, call, patient_hash, encounter_hash, since, now)
         )
-        shown: tuple[ShownCard, ...] = ()
-        if window > timedelta(0) and call.hook in ORDER_HOOKS:
-            statement = _SHOWN_IN_INSTANCE if encounter_hash is None else _SHOWN_IN_SESSION
-            params = {
-                "patient": patient_hash,
-                "since": now - window,
-                "now": now,
-                "instance": clean(call.hook_instance),
-                "encounter": encounter_hash,
-            }
-            shown = tuple(
-                ShownCard(r.rule, r.drug_id, r.indicator, r.hook, r.hook_instance)
-                for r in connection.execute(statement, params)
-            )
-            shown += tuple(
-                ShownCard(r["rule"], r["drug_id"], r["indicator"], r["hook"], r["hook_instance"])
-                for r in pending
-                if _in_session(r, call, patient_hash, encounter_hash, now - window, now)
-            )
-    return PriorGuidance(snoozes=snoozes, shown=shown)
+    return PriorGuidance(snoozes=tuple(snoozes), shown=tuple(shown))
 
 
 def _in_session(
