@@ -1,4 +1,5 @@
-"""A fast validation check for plainly valid FHIR resources of the types a hook call reads.
+"""A fast validation check for plainly valid FHIR resources of the types a hook call reads
+or suggests.
 
 Validating with the ``fhir.resources`` R4B models costs about 0.1 ms per resource, and an
 order-sign call for an oncology patient carries dozens of MedicationRequests. Most of them
@@ -264,12 +265,36 @@ _OBSERVATION = _compile(
     )
 )
 
+# Only for the check of suggested resources (admission, observation, referral): the elements
+# a draft ServiceRequest of ours can hold, and a few common ones.
+_SERVICE_REQUEST = _compile(
+    _Object(
+        {
+            "!resourceType": cs.literal_schema(["ServiceRequest"]),
+            "id": _ID,
+            "meta": _META,
+            "identifier": [_IDENTIFIER],
+            "!status": _CODE,
+            "!intent": _CODE,
+            "category": [_CONCEPT],
+            "priority": _CODE,
+            "code": _CONCEPT,
+            "!subject": _REFERENCE,
+            "encounter": _REFERENCE,
+            "authoredOn": _DATE_TIME,
+            "reasonCode": [_CONCEPT],
+            "note": [_ANNOTATION],
+        }
+    )
+)
+
 _VALIDATORS: dict[str, SchemaValidator] = {
     "MedicationRequest": SchemaValidator(_MEDICATION_REQUEST),
     "AllergyIntolerance": SchemaValidator(_ALLERGY_INTOLERANCE),
     "Medication": SchemaValidator(_MEDICATION_RESOURCE),
     "Patient": SchemaValidator(_PATIENT),
     "Observation": SchemaValidator(_OBSERVATION),
+    "ServiceRequest": SchemaValidator(_SERVICE_REQUEST),
 }
 TYPES = frozenset(_VALIDATORS)
 

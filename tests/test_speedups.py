@@ -22,11 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from cds_server import plainfhir as fastpath
 from cds_server.fhirdata import parse
 
 ROOT = Path(__file__).resolve().parents[1]
+PARSED = fastpath.TYPES - {"ServiceRequest"}  # checked and read; ServiceRequest: only checked
 SOURCES = sorted(
     [*(ROOT / "fixtures" / "fhir").rglob("*.json"), *(ROOT / "bench" / "data").glob("*.json")]
 )
@@ -34,7 +37,7 @@ SOURCES = sorted(
 
 def _walk(value: Any) -> Iterator[dict[str, Any]]:
     if isinstance(value, dict):
-        if value.get("resourceType") in fastpath.TYPES:
+        if value.get("resourceType") in PARSED:
             yield value
         for sub in value.values():
             yield from _walk(sub)
@@ -48,7 +51,7 @@ def _collect() -> tuple[list[dict[str, Any]], dict[str, Any]]:
     for path in SOURCES:
         for res in _walk(json.loads(path.read_text(encoding="utf-8"))):
             found.setdefault(json.dumps(res, sort_keys=True), res)
-    resources = [r for r in found.values() if r["resourceType"] in fastpath.TYPES]
+    resources = [r for r in found.values() if r["resourceType"] in PARSED]
     log = parse.ParseLog()
     meds = {
         f"Medication/{r['id']}": parse.parse_medication(r, "m", log)
@@ -216,6 +219,39 @@ def test_mutations_parse_the_same(seed: int) -> None:
     assert 100 < taken < 900
 
 
+def _suggested(kb: Any) -> list[dict[str, Any]]:
+    """Every resource the service suggests for the fixture requests (scenarios included)."""
+    from cds_server import pipeline
+    from tests.conftest import FIXTURES, service_for
+
+    out: list[dict[str, Any]] = []
+    for path in sorted(FIXTURES.rglob("*.json")):
+        body = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(body, dict) or "hookInstance" not in body:
+            continue
+        response = pipeline.evaluate(body, service_id=service_for(body), kb=kb)
+        for card in response["cards"]:
+            for suggestion in card.get("suggestions", ()):
+                out += [a["resource"] for a in suggestion["actions"] if "resource" in a]
+    return out
+
+
+@pytest.mark.parametrize("rtype", ["ServiceRequest", "MedicationRequest"])
+def test_suggested_resources_are_plain_and_plain_implies_valid(kb: Any, rtype: str) -> None:
+    """The check of suggested resources: never plain unless the R4B model accepts it."""
+    model = {"ServiceRequest": ServiceRequest, "MedicationRequest": MedicationRequest}[rtype]
+    suggested = [r for r in _suggested(kb) if r["resourceType"] == rtype]
+    assert len(suggested) >= 3
+    assert all(fastpath.is_plain(rtype, r) for r in suggested)  # ours take the fast path
+    rnd, taken = random.Random(7), 0
+    for _ in range(1000):
+        mutant = _mutate(rnd.choice(suggested), rnd)
+        if fastpath.is_plain(rtype, mutant):
+            taken += 1
+            model.model_validate(mutant)  # must not raise
+    assert 100 < taken < 900
+
+
 def test_plain_check_accepts_plain_json_and_rejects_the_rest() -> None:
     resource = {
         "resourceType": "MedicationRequest",
@@ -230,7 +266,8 @@ def test_plain_check_accepts_plain_json_and_rejects_the_rest() -> None:
     assert not fastpath.is_plain("MedicationRequest", {**resource, "extra": 1})
     del resource["subject"]  # required
     assert not fastpath.is_plain("MedicationRequest", resource)
-    assert not fastpath.is_plain("ServiceRequest", {"resourceType": "ServiceRequest"})  # no check
+    assert not fastpath.is_plain("ServiceRequest", {"resourceType": "ServiceRequest"})
+    assert not fastpath.is_plain("Encounter", {"resourceType": "Encounter"})  # no check
     assert fastpath.is_plain("Patient", {"resourceType": "Patient", "birthDate": "1962-03-08"})
     assert not fastpath.is_plain("Patient", {"resourceType": "Patient", "birthDate": "1962-03"})
 
