@@ -116,6 +116,8 @@ class PatientRecord:
     weight: Weight | None = None
     draft_orders: tuple[MedicationOrder, ...] = ()
     medication_history: tuple[MedicationOrder, ...] = ()
+    # History orders left unread: for medicines no rule is about (``record.build_record``).
+    history_unread: int = 0
     allergies: tuple[Allergy, ...] = ()
     history_known: bool = True
     allergies_known: bool = True

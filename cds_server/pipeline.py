@@ -95,6 +95,9 @@ def run(
         weight=resolved.data.get(services.WEIGHT),
         medication_index=resolved.medications,
         warnings=resolved.warnings,
+        names_rule_medicine=lambda terms: recognition.recogniser_for(kb).names_drug_or_agent(
+            *terms
+        ),
     )
 
     ordered = recognition.recognise_orders(patient_record.draft_orders, kb)

@@ -174,12 +174,20 @@ def _order_key(order: MedicationOrder) -> tuple[Any, ...]:
     return (order.codings, order.ingredient_codings, order.texts, order.route)
 
 
-def _memoisable(order: MedicationOrder) -> bool:
-    """Small enough to keep in the memo (``MEMO_TEXT_CHARS`` of codes, texts and route)."""
-    codings = (*order.codings, *order.ingredient_codings)
-    size = sum(map(len, order.texts)) + len(order.route or "")
-    size += sum(len(c.code or "") + len(c.system or "") + len(c.display or "") for c in codings)
+def _fits_memo(key: tuple[Any, ...]) -> bool:
+    """An ``_order_key`` small enough to keep in the memo (``MEMO_TEXT_CHARS`` of codes,
+    texts and route)."""
+    codings, ingredient_codings, texts, route = key
+    size = sum(map(len, texts)) + len(route or "")
+    size += sum(
+        len(c.code or "") + len(c.system or "") + len(c.display or "")
+        for c in (*codings, *ingredient_codings)
+    )
     return size <= MEMO_TEXT_CHARS
+
+
+def _memoisable(order: MedicationOrder) -> bool:
+    return _fits_memo(_order_key(order))
 
 
 class Recogniser:
@@ -357,6 +365,22 @@ class Recogniser:
         codings, ingredients, texts = key
         found = self._all_matches(("agent",), codings, ingredients, texts)
         return tuple(m.target for m in found)
+
+    def names_drug_or_agent(
+        self,
+        codings: tuple[Coding, ...],
+        ingredient_codings: tuple[Coding, ...],
+        texts: tuple[str, ...],
+    ) -> bool:
+        """Whether an order for this medication can be a knowledge-base drug (whatever its
+        route) or a premedication or rescue agent: if not, no rule reads the order."""
+        key = (codings, ingredient_codings, texts, None)
+        memo = _fits_memo(key)
+        drug = self._order_memo(key) if memo else self._match_order_key(key)
+        if drug is not None:
+            return True
+        agents = self._agent_memo(key[:3]) if memo else self._match_agents_key(key[:3])
+        return bool(agents)
 
     def match_allergy(self, allergy: Allergy) -> tuple[Match, ...]:
         """Every drug or class an allergy record names, best first."""

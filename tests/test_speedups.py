@@ -17,7 +17,7 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import fields, is_dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -408,6 +408,133 @@ def test_memoised_order_matching_equals_matching_afresh(kb: Any) -> None:
         (padded.codings, padded.ingredient_codings, padded.texts, padded.route)
     )
     assert memo._order_memo.cache_info().currsize == before
+
+
+# -- history orders left unread: exactly those no rule could use -------------------------
+
+
+def _requests_with_history() -> list[dict[str, Any]]:
+    from tests.conftest import FIXTURES
+
+    bodies = []
+    for path in [
+        *sorted(FIXTURES.rglob("*.json")),
+        *sorted((ROOT / "bench" / "data").glob("*.json")),
+    ]:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        prefetch = body.get("prefetch") if isinstance(body, dict) else None
+        if isinstance(prefetch, dict) and isinstance(prefetch.get("medications"), dict):
+            bodies.append(body)
+    return bodies
+
+
+def _unchecked_agrees(resource: dict[str, Any], rec: Any) -> str:
+    """The unchecked read names the medication as the full parse does, and an order it
+    leaves unread is, parsed in full, neither a drug nor an agent (or not readable)."""
+    terms = parse.unchecked_medication_terms(resource, MEDICATIONS)
+    order = _parse_order(resource)
+    if terms is None:
+        return "parsed"
+    if order is not None:
+        assert (order.codings, order.ingredient_codings, order.texts) == terms, resource
+    if rec.names_drug_or_agent(*terms):
+        return "kept"
+    if order is not None:
+        assert rec.match_order(order) is None and not rec.match_agents(order), resource
+    return "unread"
+
+
+def _parse_order(resource: dict[str, Any]) -> Any:
+    try:
+        return parse.parse_medication_request(resource, "r", parse.ParseLog(), MEDICATIONS)
+    except parse.MODEL_FAILURES:
+        return None
+
+
+def test_unread_history_orders_are_exactly_those_no_rule_uses(kb: Any) -> None:
+    from cds_server import recognition
+
+    rec = recognition.recogniser_for(kb)
+    orders = [r for r in RESOURCES if r["resourceType"] == "MedicationRequest"]
+    outcomes = [_unchecked_agrees(r, rec) for r in orders]
+    assert {"parsed", "kept", "unread"} <= set(outcomes)
+    rnd = random.Random(11)
+    mutated = [_unchecked_agrees(_mutate(rnd.choice(orders), rnd), rec) for _ in range(2000)]
+    assert {"parsed", "kept", "unread"} <= set(mutated)
+
+
+@pytest.mark.parametrize(
+    ("medication", "warning"),
+    [
+        (
+            {"medicationReference": {"reference": "Medication/gone", "display": "ondansetron"}},
+            "medicationReference not resolved",
+        ),
+        ({}, "skipped: invalid FHIR R4"),  # medication[x] is required
+        ({"medicationCodeableConcept": {}}, None),
+        (
+            {"medicationCodeableConcept": {"coding": {"code": "1"}, "text": "ondansetron"}},
+            "invalid",
+        ),
+    ],
+)
+def test_an_order_whose_medicine_cannot_be_told_is_read_in_full(
+    kb: Any, medication: dict[str, Any], warning: str | None
+) -> None:
+    from cds_server import recognition
+    from cds_server.fhirdata.prefetch import KeyData
+    from cds_server.fhirdata.record import build_record
+
+    order = {
+        "resourceType": "MedicationRequest",
+        "id": "h1",
+        "status": "completed",
+        "intent": "order",
+        "subject": {"reference": "Patient/p"},
+        **medication,
+    }
+    plain = {**order, "medicationCodeableConcept": {"text": "ondansetron"}}
+    rec = recognition.recogniser_for(kb)
+    made = [
+        build_record(
+            patient_id="p",
+            medications=KeyData((res,), True, "prefetch"),
+            names_rule_medicine=lambda terms: rec.names_drug_or_agent(*terms),
+        )
+        for res in (order, plain)
+    ]
+    assert made[1].history_unread == 1  # ondansetron: no rule is about it
+    assert made[0].history_unread == 0
+    if warning:
+        assert any(warning in w for w in made[0].warnings), made[0].warnings
+
+
+def test_leaving_orders_unread_changes_no_card(kb: Any) -> None:
+    """Every fixture request with its history, evaluated with and without the skip."""
+    from unittest import mock
+
+    from cds_server import pipeline
+    from cds_server.fhirdata import record
+    from tests.conftest import service_for
+
+    real = record.build_record
+
+    def reading_all(**kw: Any) -> Any:
+        return real(**{**kw, "names_rule_medicine": None})
+
+    unread = 0
+    for body in _requests_with_history():
+        service, now = service_for(body), datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+        fast = pipeline.run(body, service_id=service, kb=kb, now=now, new_uuid=lambda: "u")
+        with mock.patch.object(record, "build_record", reading_all):
+            full = pipeline.run(body, service_id=service, kb=kb, now=now, new_uuid=lambda: "u")
+        assert full.record.history_unread == 0
+        unread += fast.record.history_unread
+        assert fast.response == full.response
+        assert fast.situation.history == full.situation.history
+        assert fast.situation.agents == full.situation.agents
+        assert set(fast.record.warnings) <= set(full.record.warnings)
+    assert unread >= 18  # the benchmark patient alone has 18 such orders
 
 
 # -- request limits: the level-by-level depth check agrees with a per-node walk ----------

@@ -315,24 +315,14 @@ def _route(route: JSON | None) -> str | None:
     return next((name for name in names if name), None)
 
 
-def parse_medication_request(
-    resource: Mapping[str, Any],
-    where: str,
-    log: ParseLog,
-    medications: Mapping[str, JSON] | None = None,
-    *,
-    is_draft: bool = False,
-    selected: bool = True,
-    plain: bool = True,
-) -> MedicationOrder | None:
-    """Flatten one MedicationRequest, resolving contained or referenced Medications.
+MedicationTerms = tuple[tuple[Coding, ...], tuple[Coding, ...], tuple[str, ...]]
 
-    ``medications``: checked Medication JSON by ``Medication/<id>`` (``parse_medication``).
-    ``plain`` as for ``checked``.
-    """
-    mr = checked(resource, where, log, plain=plain)
-    if mr is None:
-        return None
+
+def _medication_terms(
+    mr: JSON, medications: Mapping[str, JSON] | None, where: str, log: ParseLog
+) -> MedicationTerms:
+    """Codings, ingredient codings and texts naming an order's medication (contained or
+    referenced Medications resolved); a warning if it names none that can be read."""
     codings: tuple[Coding, ...] = ()
     ingredients: tuple[Coding, ...] = ()
     texts: tuple[str, ...] = ()
@@ -360,6 +350,53 @@ def parse_medication_request(
             texts = (*texts, reference["display"])
     else:
         log.warnings.append(f"MedicationRequest {where}: no medication[x]")
+    return codings, ingredients, texts
+
+
+def unchecked_medication_terms(
+    resource: Mapping[str, Any], medications: Mapping[str, JSON] | None = None
+) -> MedicationTerms | None:
+    """What ``parse_medication_request`` would read as the order's medication, taken from the
+    resource *before* it is checked — or None whenever that is not certain (odd shapes or
+    types, an unresolved reference, no medication), so the caller then parses it in full.
+
+    Lets the medication history skip orders for medicines no rule is about without checking
+    and reading them (``record.build_record``): the check cannot change these values, since
+    a plain resource is read as it came and the R4B models keep strings as they are.
+    """
+    scratch = ParseLog()
+    try:
+        codings, ingredients, texts = _medication_terms(resource, medications, "-", scratch)
+    except (AttributeError, TypeError, KeyError):
+        return None
+    values = [v for c in (*codings, *ingredients) for v in (c.system, c.code, c.display)]
+    clean = all(v is None or isinstance(v, str) for v in values)
+    if scratch.warnings or not clean or not all(isinstance(t, str) for t in texts):
+        return None
+    if not (codings or ingredients or texts):
+        return None  # names no medicine: the full parse decides (and warns)
+    return codings, ingredients, texts
+
+
+def parse_medication_request(
+    resource: Mapping[str, Any],
+    where: str,
+    log: ParseLog,
+    medications: Mapping[str, JSON] | None = None,
+    *,
+    is_draft: bool = False,
+    selected: bool = True,
+    plain: bool = True,
+) -> MedicationOrder | None:
+    """Flatten one MedicationRequest, resolving contained or referenced Medications.
+
+    ``medications``: checked Medication JSON by ``Medication/<id>`` (``parse_medication``).
+    ``plain`` as for ``checked``.
+    """
+    mr = checked(resource, where, log, plain=plain)
+    if mr is None:
+        return None
+    codings, ingredients, texts = _medication_terms(mr, medications, where, log)
 
     dose = rate = None
     route = dosage_text = None

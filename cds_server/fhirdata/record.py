@@ -4,7 +4,9 @@
   other than MedicationRequest (ServiceRequest, NutritionOrder, DeviceRequest…) are skipped
   with a note. At order-select only the orders named in ``selections`` are ``selected``.
 * Medication history: every MedicationRequest of the ``medications`` data, minus those that
-  are also draft orders (a client may send an existing order as the draft, e.g. re-signing).
+  are also draft orders (a client may send an existing order as the draft, e.g. re-signing),
+  and minus those for medicines no rule is about (``names_rule_medicine``, when given), which
+  are recognised by their medication alone and neither checked nor read (counted).
 * Allergies, the latest body weight and the birth date, each with a ``*_known`` flag.
 
 Parsing goes through ``parse.py`` (tolerant R4B); warnings never carry patient data.
@@ -17,6 +19,7 @@ from typing import Any, TypeVar
 
 from cds_server.fhirdata.parse import (
     MODEL_FAILURES,
+    MedicationTerms,
     ParseLog,
     birth_date,
     latest_weight,
@@ -24,6 +27,7 @@ from cds_server.fhirdata.parse import (
     parse_medication,
     parse_medication_request,
     resources_of,
+    unchecked_medication_terms,
 )
 from cds_server.fhirdata.prefetch import KeyData
 from cds_server.model import Allergy, MedicationOrder, PatientRecord
@@ -63,8 +67,13 @@ def build_record(
     weight: KeyData | None = None,
     medication_index: Mapping[str, Mapping[str, Any]] | None = None,
     warnings: Sequence[str] = (),
+    names_rule_medicine: Callable[[MedicationTerms], bool] | None = None,
 ) -> PatientRecord:
-    """Parse everything into one immutable record; ``None`` key data means unknown."""
+    """Parse everything into one immutable record; ``None`` key data means unknown.
+
+    ``names_rule_medicine``: whether a medication (codings, ingredient codings, texts) is one
+    some rule is about; history orders whose medication is certainly not are skipped unread.
+    """
     log = ParseLog()
     patient = patient or _UNKNOWN
     medications = medications or _UNKNOWN
@@ -111,11 +120,17 @@ def build_record(
 
     draft_refs = {o.ref for o in drafts if o.ref}
     history: list[MedicationOrder] = []
+    unread = 0
     for i, res in enumerate(medications.resources):
         if res.get("resourceType") != "MedicationRequest":
             continue
         if f"MedicationRequest/{res.get('id')}" in draft_refs:
             continue
+        if names_rule_medicine is not None:
+            terms = unchecked_medication_terms(res, meds)
+            if terms is not None and not names_rule_medicine(terms):
+                unread += 1
+                continue
         where = f"medications #{i}"
         order = _safely(log, where, parse_medication_request, res, where, log, meds)
         if order is not None:
@@ -137,6 +152,7 @@ def build_record(
         draft_orders=tuple(drafts),
         medication_history=tuple(history),
         allergies=tuple(found),
+        history_unread=unread,
         history_known=medications.known,
         allergies_known=allergies.known,
         weight_known=weight.known,
