@@ -1,5 +1,5 @@
-"""CDS client JWTs for the benchmark: a throw-away key pair (ES384, as the CDS Hooks Sandbox
-signs, or RS384, Epic's default), its trusted-clients entry, and files of signed tokens (one
+"""CDS client JWTs for the benchmark: a throw-away key pair (RS384, Epic's default, or ES384,
+as the CDS Hooks Sandbox signs), its trusted-clients entry, and files of signed tokens (one
 per request: every token has its own ``jti``).
 
 The service verifies them exactly as in production (``AUTH_REQUIRED``): signature, ``iss``,
@@ -22,7 +22,10 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 ISS = "urn:infusion-safety-cds:benchmark"
 ALGORITHMS = ("ES384", "RS384")  # the two CDS Hooks 2.0 recommends
-ALGORITHM = "ES384"  # the default
+# The default: Epic's (the EHR whose order-sign calls the service answers; Oracle Health's
+# CDS Hooks supports patient-view only) — shared/reference/cds-hooks-2.0.md §10.4 and
+# card-design-and-clients.md. The CDS Hooks Sandbox signs ES384 (``--alg ES384``).
+ALGORITHM = "RS384"
 RSA_BITS = 2048  # the smallest RSA key the service accepts (PyJWT minimum, enforced)
 LIFETIME_SECONDS = 300  # as the CDS Hooks Sandbox signs them
 

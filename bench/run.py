@@ -772,8 +772,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--alg",
         choices=ALGORITHMS,
         default=ALGORITHM,
-        help=f"the callers' JWT algorithm (default {ALGORITHM}, as the CDS Hooks Sandbox signs; "
-        "Epic's default is RS384)",
+        help=f"the callers' JWT algorithm (default {ALGORITHM}, Epic's default; the CDS Hooks "
+        "Sandbox signs ES384)",
     )
     p.add_argument(
         "--smoke",
