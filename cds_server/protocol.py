@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -303,9 +303,10 @@ def _rfc3339(value: str) -> None:
             "must be an RFC 3339 date-time with a time zone, e.g. 2026-11-21T10:05:31Z"
         )
     try:
-        datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValidationError("is not a valid date-time") from None
+        # In UTC too: 0001-01-01T00:00:00+03:00 exists, but not as a UTC instant.
+        datetime.fromisoformat(value.upper().replace("Z", "+00:00")).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValidationError("is not a valid date-time (or not representable in UTC)") from None
 
 
 class FeedbackItemSchema(_In):

@@ -40,3 +40,18 @@ def test_several_items_and_services(client: FlaskClient) -> None:
 def test_load_feedback_returns_items() -> None:
     items = protocol.load_feedback({"feedback": [ITEM], "extra": True})
     assert items == [ITEM]
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "0001-01-01T00:00:03+03:00",  # a valid date-time, but before year 1 in UTC
+        "9999-12-31T23:59:59-01:00",  # after year 9999 in UTC
+        "2026-02-30T10:00:00Z",
+        "2026-11-21T10:05:31",  # no time zone
+    ],
+)
+def test_an_outcome_time_that_is_no_utc_instant_is_a_400(client: FlaskClient, stamp: str) -> None:
+    resp = client.post(URL, json={"feedback": [{**ITEM, "outcomeTimestamp": stamp}]})
+    assert resp.status_code == 400, resp.get_data(as_text=True)
+    assert resp.get_json()["resourceType"] == "OperationOutcome"
