@@ -37,7 +37,12 @@ ERROR_SYSTEM = "urn:infusion-safety-cds:error"
 
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 RELATIVE_REF = re.compile(r"^[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}$")
-RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+# Years 0002-9998: with its offset, every such date-time is also a UTC instant (0001 and 9999
+# are not always: 0001-01-01T00:00:00+03:00 is in year 0 in UTC).
+_YEAR = r"(000[2-9]|00[1-9]\d|0[1-9]\d{2}|[1-8]\d{3}|9[0-8]\d{2}|99[0-8]\d|999[0-8])"
+RFC3339 = re.compile(
+    rf"^{_YEAR}-\d{{2}}-\d{{2}}[Tt]\d{{2}}:\d{{2}}:\d{{2}}(\.\d+)?([Zz]|[+-]\d{{2}}:\d{{2}})$"
+)
 
 _ID_MESSAGE = "must be a FHIR id (letters, digits, '-' and '.', at most 64 characters)"
 _REF_MESSAGE = "must be a relative reference such as 'MedicationRequest/123'"
@@ -300,7 +305,8 @@ class OverrideReasonSchema(_In):
 def _rfc3339(value: str) -> None:
     if not RFC3339.match(value):
         raise ValidationError(
-            "must be an RFC 3339 date-time with a time zone, e.g. 2026-11-21T10:05:31Z"
+            "must be an RFC 3339 date-time with a time zone (years 0002-9998), "
+            "e.g. 2026-11-21T10:05:31Z"
         )
     try:
         # In UTC too: 0001-01-01T00:00:00+03:00 exists, but not as a UTC instant.
