@@ -85,6 +85,7 @@ def run(
         extra_resources=draft_resources,
         client_factory=client_factory,
     )
+    recogniser = recognition.recogniser_for(kb)
     patient_record = record.build_record(
         patient_id=context["patientId"],
         draft_orders=context.get("draftOrders"),
@@ -95,9 +96,7 @@ def run(
         weight=resolved.data.get(services.WEIGHT),
         medication_index=resolved.medications,
         warnings=resolved.warnings,
-        names_rule_medicine=lambda terms: recognition.recogniser_for(kb).names_drug_or_agent(
-            *terms
-        ),
+        names_rule_medicine=lambda terms: recogniser.names_drug_or_agent(*terms),
     )
 
     ordered = recognition.recognise_orders(patient_record.draft_orders, kb)
