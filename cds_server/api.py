@@ -130,7 +130,11 @@ def feedback(service_id: str) -> Response:
     items = protocol.load_feedback(_json_body())
     outcomes = sorted({i["outcome"] for i in items})
     stored = store.get_store().record_feedback(
-        service_id, items, policy=_runtime().kb.policy, received_at=datetime.now(UTC)
+        service_id,
+        items,
+        policy=_runtime().kb.policy,
+        received_at=datetime.now(UTC),
+        caller=auth.caller_namespace(),
     )
     log.info(
         "feedback service=%s items=%d outcomes=%s stored=%d duplicates=%d unknown_cards=%d "

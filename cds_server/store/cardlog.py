@@ -20,6 +20,7 @@ def rows(
     call: HookCall,
     patient_hash: str,
     encounter_hash: str | None,
+    caller_hash: str,
     issued: Sequence[IssuedCard],
     issued_at: datetime,
     knowledge_version: str,
@@ -39,6 +40,7 @@ def rows(
             "indicator": card.indicator,
             "suggestion_uuids": json.dumps(list(card.suggestion_uuids)),
             "knowledge_version": knowledge_version,
+            "caller_hash": caller_hash,
         }
         for card in issued
     ]

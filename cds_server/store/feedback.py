@@ -1,9 +1,10 @@
 """Feedback: every item stored once (idempotent), snoozes created in the same transaction.
 
 The idempotency key of an item is SHA-256 over (card uuid, outcome, outcome time as a UTC
-instant, sorted accepted suggestion ids, override reason system and code): the same
-feedback posted twice (a client retry, the same item twice in one body, the same instant in
-another time-zone offset) is stored once. The free-text ``userComment`` is neither stored
+instant, sorted accepted suggestion ids, override reason system and code, the sending EHR's
+``caller_hash``): the same feedback posted twice by one EHR (a client retry, the same item
+twice in one body, the same instant in another time-zone offset) is stored once, and one EHR's
+items never make another's look like duplicates. The free-text ``userComment`` is neither stored
 nor part of the key (it may contain patient data); only whether one was given is kept.
 Feedback for an unknown card uuid is stored with ``known_card`` false.
 """
@@ -48,7 +49,7 @@ def _reason(item: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return (item.get("overrideReason") or {}).get("reason")
 
 
-def item_key(item: Mapping[str, Any]) -> str:
+def item_key(item: Mapping[str, Any], caller_hash: str | None = None) -> str:
     """The idempotency key of one feedback item (see the module docstring)."""
     reason = _reason(item) or {}
     parts = [
@@ -59,6 +60,8 @@ def item_key(item: Mapping[str, Any]) -> str:
         clean(str(reason.get("system", ""))),
         clean(str(reason.get("code", ""))),
     ]
+    if caller_hash is not None:
+        parts.append(caller_hash)
     canonical = json.dumps(parts, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
@@ -70,8 +73,13 @@ def record_feedback(
     items: Sequence[Mapping[str, Any]],
     policy: CardPolicy,
     received_at: datetime,
+    caller_hash: str | None = None,
 ) -> FeedbackResult:
-    """Store ``items`` in one transaction; return after the commit (durable) or raise."""
+    """Store ``items`` in one transaction; return after the commit (durable) or raise.
+
+    ``caller_hash``: the sending EHR (``Store.caller_hash``). A card logged for another EHR
+    counts as unknown; a card logged before callers were recorded (NULL) matches any.
+    """
     stored = duplicates = unknown = snoozes = 0
     with writing(engine) as connection:
         uuids = sorted({clean(str(i["card"])) for i in items})
@@ -84,8 +92,10 @@ def record_feedback(
                     card_log.c.rule,
                     card_log.c.drug_id,
                     card_log.c.indicator,
+                    card_log.c.caller_hash,
                 ).where(card_log.c.card_uuid.in_(uuids))
             )
+            if caller_hash is None or row.caller_hash in (None, caller_hash)
         }
         for item in items:
             card_uuid = clean(str(item["card"]))
@@ -97,7 +107,7 @@ def record_feedback(
                 connection,
                 feedback,
                 {
-                    "item_key": item_key(item),
+                    "item_key": item_key(item, caller_hash),
                     "card_uuid": card_uuid,
                     "service_id": service_id,
                     "known_card": card is not None,

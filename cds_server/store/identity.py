@@ -1,7 +1,8 @@
 """Keyed hashes of patient and encounter ids, and the key's life cycle.
 
 The store never sees an identifier in the clear: ``patient_hash`` is
-HMAC-SHA256(key, "patient" NUL tenant NUL id), ``encounter_hash`` the same with "encounter".
+HMAC-SHA256(key, "patient" NUL tenant NUL id), ``encounter_hash`` the same with "encounter";
+the card log also keeps the calling EHR as HMAC-SHA256(key, "caller" NUL NUL namespace).
 Without the key a hash cannot be tested against a guessed id (unlike a plain SHA-256 of a
 medical record number). ``tenant`` separates EHRs whose ids could collide: the authenticated
 caller's ``iss`` and ``tenant`` claim (``auth.caller_namespace``), "" with authentication off.

@@ -40,6 +40,10 @@ class Store:
         """The call's patient as stored: keyed by the calling EHR (``HookCall.caller``) too."""
         return keyed_hash(self.key, "patient", call.patient_id, call.caller)
 
+    def caller_hash(self, caller: str) -> str:
+        """The calling EHR as stored (``HookCall.caller``, "" with authentication off)."""
+        return keyed_hash(self.key, "caller", caller)
+
     def encounter_hash(self, call: HookCall) -> str | None:
         if not call.encounter_id:
             return None
@@ -78,6 +82,7 @@ class Store:
             call=call,
             patient_hash=self.patient_hash(call),
             encounter_hash=self.encounter_hash(call),
+            caller_hash=self.caller_hash(call.caller),
             issued=issued,
             issued_at=issued_at,
             knowledge_version=knowledge_version,
@@ -97,12 +102,18 @@ class Store:
         *,
         policy: CardPolicy,
         received_at: datetime,
+        caller: str = "",
     ) -> feedback.FeedbackResult:
-        """Store feedback durably; ``StoreUnavailable`` (503) if it could not be committed."""
+        """Store feedback durably; ``StoreUnavailable`` (503) if it could not be committed.
+
+        ``caller`` (``HookCall.caller``): feedback on a card another EHR was shown is stored
+        as feedback on an unknown card (it snoozes nothing).
+        """
         self.flush()  # the cards it is about may still be on their way to the card log
         try:
             return feedback.record_feedback(
                 self.engine,
+                caller_hash=self.caller_hash(caller),
                 service_id=service_id,
                 items=items,
                 policy=policy,

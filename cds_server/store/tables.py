@@ -83,6 +83,8 @@ card_log = Table(
     Column("indicator", String(16), nullable=False),
     Column("suggestion_uuids", Text(), nullable=False),  # JSON array
     Column("knowledge_version", String(128), nullable=False),
+    # Keyed hash of the calling EHR (``HookCall.caller``); NULL for cards logged before 0002.
+    Column("caller_hash", String(HASH), nullable=True),
     Index("ix_card_log_patient_issued", "patient_hash", "issued_at"),
     Index("ix_card_log_issued_at", "issued_at"),
 )

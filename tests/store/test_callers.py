@@ -1,5 +1,5 @@
-"""Two EHRs may both have a patient "123": snoozes and session de-duplication never cross from
-one authenticated caller (``iss``, and the token's ``tenant``) to another."""
+"""Two EHRs may both have a patient "123": snoozes, session de-duplication and feedback never
+cross from one authenticated caller (``iss``, and the token's ``tenant``) to another."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -16,7 +17,7 @@ from cds_server.store import get_store
 from cds_server.trusted_clients import TrustedClient
 from tests import jwtkit as kit
 from tests.conftest import load_request
-from tests.store.conftest import HASH_KEY
+from tests.store.conftest import HASH_KEY, rows
 from tests.store.flows import card_for, overridden, topics, with_session
 
 SIGN = "/cds-services/infusion-safety"
@@ -91,6 +92,37 @@ def test_session_de_duplication_is_per_ehr(app: Flask) -> None:
     # Another EHR with the same encounter and patient ids is another session.
     again = with_session(body, encounter="enc-shared")
     assert ("rate-titration", "warning") in topics(_call(client, again, "other"))
+
+
+def test_feedback_on_another_ehr_s_card_snoozes_nothing(app: Flask, raw: sa.Engine) -> None:
+    client = app.test_client()
+    card = card_for(_call(client, load_request(RITUXIMAB), "ehr"), "rate-titration")
+    body = {"feedback": [overridden(card["uuid"], "previously-tolerated")]}
+    other = _token(kit.SIGN_AUD + "/feedback", "other", None)
+    assert client.post(SIGN + "/feedback", json=body, headers=other).status_code == 200
+    [stored] = rows(raw, "feedback")
+    assert stored["known_card"] in (False, 0)  # as if the uuid were unknown
+    assert rows(raw, "snooze") == []
+    assert _later(client, "ehr") == [("rate-titration", "warning")]
+    # The EHR that was shown the card can still snooze it.
+    own = _token(kit.SIGN_AUD + "/feedback", "ehr", None)
+    assert client.post(SIGN + "/feedback", json=body, headers=own).status_code == 200
+    assert len(rows(raw, "snooze")) == 1
+    assert _later(client, "ehr") == []
+
+
+def test_cards_logged_before_callers_were_recorded_take_any_feedback(
+    app: Flask, raw: sa.Engine
+) -> None:
+    client = app.test_client()
+    card = card_for(_call(client, load_request(RITUXIMAB), "ehr"), "rate-titration")
+    get_store(app).flush()
+    with raw.begin() as connection:  # as migration 0002 leaves earlier rows
+        connection.execute(sa.text("UPDATE card_log SET caller_hash = NULL"))
+    body = {"feedback": [overridden(card["uuid"], "previously-tolerated")]}
+    other = _token(kit.SIGN_AUD + "/feedback", "other", None)
+    assert client.post(SIGN + "/feedback", json=body, headers=other).status_code == 200
+    assert len(rows(raw, "snooze")) == 1
 
 
 def test_caller_namespaces_are_distinct_and_stable() -> None:

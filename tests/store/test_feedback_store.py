@@ -158,3 +158,6 @@ def test_item_key_is_stable() -> None:
     assert item_key(item) == item_key(json.loads(json.dumps(item)))
     later = overridden("c", "previously-tolerated", when=T0 + timedelta(seconds=1))
     assert item_key(item) != item_key(later)
+    # The sending EHR is part of the key: the same item from two EHRs is two items.
+    assert item_key(item, "ehr-a") == item_key(json.loads(json.dumps(item)), "ehr-a")
+    assert item_key(item, "ehr-a") != item_key(item, "ehr-b")

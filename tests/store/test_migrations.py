@@ -102,3 +102,27 @@ def test_migrations_ship_in_the_package() -> None:
     for folder in ("store/migrations", "store/migrations/versions"):
         assert (package / folder / "__init__.py").exists(), f"{folder} must be a package"
     assert db.MIGRATIONS.is_relative_to(package)
+
+
+def test_cards_logged_under_0001_keep_their_rows_with_no_caller(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        assert db.upgrade(engine, "0001") == "0001"
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO card_log (card_uuid, issued_at, service_id, hook, hook_instance,"
+                    " patient_hash, rule, indicator, suggestion_uuids, knowledge_version)"
+                    " VALUES ('u1', CURRENT_TIMESTAMP, 's', 'order-sign', 'h', 'p', 'r', 'info',"
+                    " '[]', 'k')"
+                )
+            )
+        assert db.upgrade(engine) == db.head_revision()
+        with engine.connect() as connection:
+            rows = connection.execute(sa.text("SELECT card_uuid, caller_hash FROM card_log"))
+            assert rows.all() == [("u1", None)]
+        assert db.downgrade(engine, "0001") == "0001"
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT card_uuid FROM card_log")).all() == [("u1",)]
+    finally:
+        engine.dispose()
