@@ -392,14 +392,16 @@ def _default_auth_cache() -> str:
         return "memory"
 
 
-def _start_server(args: argparse.Namespace, out: Path, clients: Path, port: int) -> Any:
+def _start_server(
+    args: argparse.Namespace, out: Path, clients: Path, port: int, hash_key: str
+) -> Any:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
     env.update(
         CDS_AUTH_CACHE=args.auth_cache,
         CDS_FHIR_ALLOW_HTTP="loopback",
         CDS_DATABASE_URL=args.database_url,
         CDS_LOG_LEVEL="INFO",
-        CDS_PATIENT_HASH_KEY="soak-" + uuid.uuid4().hex + uuid.uuid4().hex,
+        CDS_PATIENT_HASH_KEY=hash_key,
     )
     command = [
         sys.executable, "-c", "from cds_server.cli import main; main()", "serve",
@@ -476,17 +478,24 @@ def _sample_rss(master: int, results: Results, started: float, end: float, every
         time.sleep(every)
 
 
-def _stored_feedback(database_url: str, items: list[dict[str, Any]]) -> tuple[int, int] | str:
+def _stored_feedback(
+    database_url: str, items: list[dict[str, Any]], hash_key: str
+) -> tuple[int, int] | str:
     """(found, missing) of the feedback items answered 200, or why it cannot be checked."""
     try:
         from sqlalchemy import select
 
+        from cds_server.auth import Caller
         from cds_server.store.engine import make_engine, reading
         from cds_server.store.feedback import item_key
+        from cds_server.store.identity import keyed_hash
         from cds_server.store.tables import feedback
+        from cds_server.trusted_clients import TrustedClient
     except ImportError as exc:
         return f"not checked: the feedback store is not available ({exc})"
-    wanted = {item_key(item) for item in items}
+    # The items were sent by this soak's one client (no tenant claim), as the store keys them.
+    sender = keyed_hash(hash_key.encode(), "caller", Caller(TrustedClient(iss=ISS)).namespace)
+    wanted = {item_key(item, sender) for item in items}
     engine = make_engine(database_url)
     try:
         with reading(engine) as connection:
@@ -704,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
         clients.write_text(signer.clients_yaml([ehr.base, broken.base]))
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        server = _start_server(args, out, clients, port)
+        hash_key = "soak-" + uuid.uuid4().hex + uuid.uuid4().hex  # the store's, known here
+        server = _start_server(args, out, clients, port, hash_key)
         try:
             _wait_ready(base, signer, server)
             print(f"soak: {args.minutes} min against {base}; output in {out}", flush=True)
@@ -740,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(c.headers.get("Authorization") != f"Bearer {ACCESS_TOKEN}" for c in fhir_calls):
         print("soak: a FHIR request came without the expected bearer token", file=sys.stderr)
     log_text = (out / "server.log").read_text(errors="replace")
-    feedback = _stored_feedback(args.database_url, results.feedback_ok)
+    feedback = _stored_feedback(args.database_url, results.feedback_ok, hash_key)
     if isinstance(feedback, tuple):
         found, missing = feedback
         feedback_text: Any = {"answered_200": len(results.feedback_ok), "distinct_in_db": found,
