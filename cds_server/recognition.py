@@ -186,10 +186,6 @@ def _fits_memo(key: tuple[Any, ...]) -> bool:
     return size <= MEMO_TEXT_CHARS
 
 
-def _memoisable(order: MedicationOrder) -> bool:
-    return _fits_memo(_order_key(order))
-
-
 class Recogniser:
     """Code and name indexes over one knowledge base; build once, use for every request.
 
@@ -337,8 +333,11 @@ class Recogniser:
         A drug whose ``exclude_routes`` names the order's route (e.g. IV ofatumumab and a
         subcutaneous order: the MS pen) is not that drug.
         """
-        key = _order_key(order)
-        return self._order_memo(key) if _memoisable(order) else self._match_order_key(key)
+        return self._drug_for(_order_key(order))
+
+    def _drug_for(self, key: tuple[Any, ...]) -> Match | None:
+        """``match_order`` for an ``_order_key``: from the memo when the key fits it."""
+        return self._order_memo(key) if _fits_memo(key) else self._match_order_key(key)
 
     def _match_order_key(self, key: tuple[Any, ...]) -> Match | None:
         codings, ingredient_codings, raw_texts, route = key
@@ -358,8 +357,11 @@ class Recogniser:
 
     def match_agents(self, order: MedicationOrder) -> tuple[str, ...]:
         """Every agent an order is for (a combination product may hold several)."""
-        key = _order_key(order)[:3]
-        return self._agent_memo(key) if _memoisable(order) else self._match_agents_key(key)
+        return self._agents_for(_order_key(order))
+
+    def _agents_for(self, key: tuple[Any, ...]) -> tuple[str, ...]:
+        """``match_agents`` for an ``_order_key`` (the route is not read)."""
+        return self._agent_memo(key[:3]) if _fits_memo(key) else self._match_agents_key(key[:3])
 
     def _match_agents_key(self, key: tuple[Any, ...]) -> tuple[str, ...]:
         codings, ingredients, texts = key
@@ -375,12 +377,7 @@ class Recogniser:
         """Whether an order for this medication can be a knowledge-base drug (whatever its
         route) or a premedication or rescue agent: if not, no rule reads the order."""
         key = (codings, ingredient_codings, texts, None)
-        memo = _fits_memo(key)
-        drug = self._order_memo(key) if memo else self._match_order_key(key)
-        if drug is not None:
-            return True
-        agents = self._agent_memo(key[:3]) if memo else self._match_agents_key(key[:3])
-        return bool(agents)
+        return self._drug_for(key) is not None or bool(self._agents_for(key))
 
     def match_allergy(self, allergy: Allergy) -> tuple[Match, ...]:
         """Every drug or class an allergy record names, best first."""

@@ -402,7 +402,7 @@ def test_memoised_order_matching_equals_matching_afresh(kb: Any) -> None:
     assert memo._order_memo.cache_info().hits >= len(orders)
     known = next(o for o in orders if fresh.match_order(o) is not None)
     padded = replace(known, texts=(*known.texts, "x" * r.MEMO_TEXT_CHARS))
-    assert not r._memoisable(padded)
+    assert not r._fits_memo(r._order_key(padded))
     before = memo._order_memo.cache_info().currsize
     assert memo.match_order(padded) == fresh._match_order_key(
         (padded.codings, padded.ingredient_codings, padded.texts, padded.route)
