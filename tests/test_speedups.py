@@ -509,6 +509,22 @@ def test_an_order_whose_medicine_cannot_be_told_is_read_in_full(
         assert any(warning in w for w in made[0].warnings), made[0].warnings
 
 
+def test_terms_read_before_the_check_are_reused_only_for_the_same_elements() -> None:
+    bogus = ((), (), ("not what the order says",))
+    plain = next(r for r in RESOURCES if r["resourceType"] == "MedicationRequest" and "id" in r)
+    assert fastpath.is_plain("MedicationRequest", plain)
+    terms = parse.unchecked_medication_terms(plain, MEDICATIONS)
+    fresh = _parse_order(plain)
+    reused = parse.parse_medication_request(plain, "r", parse.ParseLog(), MEDICATIONS, terms=terms)
+    assert reused == fresh
+    # Through the model (an unknown property), the elements are the model's copies: not reused.
+    odd = {**plain, "_resolvedMedication": {"x": 1}}
+    assert not fastpath.is_plain("MedicationRequest", odd)
+    read = parse.parse_medication_request(odd, "r", parse.ParseLog(), MEDICATIONS, terms=bogus)
+    assert read is not None and read.texts != bogus[2]
+    assert read.texts == fresh.texts
+
+
 def test_leaving_orders_unread_changes_no_card(kb: Any) -> None:
     """Every fixture request with its history, evaluated with and without the skip."""
     from unittest import mock

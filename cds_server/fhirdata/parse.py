@@ -269,11 +269,11 @@ def _datetime(value: Any) -> datetime | None:
 
 
 JSON = Mapping[str, Any]
+# What names an order's medication: codings, ingredient codings, texts.
+MedicationTerms = tuple[tuple[Coding, ...], tuple[Coding, ...], tuple[str, ...]]
 
 
-def _medication_codes(
-    med: JSON,
-) -> tuple[tuple[Coding, ...], tuple[Coding, ...], tuple[str, ...]]:
+def _medication_codes(med: JSON) -> MedicationTerms:
     """Codings, ingredient codings and texts of a checked Medication."""
     codings = _codings(med.get("code"))
     texts = list(_texts(med.get("code")))
@@ -315,9 +315,6 @@ def _route(route: JSON | None) -> str | None:
     return next((name for name in names if name), None)
 
 
-MedicationTerms = tuple[tuple[Coding, ...], tuple[Coding, ...], tuple[str, ...]]
-
-
 def _medication_terms(
     mr: JSON, medications: Mapping[str, JSON] | None, where: str, log: ParseLog
 ) -> MedicationTerms:
@@ -351,6 +348,10 @@ def _medication_terms(
     else:
         log.warnings.append(f"MedicationRequest {where}: no medication[x]")
     return codings, ingredients, texts
+
+
+# The elements ``_medication_terms`` reads: the same objects give the same terms.
+_MEDICATION_ELEMENTS = ("medicationCodeableConcept", "medicationReference", "contained")
 
 
 def unchecked_medication_terms(
@@ -387,16 +388,20 @@ def parse_medication_request(
     is_draft: bool = False,
     selected: bool = True,
     plain: bool = True,
+    terms: MedicationTerms | None = None,
 ) -> MedicationOrder | None:
     """Flatten one MedicationRequest, resolving contained or referenced Medications.
 
     ``medications``: checked Medication JSON by ``Medication/<id>`` (``parse_medication``).
-    ``plain`` as for ``checked``.
+    ``plain`` as for ``checked``. ``terms``: ``unchecked_medication_terms`` of ``resource``,
+    if already read; used when the check kept the resource's own medication elements.
     """
     mr = checked(resource, where, log, plain=plain)
     if mr is None:
         return None
-    codings, ingredients, texts = _medication_terms(mr, medications, where, log)
+    if terms is None or any(mr.get(k) is not resource.get(k) for k in _MEDICATION_ELEMENTS):
+        terms = _medication_terms(mr, medications, where, log)
+    codings, ingredients, texts = terms
 
     dose = rate = None
     route = dosage_text = None

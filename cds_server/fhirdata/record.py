@@ -126,13 +126,14 @@ def build_record(
             continue
         if f"MedicationRequest/{res.get('id')}" in draft_refs:
             continue
+        terms = None
         if names_rule_medicine is not None:
             terms = unchecked_medication_terms(res, meds)
             if terms is not None and not names_rule_medicine(terms):
                 unread += 1
                 continue
         where = f"medications #{i}"
-        order = _safely(log, where, parse_medication_request, res, where, log, meds)
+        order = _safely(log, where, parse_medication_request, res, where, log, meds, terms=terms)
         if order is not None:
             history.append(order)
 
