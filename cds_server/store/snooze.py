@@ -146,12 +146,13 @@ def prior_guidance(
     of the same session count as shown too.
     """
     in_session = window > timedelta(0) and call.hook in ORDER_HOOKS
+    since = now - window
     params: dict[str, Any] = {"patient": patient_hash, "now": now}
     statement: Executable = _SNOOZES_ONLY
     if in_session:
         statement = _WITH_SHOWN_IN_INSTANCE if encounter_hash is None else _WITH_SHOWN_IN_SESSION
         params |= {
-            "since": now - window,
+            "since": since,
             "instance": clean(call.hook_instance),
             "encounter": encounter_hash,
         }
@@ -164,7 +165,6 @@ def prior_guidance(
             else:
                 shown.append(ShownCard(r.rule, r.drug_id, r.indicator, r.hook, r.hook_instance))
     if in_session:
-        since = now - window
         shown += (
             ShownCard(r["rule"], r["drug_id"], r["indicator"], r["hook"], r["hook_instance"])
             for r in pending
