@@ -631,3 +631,124 @@ def test_invalid_yaml_is_reported_as_before(tmp_path: Path) -> None:
         mark = exc.problem_mark  # type: ignore[attr-defined]
         expected = f"line {mark.line + 1}", f"not valid YAML: {exc.problem}"  # type: ignore[attr-defined]
     assert [(p.field, p.message) for p in problems] == [expected]
+
+
+# -- response writing: the compiled walk writes what marshmallow's dump writes -----------
+
+
+def _fixture_card_inputs(kb: Any) -> list[list[dict[str, Any]]]:
+    """The card lists the pipeline hands to ``dump_response`` for every fixture request."""
+    from unittest import mock
+
+    from cds_server import pipeline, protocol
+    from tests.conftest import FIXTURES, service_for
+
+    seen: list[list[dict[str, Any]]] = []
+    real = protocol.dump_response
+
+    def recording(cards: Any, system_actions: Any = None) -> Any:
+        seen.append(copy.deepcopy(list(cards)))
+        return real(cards, system_actions)
+
+    with mock.patch.object(protocol, "dump_response", recording):
+        for path in sorted(FIXTURES.rglob("*.json")):
+            body = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(body, dict) and "hookInstance" in body:
+                pipeline.evaluate(body, service_id=service_for(body), kb=kb)
+    return seen
+
+
+def _written_alike(compiled: Any, schema: Any, value: Any) -> None:
+    """Both write the same JSON, or both fail the same way (a list element that is a number)."""
+    try:
+        slow = schema.dump(value)
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            compiled(value)
+        return
+    fast = compiled(value)
+    assert fast == slow
+    assert json.dumps(fast) == json.dumps(slow)  # the same key order, byte for byte
+
+
+def test_fixture_responses_are_written_as_marshmallow_writes_them(kb: Any) -> None:
+    from cds_server import protocol
+
+    inputs = _fixture_card_inputs(kb)
+    assert sum(len(cards) for cards in inputs) >= 40
+    for cards in inputs:
+        _written_alike(protocol._DUMP_RESPONSE, protocol.ResponseOut(), {"cards": cards})
+
+
+def _roughen(value: Any, rnd: random.Random) -> Any:
+    """A card-like value with some elements nulled, emptied, retyped or added."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            roll = rnd.random()
+            if roll < 0.08:
+                continue
+            out[k] = (
+                None
+                if roll < 0.14
+                else ""
+                if roll < 0.18
+                else []
+                if roll < 0.2
+                else 7
+                if roll < 0.22
+                else _roughen(v, rnd)
+            )
+        if rnd.random() < 0.1:
+            out["notACardField"] = {"x": None}
+        return out
+    if isinstance(value, list):
+        return [None if rnd.random() < 0.05 else _roughen(v, rnd) for v in value]
+    return value
+
+
+def test_roughened_cards_and_discovery_are_written_as_marshmallow_writes_them(kb: Any) -> None:
+    from cds_server import protocol, services
+
+    rnd = random.Random(11)
+    cards = [card for cards in _fixture_card_inputs(kb) for card in cards]
+    actions = [a for c in cards for s in c.get("suggestions", ()) for a in s["actions"]]
+    assert actions
+    response = protocol.ResponseOut()
+    for _ in range(1500):
+        sample = [_roughen(rnd.choice(cards), rnd) for _ in range(rnd.randint(0, 3))]
+        system = [_roughen(rnd.choice(actions), rnd) for _ in range(rnd.randint(0, 2))]
+        _written_alike(
+            protocol._DUMP_RESPONSE, response, {"cards": sample, "systemActions": system}
+        )
+    doc = services.discovery(kb)
+    for _ in range(300):
+        _written_alike(protocol._DUMP_DISCOVERY, protocol.DiscoveryOut(), _roughen(doc, rnd))
+
+
+def test_compile_dump_refuses_what_it_does_not_reproduce() -> None:
+    from marshmallow import fields as mfields
+    from marshmallow import post_dump
+
+    from cds_server import protocol
+
+    class Hooked(protocol.CardOut):
+        @post_dump
+        def _stamp(self, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
+            return {**data, "stamped": True}
+
+    class Computed(protocol.CardOut):
+        shown = mfields.Method("_shown")
+
+        def _shown(self, obj: Any) -> str:
+            return "x"
+
+    class Renamed(protocol.CardOut):
+        title = mfields.String(attribute="headline")
+
+    class Many(protocol.ResponseOut):
+        cards = mfields.Nested(protocol.CardOut, many=True)
+
+    for schema in (Hooked(), Computed(), Renamed(), Many(), protocol.CardOut(many=True)):
+        with pytest.raises(TypeError):
+            protocol.compile_dump(schema)
