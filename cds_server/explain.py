@@ -18,7 +18,12 @@ from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import RecognisedOrder, Situation
 from cds_server.reasoning import RULES, crs, monitoring, premedication, pretreatment, reactions
 from cds_server.reasoning.dosing import DosePosition, applies, fmt_qty, position, step_labels
-from cds_server.reasoning.orders import agent_ordered, covered_roles, target_orders
+from cds_server.reasoning.orders import (
+    agent_ordered,
+    covering_agents,
+    ordered_agents,
+    target_orders,
+)
 from cds_server.reasoning.titration import choose, most_specific
 
 
@@ -47,11 +52,14 @@ def _why_premedication(
     if not drug.premedication:
         return "the knowledge lists no premedication for this drug"
     required, conditional, _ = premedication.required_roles(drug.premedication, pos)
-    covered = covered_roles(s, kb)
+    ordered = ordered_agents(s)
     need = sorted(required)
-    have = sorted(set(required) & covered)
+    have = sorted(r for r, (entry, _) in required.items() if covering_agents(entry, ordered, kb))
+    entries = [entry for entry, _ in required.values()]
+    ruled_out = sorted({x.agent for e in entries for x in e.not_covered_by if x.agent in ordered})
     cond = f"; conditional only: {len(conditional)} regimen(s)" if conditional else ""
-    return f"required roles {need or 'none'}; already ordered {have or 'none'}{cond}"
+    out = f"required roles {need or 'none'}; already ordered {have or 'none'}{cond}"
+    return out + (f"; ordered but ruled out for this drug: {ruled_out}" if ruled_out else "")
 
 
 def _why_titration(r: RecognisedOrder, kb: KnowledgeBase, pos: DosePosition) -> str:

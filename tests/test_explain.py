@@ -1,5 +1,5 @@
-"""``cds-server explain``: the data line says how many history orders were read and how many
-were left unread (medicines no rule is about)."""
+"""``cds-server explain``: the data line counts the history orders read and left unread
+(medicines no rule is about); the premedication line names agents ruled out for a drug."""
 
 from __future__ import annotations
 
@@ -18,3 +18,13 @@ def test_the_data_line_counts_read_and_unread_history_orders(kb: Any) -> None:
         "Data: 4 draft order(s), 42 history order(s) (+18 for medicines no rule is about, "
         "not read), 5 allergy record(s), weight 68.0 kg"
     ) in text
+
+
+def test_the_premedication_line_names_an_ordered_agent_ruled_out_for_the_drug(kb: Any) -> None:
+    scenarios = Path(__file__).resolve().parents[1] / "fixtures" / "fhir" / "scenarios"
+    text = explain_request(scenarios / "obinutuzumab-cll-c1d1-hydrocortisone.request.json", kb)
+    [line] = [x for x in text.splitlines() if x.strip().startswith("premedication / obinutuzumab")]
+    assert "already ordered ['antipyretic', 'h1-antihistamine']" in line
+    assert line.endswith("ordered but ruled out for this drug: ['hydrocortisone']")
+    other = explain_request(scenarios / "obinutuzumab-cll-c1d2-at-start.request.json", kb)
+    assert "ruled out" not in other

@@ -31,6 +31,7 @@ from cds_server.knowledge.model import (
     Identity,
     KnowledgeBase,
     MonitoringRequirement,
+    NotCovering,
     OverrideReason,
     PremedAgent,
     PremedRegimen,
@@ -170,6 +171,16 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
                     timing=a["timing"],
                     required=a["required"],
                     provenance=ctx.provenance(a, f"premedication.{i}.agents.{j}"),
+                    not_covered_by=tuple(
+                        NotCovering(
+                            agent=x["agent"],
+                            reason=x["reason"],
+                            provenance=ctx.provenance(
+                                x, f"premedication.{i}.agents.{j}.not_covered_by.{k}"
+                            ),
+                        )
+                        for k, x in enumerate(a.get("not_covered_by", ()))
+                    ),
                 )
                 for j, a in enumerate(r["agents"])
             ),
@@ -471,6 +482,17 @@ def _cross_checks(kb: dict[str, dict[str, Any]], problems: list[Problem]) -> Non
                                 f"agent '{aid}' does not have role '{ag.role}'",
                             )
                         )
+                for k, x in enumerate(ag.not_covered_by):
+                    where = f"premedication.{i}.agents.{j}.not_covered_by.{k}"
+                    if x.agent not in agents:
+                        message = f"unknown agent '{x.agent}' (add cards/agents/{x.agent}.yaml)"
+                    elif ag.role not in agents[x.agent].roles:
+                        message = f"agent '{x.agent}' does not have role '{ag.role}'"
+                    elif x.agent in (ag.agent, *ag.alternatives):
+                        message = f"agent '{x.agent}' is suggested here and ruled out at once"
+                    else:
+                        continue
+                    problems.append(Problem(drug.source_file, where, message))
         for i, pre in enumerate(drug.prerequisites):
             if pre.requires_drug not in drugs:
                 problems.append(

@@ -91,6 +91,16 @@ class DoseRange:
 
 
 @dataclass(frozen=True)
+class NotCovering:
+    """An agent of the role that does not count for it with this drug (e.g. hydrocortisone
+    as obinutuzumab's premedication glucocorticoid: the label says it was not effective)."""
+
+    agent: str
+    reason: str
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
 class PremedAgent:
     """One agent of a premedication regimen."""
 
@@ -102,6 +112,7 @@ class PremedAgent:
     timing: str
     required: bool
     provenance: Provenance
+    not_covered_by: tuple[NotCovering, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -102,10 +102,16 @@ class IdentitySchema(_Strict):
     codes = fields.List(fields.Nested(CodeSchema))
 
 
+class NotCoveringSchema(ProvenanceFields):
+    agent = fields.String(required=True, validate=ID)
+    reason = fields.String(required=True, validate=NON_EMPTY)
+
+
 class PremedAgentSchema(ProvenanceFields):
     role = fields.String(required=True, validate=ROLES)
     agent = fields.String(validate=ID)
     alternatives = fields.List(fields.String(validate=ID))
+    not_covered_by = fields.List(fields.Nested(NotCoveringSchema))
     dose = fields.Nested(DoseRangeSchema)
     route = fields.String()
     timing = fields.String(required=True, validate=NON_EMPTY)

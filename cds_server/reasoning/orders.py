@@ -1,10 +1,10 @@
-"""Which orders a hook's rules look at, and which premedication roles are already covered."""
+"""Which orders a hook's rules look at, and which premedication agents are already ordered."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from cds_server.knowledge.model import KnowledgeBase
+from cds_server.knowledge.model import KnowledgeBase, PremedAgent
 from cds_server.model import Finding, RecognisedOrder, Situation
 from cds_server.reasoning.dosing import IN_FORCE
 
@@ -25,13 +25,16 @@ def each_order(
     return [f for r in target_orders(situation) if (f := check(situation, r, kb)) is not None]
 
 
-def covered_roles(situation: Situation, kb: KnowledgeBase) -> frozenset[str]:
-    """Agent roles present among draft orders and orders in force (any agent of the role)."""
-    roles: set[str] = set()
-    for order, agent_id in situation.agents:
-        if order.is_draft or order.status in IN_FORCE:
-            roles.update(kb.agents[agent_id].roles)
-    return frozenset(roles)
+def ordered_agents(situation: Situation) -> frozenset[str]:
+    """Premedication and rescue agents among the draft orders and the orders in force."""
+    return frozenset(a for o, a in situation.agents if o.is_draft or o.status in IN_FORCE)
+
+
+def covering_agents(entry: PremedAgent, ordered: frozenset[str], kb: KnowledgeBase) -> list[str]:
+    """The ordered agents that fill ``entry``'s role: any agent of that role (famotidine covers
+    "H2 antagonist"), except those the entry rules out (``not_covered_by``)."""
+    excluded = {x.agent for x in entry.not_covered_by}
+    return sorted(a for a in ordered if entry.role in kb.agents[a].roles and a not in excluded)
 
 
 def agent_ordered(situation: Situation, agent_id: str) -> bool:

@@ -6,12 +6,22 @@ antagonist, corticosteroid, antipyretic…) is in neither the draft orders nor t
 Then: a ``warning`` naming the missing agents with the label's dose, route and timing, and a
 draft MedicationRequest per missing agent (recommended when the label requires it).
 Conditional regimens (e.g. "if CRS occurred with the previous dose") are shown as "consider"
-notes only. Covered roles are matched by agent class, so famotidine covers "H2 antagonist".
+notes only. Covered roles are matched by agent class, so famotidine covers "H2 antagonist",
+except for agents the knowledge rules out for the drug (``not_covered_by``: hydrocortisone
+does not cover obinutuzumab's glucocorticoid); an ordered agent ruled out is named as such.
 """
 
 from __future__ import annotations
 
-from cds_server.knowledge.model import KnowledgeBase, PremedAgent, PremedRegimen
+from dataclasses import replace
+
+from cds_server.knowledge.model import (
+    KnowledgeBase,
+    NotCovering,
+    PremedAgent,
+    PremedRegimen,
+    Provenance,
+)
 from cds_server.model import (
     RXNORM,
     Citation,
@@ -23,7 +33,7 @@ from cds_server.model import (
     Situation,
 )
 from cds_server.reasoning.dosing import DosePosition, applies, fmt_number, position
-from cds_server.reasoning.orders import covered_roles, each_order
+from cds_server.reasoning.orders import covering_agents, each_order, ordered_agents
 
 TOPIC = "premedication"
 
@@ -41,23 +51,38 @@ ROLE_NAMES = {
 
 def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
     """Premedication findings for every targeted order (see module docstring)."""
-    covered = covered_roles(situation, kb)
-    return each_order(situation, kb, lambda s, r, k: _for_order(s, r, k, covered))
+    ordered = ordered_agents(situation)
+    return each_order(situation, kb, lambda s, r, k: _for_order(s, r, k, ordered))
 
 
-def describe_agent(entry: PremedAgent, kb: KnowledgeBase) -> str:
-    """ "diphenhydramine 50 mg intravenous, 30 to 60 minutes before" from a knowledge entry."""
+def describe_agent(entry: PremedAgent, kb: KnowledgeBase, *, alternatives: bool = True) -> str:
+    """ "diphenhydramine 50 mg intravenous, 30 to 60 minutes before; or cetirizine (the dose is
+    for diphenhydramine)" from a knowledge entry. The dose, route and timing are the entry's
+    agent's: an alternative's own dose is in the label text, never implied to be the same."""
     name = kb.agents[entry.agent].name if entry.agent else ROLE_NAMES[entry.role]
-    alternatives = [kb.agents[a].name for a in entry.alternatives]
-    parts = [name + (f" (or {', '.join(alternatives)})" if alternatives else "")]
+    parts = [name]
     if entry.dose is not None:
         d = entry.dose
         amount = fmt_number(d.min) if d.single else f"{fmt_number(d.min)}–{fmt_number(d.max)}"
         parts.append(f"{amount} {d.unit}")
     if entry.route:
         parts.append(entry.route)
-    flag = "" if entry.provenance.evidence == "verified" else f" [{entry.provenance.evidence}]"
-    return " ".join(parts) + f", {entry.timing}{flag}"
+    text = " ".join(parts) + f", {entry.timing}{_flag(entry.provenance)}"
+    others = [kb.agents[a].name for a in entry.alternatives] if alternatives else []
+    if others:
+        text += f"; or {', '.join(others)}"
+        text += f" (the dose is for {name})" if entry.dose is not None else ""
+    return text
+
+
+def _flag(provenance: Provenance) -> str:
+    """`` [secondary]`` or `` [unverified]`` after a fact that is not verified."""
+    return "" if provenance.evidence == "verified" else f" [{provenance.evidence}]"
+
+
+def _merged(*lists: tuple[NotCovering, ...]) -> tuple[NotCovering, ...]:
+    """Exclusions of several entries for one role, each agent once (the first entry's)."""
+    return tuple({x.agent: x for xs in reversed(lists) for x in xs}.values())
 
 
 def prefilled_dose(entry: PremedAgent) -> tuple[Quantity | None, Quantity | None]:
@@ -87,7 +112,13 @@ def required_roles(
             current = required.get(agent.role)
             # Prefer the entry that carries a dose (more specific), then the first seen.
             if current is None or (current[0].dose is None and agent.dose is not None):
-                required[agent.role] = (agent, regimen)
+                kept, other = (agent, regimen), current[0] if current else None
+            else:
+                kept, other = current, agent
+            if other is not None and other.not_covered_by:  # every entry's exclusions hold
+                merged = _merged(kept[0].not_covered_by, other.not_covered_by)
+                kept = (replace(kept[0], not_covered_by=merged), kept[1])
+            required[agent.role] = kept
     return required, conditional, undecided
 
 
@@ -95,21 +126,34 @@ def _for_order(
     situation: Situation,
     recognised: RecognisedOrder,
     kb: KnowledgeBase,
-    covered: frozenset[str],
+    ordered: frozenset[str],
 ) -> Finding | None:
     drug = kb.drug(recognised.drug_id)
     if not drug.premedication:
         return None
     pos = position(situation, recognised, kb)
     required, conditional, undecided = required_roles(drug.premedication, pos)
-    missing = {role: pair for role, pair in required.items() if role not in covered}
+    missing = {
+        role: pair for role, pair in required.items() if not covering_agents(pair[0], ordered, kb)
+    }
     if not missing:
         return None
     points = [
         f"- **Missing:** {describe_agent(agent, kb)}" + ("" if agent.required else " (optional)")
         for agent, _ in missing.values()
     ]
-    already = sorted(ROLE_NAMES[r] for r in required if r in covered)
+    ruled_out = [
+        (role, x)
+        for role, (agent, _) in missing.items()
+        for x in agent.not_covered_by
+        if x.agent in ordered
+    ]
+    points.extend(
+        f"- **Does not count:** {kb.agents[x.agent].name} is ordered, but not as the "
+        f"{ROLE_NAMES[role]} for {drug.name}: {x.reason}{_flag(x.provenance)}"
+        for role, x in ruled_out
+    )
+    already = sorted(ROLE_NAMES[r] for r in required if r not in missing)
     if already:
         points.append(f"- Already ordered: {', '.join(already)}.")
     for regimen in {id(r): r for _, r in missing.values()}.values():
@@ -124,9 +168,11 @@ def _for_order(
     for agent, regimen in missing.values():
         citations.extend(regimen.provenance.citations())
         citations.extend(agent.provenance.citations())
+    for _, x in ruled_out:
+        citations.extend(x.provenance.citations())
     actions = tuple(
         ProposedMedication(
-            label=f"Order {describe_agent(agent, kb)}",
+            label=f"Order {describe_agent(agent, kb, alternatives=False)}",
             agent_name=kb.agents[agent.agent].name if agent.agent else ROLE_NAMES[role],
             coding=_rxnorm(agent, kb),
             dose_low=prefilled_dose(agent)[0],

@@ -222,6 +222,64 @@ def test_agent_without_the_role(cards: Path) -> None:
     )
 
 
+def _ruling_out(d: Data, agent: str, **extra: Any) -> None:
+    _append_premed(
+        d,
+        not_covered_by=[
+            {
+                "agent": agent,
+                "reason": "not effective",
+                "evidence": "verified",
+                "cite": [_source_id(d)],
+            }
+            | extra
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("ruled_out", "message"),
+    [
+        ("ghost-agent", "unknown agent 'ghost-agent'"),
+        ("famotidine", "agent 'famotidine' does not have role 'h1-antihistamine'"),
+        ("diphenhydramine", "agent 'diphenhydramine' is suggested here and ruled out at once"),
+    ],
+)
+def test_not_covered_by_names_a_known_agent_of_the_role_not_suggested(
+    cards: Path, ruled_out: str, message: str
+) -> None:
+    n = _n(cards, RITUX, "premedication")
+    edit(cards, RITUX, lambda d: _ruling_out(d, ruled_out))
+    field = f"premedication.{n}.agents.0.not_covered_by.0"
+    assert has(problems_of(cards), RITUX, field, message)
+
+
+@pytest.mark.parametrize(
+    ("change", "where", "message"),
+    [
+        ({"reason": ""}, "reason", "Shorter than minimum length"),
+        ({"cite": ["nowhere"]}, "cite", "unknown source id 'nowhere'"),
+        ({"evidence": "probable"}, "evidence", "Must be one of"),
+    ],
+)
+def test_not_covered_by_needs_reason_evidence_and_citation(
+    cards: Path, change: dict[str, Any], where: str, message: str
+) -> None:
+    n = _n(cards, RITUX, "premedication")
+    edit(cards, RITUX, lambda d: _ruling_out(d, "cetirizine", **change))
+    field = f"premedication.{n}.agents.0.not_covered_by.0.{where}"
+    assert has(problems_of(cards), RITUX, field, message)
+
+
+def test_a_valid_not_covered_by_loads_with_its_provenance(cards: Path) -> None:
+    edit(cards, RITUX, lambda d: _ruling_out(d, "cetirizine"))
+    kb = load_knowledge(cards)
+    [entry] = kb.drug("rituximab").premedication[-1].agents
+    [x] = entry.not_covered_by
+    assert (x.agent, x.reason, x.provenance.evidence) == ("cetirizine", "not effective", "verified")
+    assert x.provenance.sources
+
+
 def test_unknown_step_id(cards: Path) -> None:
     n = _n(cards, RITUX, "rate_schedules")
     edit(cards, RITUX, lambda d: _append_rate(d, applies={"steps": ["sud9"]}))
