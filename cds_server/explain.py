@@ -125,11 +125,7 @@ def explain_evaluation(ev: pipeline.Evaluation, kb: KnowledgeBase) -> str:
         f"Hook: {s.call.hook} (service {ev.service.id}); knowledge {kb.version}",
         f"Data: {len(rec.draft_orders)} draft order(s), {len(rec.medication_history)} history "
         f"order(s)"
-        + (
-            f" (+{rec.history_unread} for medicines no rule is about, not read)"
-            if rec.history_unread
-            else ""
-        )
+        + (f" (+{rec.history_unread} no rule reads, not read)" if rec.history_unread else "")
         + f", {len(rec.allergies)} allergy record(s), weight "
         f"{f'{rec.weight.kg:.1f} kg' if rec.weight else 'unknown'}"
         f"{'' if rec.history_known else '; history UNKNOWN'}"

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 Indicator = Literal["info", "warning", "critical"]
 Evidence = Literal["verified", "secondary", "unverified"]
+# What an order's medicine is to the rules: a knowledge-base drug, or a premedication/rescue agent.
+MedicineKind = Literal["drug", "agent"]
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ATC = "http://www.whocc.no/atc"
@@ -116,7 +118,7 @@ class PatientRecord:
     weight: Weight | None = None
     draft_orders: tuple[MedicationOrder, ...] = ()
     medication_history: tuple[MedicationOrder, ...] = ()
-    # History orders left unread: for medicines no rule is about (``record.build_record``).
+    # History orders left unread: those no rule reads (``record.build_record``).
     history_unread: int = 0
     allergies: tuple[Allergy, ...] = ()
     history_known: bool = True

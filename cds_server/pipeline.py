@@ -21,6 +21,7 @@ from cds_server.fhirdata import prefetch, record
 from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import Finding, HookCall, PatientRecord, Situation
+from cds_server.reasoning.orders import history_order_read
 from cds_server.render.cards import card, prepare, summary_text
 
 
@@ -96,7 +97,9 @@ def run(
         weight=resolved.data.get(services.WEIGHT),
         medication_index=resolved.medications,
         warnings=resolved.warnings,
-        names_rule_medicine=lambda terms: recogniser.names_drug_or_agent(*terms),
+        reads_history_order=lambda terms, status: history_order_read(
+            recogniser.medicine_kind(*terms), status
+        ),
     )
 
     ordered = recognition.recognise_orders(patient_record.draft_orders, kb)

@@ -44,6 +44,7 @@ from cds_server.model import (
     Allergy,
     Coding,
     MedicationOrder,
+    MedicineKind,
     RecognisedAllergy,
     RecognisedOrder,
 )
@@ -368,16 +369,18 @@ class Recogniser:
         found = self._all_matches(("agent",), codings, ingredients, texts)
         return tuple(m.target for m in found)
 
-    def names_drug_or_agent(
+    def medicine_kind(
         self,
         codings: tuple[Coding, ...],
         ingredient_codings: tuple[Coding, ...],
         texts: tuple[str, ...],
-    ) -> bool:
-        """Whether an order for this medication can be a knowledge-base drug (whatever its
-        route) or a premedication or rescue agent: if not, no rule reads the order."""
+    ) -> MedicineKind | None:
+        """Whether an order for this medication can be for a knowledge-base drug (whatever
+        its route), else for a premedication or rescue agent, else neither (None)."""
         key = (codings, ingredient_codings, texts, None)
-        return self._drug_for(key) is not None or bool(self._agents_for(key))
+        if self._drug_for(key) is not None:
+            return "drug"
+        return "agent" if self._agents_for(key) else None
 
     def match_allergy(self, allergy: Allergy) -> tuple[Match, ...]:
         """Every drug or class an allergy record names, best first."""

@@ -5,8 +5,9 @@
   with a note. At order-select only the orders named in ``selections`` are ``selected``.
 * Medication history: every MedicationRequest of the ``medications`` data, minus those that
   are also draft orders (a client may send an existing order as the draft, e.g. re-signing),
-  and minus those for medicines no rule is about (``names_rule_medicine``, when given), which
-  are recognised by their medication alone and neither checked nor read (counted).
+  and minus those no rule reads (``reads_history_order``, when given: e.g. medicines no rule
+  is about, or a premedication no longer in force), told from their medication and status
+  alone; those are neither checked nor read (counted).
 * Allergies, the latest body weight and the birth date, each with a ``*_known`` flag.
 
 Parsing goes through ``parse.py`` (tolerant R4B); warnings never carry patient data.
@@ -67,12 +68,13 @@ def build_record(
     weight: KeyData | None = None,
     medication_index: Mapping[str, Mapping[str, Any]] | None = None,
     warnings: Sequence[str] = (),
-    names_rule_medicine: Callable[[MedicationTerms], bool] | None = None,
+    reads_history_order: Callable[[MedicationTerms, Any], bool] | None = None,
 ) -> PatientRecord:
     """Parse everything into one immutable record; ``None`` key data means unknown.
 
-    ``names_rule_medicine``: whether a medication (codings, ingredient codings, texts) is one
-    some rule is about; history orders whose medication is certainly not are skipped unread.
+    ``reads_history_order(terms, status)``: whether some rule reads a history order whose
+    medication (codings, ingredient codings, texts) and ``status`` are these, both as sent
+    (unchecked); history orders it certainly does not read are skipped unread.
     """
     log = ParseLog()
     patient = patient or _UNKNOWN
@@ -127,9 +129,9 @@ def build_record(
         if f"MedicationRequest/{res.get('id')}" in draft_refs:
             continue
         terms = None
-        if names_rule_medicine is not None:
+        if reads_history_order is not None:
             terms = unchecked_medication_terms(res, meds)
-            if terms is not None and not names_rule_medicine(terms):
+            if terms is not None and not reads_history_order(terms, res.get("status")):
                 unread += 1
                 continue
         where = f"medications #{i}"

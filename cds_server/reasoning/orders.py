@@ -1,11 +1,11 @@
-"""Which orders a hook's rules look at, and which premedication agents are already ordered."""
+"""Which orders the rules look at: orders to advise on, agents already ordered, history read."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from cds_server.knowledge.model import KnowledgeBase, PremedAgent
-from cds_server.model import Finding, RecognisedOrder, Situation
+from cds_server.model import Finding, MedicineKind, RecognisedOrder, Situation
 from cds_server.reasoning.dosing import IN_FORCE
 
 
@@ -40,3 +40,13 @@ def covering_agents(entry: PremedAgent, ordered: frozenset[str], kb: KnowledgeBa
 def agent_ordered(situation: Situation, agent_id: str) -> bool:
     """Is this agent in the draft orders or among the orders in force?"""
     return any(a == agent_id and (o.is_draft or o.status in IN_FORCE) for o, a in situation.agents)
+
+
+def history_order_read(kind: MedicineKind | None, status: object) -> bool:
+    """Whether any rule reads a history order, told from its medicine and its status alone:
+    every order for a knowledge-base drug (prior doses, reactions, pretreatment), an agent's
+    only while in force (``ordered_agents``, ``agent_ordered``), nothing else. A status that
+    is not a string cannot be told: the order is read."""
+    if kind == "drug":
+        return True
+    return kind == "agent" and (not isinstance(status, str) or status in IN_FORCE)
