@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -119,3 +120,48 @@ def test_smoke_run_with_repeats_reports_each_run(tmp_path: Path) -> None:
     assert "4 floor (parse + fixed cards), each of 2 runs: req/s" in text
     assert "2 × 1 s per workload" in text
     assert len(run.to_json(out)["results"][0]["runs"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("split", "fair"),
+    [((0.5, 0.5), True), ((0.25, 0.75), True), ((0.24, 0.76), False), ((0.0, 1.0), False)],
+)
+def test_a_run_is_balanced_when_no_worker_did_more_than_three_quarters(
+    split: tuple[float, ...], fair: bool
+) -> None:
+    assert run.balanced(_measured(50.0, 1000, 5.0, split)) is fair
+    assert run.balanced(_measured(50.0, 1000, 5.0, (1.0,)))  # one worker: nothing to share
+
+
+def _short_floor_run(tmp_path: Path) -> tuple[dict[str, Any], list[str]]:
+    options = ["--only", "floor", "--duration", "1", "--warmup", "0", "--loadgen", "python"]
+    args = run.parse_args([*options, "--logdir", str(tmp_path)])
+    args.demo_runs = 0
+    said: list[str] = []
+    return run.run(args, say=said.append), said
+
+
+def test_a_run_one_worker_did_alone_is_listed_not_counted_and_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verdicts = iter([False, False, True])
+    monkeypatch.setattr(run, "balanced", lambda m: next(verdicts))
+    out, said = _short_floor_run(tmp_path)
+    assert out["problems"] == [], run.report(out)
+    (m,) = out["results"]
+    assert len(m.set_aside) == 2 and m.load.requests > 0
+    assert sum("unbalanced: not counted" in line for line in said) == 2
+    assert "4 floor (parse + fixed cards): 2 run(s) not counted, one worker doing" in run.report(
+        out
+    )
+    assert len(run.to_json(out)["results"][0]["set_aside"]) == 2
+
+
+def test_runs_are_set_aside_at_most_rebalance_limit_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run, "balanced", lambda m: False)
+    monkeypatch.setattr(run, "REBALANCE_LIMIT", 1)
+    out, _ = _short_floor_run(tmp_path)
+    (m,) = out["results"]
+    assert len(m.set_aside) == 1 and m.load.requests > 0  # the next run counts, whatever
