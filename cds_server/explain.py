@@ -20,8 +20,9 @@ from cds_server.reasoning import RULES, crs, monitoring, premedication, pretreat
 from cds_server.reasoning.dosing import DosePosition, applies, fmt_qty, position, step_labels
 from cds_server.reasoning.orders import (
     agent_ordered,
-    covering_agents,
     ordered_agents,
+    role_covered,
+    ruled_out,
     target_orders,
 )
 from cds_server.reasoning.titration import choose, most_specific
@@ -54,12 +55,11 @@ def _why_premedication(
     required, conditional, _ = premedication.required_roles(drug.premedication, pos)
     ordered = ordered_agents(s)
     need = sorted(required)
-    have = sorted(r for r, (entry, _) in required.items() if covering_agents(entry, ordered, kb))
-    entries = [entry for entry, _ in required.values()]
-    ruled_out = sorted({x.agent for e in entries for x in e.not_covered_by if x.agent in ordered})
+    have = sorted(r for r, (entry, _) in required.items() if role_covered(entry, ordered, kb))
+    out_of_role = sorted({x.agent for e, _ in required.values() for x in ruled_out(e, ordered)})
     cond = f"; conditional only: {len(conditional)} regimen(s)" if conditional else ""
     out = f"required roles {need or 'none'}; already ordered {have or 'none'}{cond}"
-    return out + (f"; ordered but ruled out for this drug: {ruled_out}" if ruled_out else "")
+    return out + (f"; ordered but ruled out for this drug: {out_of_role}" if out_of_role else "")
 
 
 def _why_titration(r: RecognisedOrder, kb: KnowledgeBase, pos: DosePosition) -> str:

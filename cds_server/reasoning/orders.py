@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cds_server.knowledge.model import KnowledgeBase, PremedAgent
+from cds_server.knowledge.model import KnowledgeBase, NotCovering, PremedAgent
 from cds_server.model import Finding, MedicineKind, RecognisedOrder, Situation
 from cds_server.reasoning.dosing import IN_FORCE
 
@@ -30,16 +30,21 @@ def ordered_agents(situation: Situation) -> frozenset[str]:
     return frozenset(a for o, a in situation.agents if o.is_draft or o.status in IN_FORCE)
 
 
-def covering_agents(entry: PremedAgent, ordered: frozenset[str], kb: KnowledgeBase) -> list[str]:
-    """The ordered agents that fill ``entry``'s role: any agent of that role (famotidine covers
-    "H2 antagonist"), except those the entry rules out (``not_covered_by``)."""
+def role_covered(entry: PremedAgent, ordered: frozenset[str], kb: KnowledgeBase) -> bool:
+    """Does an ordered agent fill ``entry``'s role? Any agent of that role does (famotidine
+    covers "H2 antagonist"), except those the entry rules out (``not_covered_by``)."""
     excluded = {x.agent for x in entry.not_covered_by}
-    return sorted(a for a in ordered if entry.role in kb.agents[a].roles and a not in excluded)
+    return any(entry.role in kb.agents[a].roles and a not in excluded for a in ordered)
+
+
+def ruled_out(entry: PremedAgent, ordered: frozenset[str]) -> tuple[NotCovering, ...]:
+    """The ordered agents ``entry`` rules out of its role, with the knowledge's reasons."""
+    return tuple(x for x in entry.not_covered_by if x.agent in ordered)
 
 
 def agent_ordered(situation: Situation, agent_id: str) -> bool:
     """Is this agent in the draft orders or among the orders in force?"""
-    return any(a == agent_id and (o.is_draft or o.status in IN_FORCE) for o, a in situation.agents)
+    return agent_id in ordered_agents(situation)
 
 
 def history_order_read(kind: MedicineKind | None, status: object) -> bool:

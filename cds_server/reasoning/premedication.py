@@ -33,7 +33,7 @@ from cds_server.model import (
     Situation,
 )
 from cds_server.reasoning.dosing import DosePosition, applies, fmt_number, position
-from cds_server.reasoning.orders import covering_agents, each_order, ordered_agents
+from cds_server.reasoning.orders import each_order, ordered_agents, role_covered, ruled_out
 
 TOPIC = "premedication"
 
@@ -134,7 +134,7 @@ def _for_order(
     pos = position(situation, recognised, kb)
     required, conditional, undecided = required_roles(drug.premedication, pos)
     missing = {
-        role: pair for role, pair in required.items() if not covering_agents(pair[0], ordered, kb)
+        role: pair for role, pair in required.items() if not role_covered(pair[0], ordered, kb)
     }
     if not missing:
         return None
@@ -142,16 +142,13 @@ def _for_order(
         f"- **Missing:** {describe_agent(agent, kb)}" + ("" if agent.required else " (optional)")
         for agent, _ in missing.values()
     ]
-    ruled_out = [
-        (role, x)
-        for role, (agent, _) in missing.items()
-        for x in agent.not_covered_by
-        if x.agent in ordered
+    not_counted = [
+        (role, x) for role, (agent, _) in missing.items() for x in ruled_out(agent, ordered)
     ]
     points.extend(
         f"- **Does not count:** {kb.agents[x.agent].name} is ordered, but not as the "
         f"{ROLE_NAMES[role]} for {drug.name}: {x.reason}{_flag(x.provenance)}"
-        for role, x in ruled_out
+        for role, x in not_counted
     )
     already = sorted(ROLE_NAMES[r] for r in required if r not in missing)
     if already:
@@ -168,7 +165,7 @@ def _for_order(
     for agent, regimen in missing.values():
         citations.extend(regimen.provenance.citations())
         citations.extend(agent.provenance.citations())
-    for _, x in ruled_out:
+    for _, x in not_counted:
         citations.extend(x.provenance.citations())
     actions = tuple(
         ProposedMedication(
