@@ -66,6 +66,10 @@ class MedicationOrder:
     authored_on: datetime | None = None
     is_draft: bool = False
     selected: bool = True
+    # "administration" for a MedicationAdministration read as a dose given (its effective time
+    # in ``authored_on``); ``fulfils`` is then the MedicationRequest reference it carried out.
+    source: Literal["request", "administration"] = "request"
+    fulfils: str | None = None
     resource: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
@@ -121,6 +125,10 @@ class PatientRecord:
     # History orders left unread: those no rule reads (``record.build_record``).
     history_unread: int = 0
     allergies: tuple[Allergy, ...] = ()
+    # MedicationAdministrations (optional prefetch key): False when the EHR gave none and none
+    # could be fetched; rules then rely on MedicationRequest history alone.
+    administrations: tuple[MedicationOrder, ...] = ()
+    administrations_known: bool = False
     history_known: bool = True
     allergies_known: bool = True
     weight_known: bool = True
@@ -178,6 +186,8 @@ class Situation:
     allergies: tuple[RecognisedAllergy, ...]
     now: datetime
     agents: tuple[tuple[MedicationOrder, str], ...] = ()
+    # Recognised MedicationAdministrations (doses given), when the EHR provides them.
+    administrations: tuple[RecognisedOrder, ...] = ()
 
 
 @dataclass(frozen=True)
