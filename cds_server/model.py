@@ -64,6 +64,9 @@ class MedicationOrder:
     route: str | None = None
     dosage_text: str | None = None
     authored_on: datetime | None = None
+    # When the dose is to be given, if the order says (``dosageInstruction.timing.event`` or
+    # ``timing.repeat.boundsPeriod.start``); else the order's date is taken.
+    planned: datetime | None = None
     is_draft: bool = False
     selected: bool = True
     # "administration" for a MedicationAdministration read as a dose given (its effective time
@@ -188,6 +191,9 @@ class Situation:
     agents: tuple[tuple[MedicationOrder, str], ...] = ()
     # Recognised MedicationAdministrations (doses given), when the EHR provides them.
     administrations: tuple[RecognisedOrder, ...] = ()
+    # Per-call memo of values derived from this situation (treatment courses), filled lazily
+    # by the rules that need them; never compared, never shown.
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -415,9 +415,13 @@ def parse_medication_request(
                 rate = _quantity(dr.get("rateQuantity"))
             if rate is None and dr.get("rateRatio"):
                 rate = _ratio_rate(dr["rateRatio"])
-        events = (dosage.get("timing") or {}).get("event")
+        timing = dosage.get("timing") or {}
+        events = timing.get("event")
         if when is None and events:
             when = _datetime(events[0])
+        bounds = (timing.get("repeat") or {}).get("boundsPeriod") or {}
+        if when is None and isinstance(bounds, Mapping):
+            when = _datetime(bounds.get("start"))
     authored = _datetime(mr.get("authoredOn")) or when
     volume = _infusion_volume(mr, (*texts, dosage_text or ""))
     rid = mr.get("id")
@@ -434,6 +438,7 @@ def parse_medication_request(
         route=route,
         dosage_text=dosage_text,
         authored_on=authored,
+        planned=when,
         is_draft=is_draft,
         selected=selected,
         resource=dict(resource),

@@ -21,7 +21,9 @@ from cds_server.knowledge.model import (
     Applicability,
     CardPolicy,
     CodeEntry,
+    CourseAlert,
     CrossReactivity,
+    DayRange,
     DesensitizationProtocol,
     DoseRange,
     DoseStep,
@@ -39,6 +41,7 @@ from cds_server.knowledge.model import (
     Provenance,
     RateSchedule,
     ReactionGuidance,
+    RestartRule,
     Source,
     StepUpSchedule,
     TocilizumabReadiness,
@@ -115,12 +118,21 @@ def _qty(data: Mapping[str, Any] | None) -> Quantity | None:
     return Quantity(value=float(data["value"]), unit=data["unit"]) if data else None
 
 
+def _days(data: Mapping[str, Any] | None) -> DayRange | None:
+    return DayRange(**data) if data else None
+
+
 def _applies(data: Mapping[str, Any]) -> Applicability:
+    cycles = data.get("cycle_start")
     return Applicability(
         infusions=data.get("infusions", "all"),
         infusion_numbers=tuple(data.get("infusion_numbers", ())),
         steps=tuple(data.get("steps", ())),
         condition=data.get("condition"),
+        exposures_at_least=(data.get("exposures") or {}).get("at_least"),
+        gap_days=_days(data.get("gap_days")),
+        cycle_start=tuple(cycles) if isinstance(cycles, list) else cycles,
+        restart=data.get("restart"),
     )
 
 
@@ -259,6 +271,28 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
         )
         for i, r in enumerate(d.get("reactions", ()))
     )
+    restart = tuple(
+        RestartRule(
+            id=r["id"],
+            after_steps=tuple(r["after_steps"]),
+            gap_days=DayRange(**r["gap_days"]),
+            restart_at=r.get("restart_at"),
+            text=r["text"],
+            provenance=ctx.provenance(r, f"restart.{i}"),
+        )
+        for i, r in enumerate(d.get("restart", ()))
+    )
+    alerts = tuple(
+        CourseAlert(
+            id=a["id"],
+            applies=_applies(a["applies"]),
+            indicator=a["indicator"],
+            headline=a["headline"],
+            text=a["text"],
+            provenance=ctx.provenance(a, f"course_alerts.{i}"),
+        )
+        for i, a in enumerate(d.get("course_alerts", ()))
+    )
     step_ids = [st.id for s in step_up for st in s.steps]
     dupes = {s for s in step_ids if step_ids.count(s) > 1}
     for dup in sorted(dupes):
@@ -269,11 +303,31 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
         ("monitoring", monitoring),
         ("prerequisites", prereqs),
         ("tocilizumab", toci),
+        ("course_alerts", alerts),
     ):
         for i, item in enumerate(items):
             for step in item.applies.steps:
                 if step not in step_ids:
                     ctx.problem(f"{section}.{i}.applies.steps", f"unknown step id '{step}'")
+            if item.applies.restart and not restart:
+                ctx.problem(f"{section}.{i}.applies.restart", "the drug has no restart rows")
+            if item.applies.cycle_start and d.get("new_cycle_after_days") is None:
+                ctx.problem(
+                    f"{section}.{i}.applies.cycle_start",
+                    "cycle starts need new_cycle_after_days (how a new cycle is told from the "
+                    "dates when the order does not say)",
+                )
+    for i, row in enumerate(restart):
+        for step in (*row.after_steps, *((row.restart_at,) if row.restart_at else ())):
+            if step not in step_ids:
+                ctx.problem(f"restart.{i}", f"unknown step id '{step}'")
+    for step in {s for r in restart for s in r.after_steps}:
+        rows = [r for r in restart if step in r.after_steps]
+        for a, b in ((a, b) for i, a in enumerate(rows) for b in rows[i + 1 :]):
+            lo = max(_low(a.gap_days), _low(b.gap_days))
+            hi = min(_high(a.gap_days), _high(b.gap_days))
+            if lo <= hi:
+                ctx.problem("restart", f"rows '{a.id}' and '{b.id}' overlap after '{step}'")
     return Drug(
         id=d["id"],
         name=d["name"],
@@ -294,7 +348,20 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
         crs_risk=d["crs_risk"],
         notes=tuple(d.get("notes", ())),
         source_file=ctx.name,
+        restart=restart,
+        course_alerts=alerts,
+        new_cycle_after_days=d.get("new_cycle_after_days"),
     )
+
+
+def _low(days: DayRange) -> int:
+    return days.more_than + 1 if days.more_than is not None else (days.at_least or 0)
+
+
+def _high(days: DayRange) -> int:
+    if days.less_than is not None:
+        return days.less_than - 1
+    return days.at_most if days.at_most is not None else 10**6
 
 
 def _build_class(ctx: _FileContext, d: Mapping[str, Any]) -> DrugClass:

@@ -62,19 +62,59 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class DayRange:
+    """A range of whole days (``more_than``/``at_least`` below, ``at_most``/``less_than`` above)."""
+
+    more_than: int | None = None
+    at_least: int | None = None
+    at_most: int | None = None
+    less_than: int | None = None
+
+    def contains(self, days: int) -> bool:
+        return (
+            (self.more_than is None or days > self.more_than)
+            and (self.at_least is None or days >= self.at_least)
+            and (self.at_most is None or days <= self.at_most)
+            and (self.less_than is None or days < self.less_than)
+        )
+
+    def describe(self) -> str:
+        """ "more than 56 days", "8 to 28 days", "7 days or more"."""
+        low = self.more_than + 1 if self.more_than is not None else self.at_least
+        high = self.less_than - 1 if self.less_than is not None else self.at_most
+        if low is not None and high is not None:
+            return f"{low} to {high} days"
+        if self.more_than is not None:
+            return f"more than {self.more_than} days"
+        if low is not None:
+            return f"{low} days or more"
+        if self.less_than is not None:
+            return f"less than {self.less_than} days"
+        return f"{high} days or less" if high is not None else "any time"
+
+
+@dataclass(frozen=True)
 class Applicability:
-    """Which administrations a fact applies to.
+    """Which administrations a fact applies to (every key given must hold).
 
     ``infusions``: ``first`` (no earlier administration), ``subsequent``, or ``all``.
     ``infusion_numbers``: explicit 1-based administration numbers. ``steps``: step-up
-    step ids. ``condition``: a clinical condition the service cannot check; facts with a
-    condition are shown as "consider" notes and never turned into suggestions.
+    step ids. ``exposures_at_least``: this dose is at least the N-th exposure to the drug.
+    ``gap_days``: days since the last dose given. ``cycle_start``: this dose starts a
+    treatment cycle (``"every"`` or the cycle numbers). ``restart``: this dose restarts the
+    course after a delay (a ``restart`` row of the drug applies). ``condition``: a clinical
+    condition the service cannot check; facts with a condition are shown as "consider" notes
+    and never turned into suggestions.
     """
 
     infusions: Literal["first", "subsequent", "all"] = "all"
     infusion_numbers: tuple[int, ...] = ()
     steps: tuple[str, ...] = ()
     condition: str | None = None
+    exposures_at_least: int | None = None
+    gap_days: DayRange | None = None
+    cycle_start: tuple[int, ...] | Literal["every"] | None = None
+    restart: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +201,36 @@ class StepUpSchedule:
     id: str
     label: str
     steps: tuple[DoseStep, ...]
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class RestartRule:
+    """One row of a label's restart-after-delay table.
+
+    The last dose given was one of ``after_steps`` (matched by dose level) and the time since
+    it is in ``gap_days``: continue the schedule (``restart_at`` is None), or give step
+    ``restart_at`` next (a repeat of that step or a return to step-up dose 1), with
+    pretreatment and that step's monitoring again.
+    """
+
+    id: str
+    after_steps: tuple[str, ...]
+    gap_days: DayRange
+    restart_at: str | None
+    text: str
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class CourseAlert:
+    """A fact shown when the course reaches a point (e.g. the 7th exposure, a cycle start)."""
+
+    id: str
+    applies: Applicability
+    indicator: Literal["info", "warning"]
+    headline: str
+    text: str
     provenance: Provenance
 
 
@@ -287,6 +357,11 @@ class Drug:
     crs_risk: bool
     notes: tuple[str, ...]
     source_file: str
+    restart: tuple[RestartRule, ...] = ()
+    course_alerts: tuple[CourseAlert, ...] = ()
+    # Days without a dose after which the next dose starts a new cycle (blinatumomab: an
+    # interruption of more than 7 days); None when the label gives no such rule.
+    new_cycle_after_days: int | None = None
 
 
 @dataclass(frozen=True)

@@ -74,11 +74,57 @@ class DoseRangeSchema(_Strict):
             raise ValidationError("min is greater than max")
 
 
+DAYS = validate.Range(min=0)
+
+
+class DayRangeSchema(_Strict):
+    more_than = fields.Integer(strict=True, validate=DAYS)
+    at_least = fields.Integer(strict=True, validate=DAYS)
+    at_most = fields.Integer(strict=True, validate=DAYS)
+    less_than = fields.Integer(strict=True, validate=DAYS)
+
+    @validates_schema
+    def _bounds(self, data: dict[str, Any], **_: Any) -> None:
+        if not data:
+            raise ValidationError("give more_than/at_least and/or at_most/less_than")
+        if "more_than" in data and "at_least" in data:
+            raise ValidationError("give more_than or at_least, not both")
+        if "at_most" in data and "less_than" in data:
+            raise ValidationError("give at_most or less_than, not both")
+        low = data["more_than"] + 1 if "more_than" in data else data.get("at_least")
+        high = data["less_than"] - 1 if "less_than" in data else data.get("at_most")
+        if low is not None and high is not None and low > high:
+            raise ValidationError("the range is empty")
+
+
+class ExposureCountSchema(_Strict):
+    at_least = fields.Integer(strict=True, required=True, validate=validate.Range(min=2))
+
+
+class CycleStartField(fields.Field):
+    """``every`` or a list of cycle numbers (1-based)."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if value == "every":
+            return value
+        if (
+            isinstance(value, list)
+            and value
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+        ):
+            return value
+        raise ValidationError("must be 'every' or a list of cycle numbers (1, 2, ...)")
+
+
 class ApplicabilitySchema(_Strict):
     infusions = fields.String(validate=validate.OneOf(["first", "subsequent", "all"]))
     infusion_numbers = fields.List(fields.Integer(validate=validate.Range(min=1)))
     steps = fields.List(fields.String(validate=ID))
     condition = fields.String(validate=NON_EMPTY)
+    exposures = fields.Nested(ExposureCountSchema)
+    gap_days = fields.Nested(DayRangeSchema)
+    cycle_start = CycleStartField()
+    restart = fields.Boolean(truthy={True}, falsy={False})
 
 
 class CodeSchema(ProvenanceFields):
@@ -171,6 +217,22 @@ class StepUpScheduleSchema(ProvenanceFields):
     steps = fields.List(fields.Nested(DoseStepSchema), required=True, validate=NON_EMPTY)
 
 
+class RestartRuleSchema(ProvenanceFields):
+    id = fields.String(required=True, validate=ID)
+    after_steps = fields.List(fields.String(validate=ID), required=True, validate=NON_EMPTY)
+    gap_days = fields.Nested(DayRangeSchema, required=True)
+    restart_at = fields.String(validate=ID)
+    text = fields.String(required=True, validate=NON_EMPTY)
+
+
+class CourseAlertSchema(ProvenanceFields):
+    id = fields.String(required=True, validate=ID)
+    applies = fields.Nested(ApplicabilitySchema, required=True)
+    indicator = fields.String(required=True, validate=validate.OneOf(["info", "warning"]))
+    headline = fields.String(required=True, validate=NON_EMPTY)
+    text = fields.String(required=True, validate=NON_EMPTY)
+
+
 class MonitoringSchema(ProvenanceFields):
     id = fields.String(required=True, validate=ID)
     kind = fields.String(
@@ -256,6 +318,9 @@ class DrugFileSchema(_FileHeader):
     prerequisites = fields.List(fields.Nested(PrerequisiteSchema))
     tocilizumab = fields.List(fields.Nested(TocilizumabReadinessSchema))
     reactions = fields.List(fields.Nested(ReactionSchema))
+    restart = fields.List(fields.Nested(RestartRuleSchema))
+    course_alerts = fields.List(fields.Nested(CourseAlertSchema))
+    new_cycle_after_days = fields.Integer(strict=True, validate=validate.Range(min=1))
 
 
 class ClassFileSchema(_FileHeader):

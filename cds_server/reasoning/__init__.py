@@ -15,9 +15,19 @@ from cds_server.reasoning import (
     reactions,
     summary,
     titration,
+    treatment_course,
 )
 
-RULES = (reactions, premedication, titration, monitoring, pretreatment, crs, summary)
+RULES = (
+    reactions,
+    treatment_course,
+    premedication,
+    titration,
+    monitoring,
+    pretreatment,
+    crs,
+    summary,
+)
 
 
 def run(situation: Situation, kb: KnowledgeBase) -> list[Finding]:

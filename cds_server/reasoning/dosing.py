@@ -11,16 +11,19 @@ from dataclasses import dataclass
 
 from cds_server.knowledge.model import Applicability, DoseStep, Drug, KnowledgeBase
 from cds_server.model import (
-    MICROGRAM_UNITS,
-    MICROGRAMS_PER_MG,
     MedicationOrder,
     Quantity,
     RecognisedOrder,
     Situation,
 )
+from cds_server.reasoning.course import (
+    ADMINISTERED,
+    ADMINISTRATION_GIVEN,
+    TreatmentCourse,
+    course_of,
+    dose_mg,
+)
 
-# MedicationRequest statuses that mean the dose was (at least partly) given.
-ADMINISTERED = frozenset({"completed", "stopped"})
 # Statuses that mean an order is in force (covers premedication, planned doses).
 IN_FORCE = frozenset({"active", "on-hold"})
 
@@ -41,6 +44,12 @@ class DosePosition:
     dose_mg: float | None
     unknowns: tuple[str, ...] = ()
     min_number: int = 1
+    course: TreatmentCourse | None = None
+
+    @property
+    def restarted(self) -> bool:
+        """This dose restarts the step-up schedule after a delay (a restart row applies)."""
+        return bool(self.course and self.course.restart and self.course.restart.restart_at)
 
 
 @dataclass(frozen=True)
@@ -54,39 +63,39 @@ class Applies:
 def prior_administrations(
     situation: Situation, drug_id: str, order: MedicationOrder | None = None
 ) -> tuple[MedicationOrder, ...]:
-    """Earlier administrations of a drug (history entries completed or stopped), oldest first."""
+    """Earlier administrations of a drug, oldest first: MedicationAdministrations given, and
+    history orders completed or stopped that no administration we hold carried out."""
     own = order.ref if order is not None else None
-    found = [
+    given = [
         r.order
-        for r in situation.history
-        if r.drug_id == drug_id
-        and r.order.status in ADMINISTERED
-        and (own is None or r.order.ref != own)
+        for r in situation.administrations
+        if r.drug_id == drug_id and r.order.status in ADMINISTRATION_GIVEN
+    ]
+    fulfilled = {a.fulfils for a in given if a.fulfils}
+    found = [
+        o
+        for o in (
+            *given,
+            *(
+                r.order
+                for r in situation.history
+                if r.drug_id == drug_id
+                and r.order.status in ADMINISTERED
+                and r.order.ref not in fulfilled
+            ),
+        )
+        if (own is None or o.ref != own)
         and (
             order is None
             or order.authored_on is None
-            or r.order.authored_on is None
-            or r.order.authored_on <= order.authored_on
+            or o.authored_on is None
+            or o.authored_on <= order.authored_on
         )
     ]
     return tuple(sorted(found, key=lambda o: (o.authored_on is None, o.authored_on)))
 
 
-def dose_in_mg(dose: Quantity | None, weight_kg: float | None) -> float | None:
-    """An ordered dose in mg (mg as is; mg/kg with the weight), else None.
-
-    Parsing already converts g to mg, so no other mass unit reaches the rules.
-    """
-    if dose is None:
-        return None
-    unit = dose.unit.lower()
-    if unit == "mg":
-        return dose.value
-    if unit in MICROGRAM_UNITS:
-        return dose.value / MICROGRAMS_PER_MG
-    if unit == "mg/kg" and weight_kg is not None:
-        return dose.value * weight_kg
-    return None
+dose_in_mg = dose_mg
 
 
 def _matches(
@@ -115,10 +124,21 @@ def position(situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBas
         unknowns.append("the complete medication history (exact dose number)")
     ordered_unit = order.dose.unit.lower() if order.dose else None
     dose_mg = dose_in_mg(order.dose, weight)
-    steps = _steps(drug, order, dose_mg, prior, weight, number, kb, unknowns)
+    course = course_of(situation, recognised, kb) if drug.step_up or _course_facts(drug) else None
+    restarted = bool(course and course.restart and course.restart.restart_at)
+    # After a restart the step-up doses are given again: earlier doses no longer make a dose
+    # "not the first at its level", so each step's premedication and monitoring apply again.
+    steps = _steps(drug, order, dose_mg, () if restarted else prior, weight, number, kb, unknowns)
     if ordered_unit == "mg/kg" and weight is None:
         unknowns.append("the patient's weight (the dose is ordered in mg/kg)")
-    return DosePosition(number, steps, prior, dose_mg, tuple(unknowns), len(prior) + 1)
+    return DosePosition(
+        number, steps, prior, dose_mg, tuple(unknowns), len(prior) + 1, course=course
+    )
+
+
+def _course_facts(drug: Drug) -> bool:
+    """Does any fact of the drug depend on the course (exposures, gap, cycle, restart)?"""
+    return bool(drug.restart or drug.course_alerts or drug.new_cycle_after_days)
 
 
 def _steps(
@@ -184,6 +204,30 @@ def applies(app: Applicability, pos: DosePosition) -> Applies:
         checks.append(pos.number == 1 if pos.number else (False if pos.min_number > 1 else None))
     elif app.infusions == "subsequent":
         checks.append(pos.number > 1 if pos.number else (True if pos.min_number > 1 else None))
+    if app.exposures_at_least is not None:
+        checks.append(
+            pos.number >= app.exposures_at_least
+            if pos.number
+            else (True if pos.min_number >= app.exposures_at_least else None)
+        )
+    course = pos.course
+    if app.gap_days is not None:
+        if course is None or (course.gap_days is None and course.given):
+            checks.append(None)
+        else:
+            checks.append(course.gap_days is not None and app.gap_days.contains(course.gap_days))
+    if app.cycle_start is not None:
+        start = course.cycle_start if course else None
+        if start is None:
+            checks.append(None)
+        elif not start or app.cycle_start == "every":
+            checks.append(start)
+        else:
+            checks.append(
+                None if course is None or course.cycle is None else course.cycle in app.cycle_start
+            )
+    if app.restart is not None:
+        checks.append(None if course is None else pos.restarted == app.restart)
     value: bool | None = True
     if False in checks:
         value = False
