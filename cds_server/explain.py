@@ -17,6 +17,7 @@ from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import RecognisedOrder, Situation
 from cds_server.reasoning import RULES, crs, monitoring, premedication, pretreatment, reactions
+from cds_server.reasoning.course import TreatmentCourse
 from cds_server.reasoning.dosing import DosePosition, applies, fmt_qty, position, step_labels
 from cds_server.reasoning.orders import (
     agent_ordered,
@@ -118,6 +119,47 @@ def _why_reactions(s: Situation, r: RecognisedOrder, kb: KnowledgeBase) -> str:
     )
 
 
+def _why_course(r: RecognisedOrder, kb: KnowledgeBase, pos: DosePosition) -> str:
+    drug = kb.drug(r.drug_id)
+    if not (drug.restart or drug.step_up or drug.course_alerts):
+        return "no restart table, step-up schedule or course alert for this drug"
+    return course_text(pos.course) if pos.course else "course not reconstructed"
+
+
+def course_text(course: TreatmentCourse) -> str:
+    """The reconstructed course in one line: exposures, last dose and gap, steps, cycle, row."""
+    bits = [
+        "exposures " + ("UNKNOWN" if course.exposures is None else str(course.exposures)),
+    ]
+    by_source = {
+        src: sum(1 for d in course.given if d.evidence == src)
+        for src in ("administration", "order")
+    }
+    bits.append(
+        f"evidence {by_source['administration']} administration(s) + {by_source['order']} order(s)"
+    )
+    if course.last and course.last.when:
+        bits.append(
+            f"last dose {course.last.when.date().isoformat()} ({course.last.evidence}), "
+            f"gap {course.gap_days} d"
+        )
+    elif course.given:
+        bits.append("gap UNKNOWN (undated or contradictory dates)")
+    if course.steps_given:
+        bits.append(f"steps given {', '.join(sorted(course.steps_given))}")
+    if course.last_steps:
+        bits.append(f"last step {', '.join(sorted(course.last_steps))}")
+    if course.cycle is not None:
+        day = f" day {course.day}" if course.day is not None else ""
+        bits.append(f"cycle {course.cycle}{day} (from {course.cycle_source})")
+    if course.restart:
+        action = (
+            f"restart at {course.restart.restart_at}" if course.restart.restart_at else "continue"
+        )
+        bits.append(f"restart row {course.restart.id}: {action}")
+    return "; ".join(bits)
+
+
 def explain_evaluation(ev: pipeline.Evaluation, kb: KnowledgeBase) -> str:
     """A plain-text report of one evaluated hook call."""
     s, rec = ev.situation, ev.record
@@ -167,6 +209,7 @@ def explain_evaluation(ev: pipeline.Evaluation, kb: KnowledgeBase) -> str:
         "pretreatment": lambda r, p: _why_pretreatment(s, r, kb, p),
         "crs-readiness": lambda r, p: _why_crs(s, r, kb, p),
         "prior-reaction": lambda r, p: _why_reactions(s, r, kb),
+        "treatment-course": lambda r, p: _why_course(r, kb, p),
     }
     for rule in RULES:
         topic = rule.TOPIC

@@ -43,8 +43,18 @@ def apply_precedence(findings: list[Finding]) -> list[Finding]:
 
     Advising a standard titration rate for a drug the same response says must not be given
     by standard infusion would contradict it; the desensitization schedule replaces it.
+    A reaction on record also silences informational course alerts for that drug ("the risk
+    of a reaction rises from the 7th exposure"): the reaction card says more.
     """
     no_standard = {
         f.drug_id for f in findings if f.topic == reactions.TOPIC and f.indicator == "critical"
     }
-    return [f for f in findings if not (f.topic == titration.TOPIC and f.drug_id in no_standard)]
+    reacted = {f.drug_id for f in findings if f.topic == reactions.TOPIC}
+    return [
+        f
+        for f in findings
+        if not (f.topic == titration.TOPIC and f.drug_id in no_standard)
+        and not (
+            f.topic == treatment_course.TOPIC and f.indicator == "info" and f.drug_id in reacted
+        )
+    ]

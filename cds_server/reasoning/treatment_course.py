@@ -54,12 +54,12 @@ def _last_dose_line(course: TreatmentCourse, drug: Drug) -> str:
     last = course.last
     if last is None or last.when is None:
         return "- No earlier dose on record."
-    steps = step_labels(drug, course.last_steps or ())
-    what = f" ({' or '.join(steps)})" if steps else ""
+    names = [st.label for s in drug.step_up for st in s.steps if st.id in (course.last_steps or ())]
+    what = f", {' or '.join(dict.fromkeys(names))} level" if names else ""
     dose = f"{fmt_qty(last.dose)}{what}" if last.dose else "dose not stated"
     source = "administration record" if last.evidence == "administration" else "completed order"
     return (
-        f"- Last dose: {dose} on {last.when.date().isoformat()} ({source}), "
+        f"- Last dose: {dose}, on {last.when.date().isoformat()} ({source}): "
         f"**{course.gap_days} days** before this dose."
     )
 
@@ -104,8 +104,9 @@ def _restart(
         return None  # the order restarts at (or below) the step the label asks for
     label = step_labels(drug, (row.restart_at,))[0]
     points = [
+        f"- **Restart at {label}.**",
         _last_dose_line(course, drug),
-        f"- Label restart rule ({row.gap_days.describe()} after this step): {row.text}",
+        f"- Label restart table: {row.text}",
     ]
     unknowns = list(course.unknowns)
     if ordered_mg is None or target_mg is None:
@@ -126,7 +127,8 @@ def _restart(
         drug_id=drug.id,
         drug_name=drug.display,
         indicator=indicator,
-        headline=f"{course.gap_days} days since the last dose: restart at {label}",
+        headline=f"{course.gap_days} days since the last dose: restart at "
+        + (fmt_qty(target.dose) if target else label),
         points=tuple(p for p in points if p),
         citations=row.provenance.citations(),
         unknowns=tuple(unknowns),
