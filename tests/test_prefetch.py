@@ -19,7 +19,7 @@ from cds_server.errors import PrefetchUnavailable
 from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase
 from tests.conformance import check_response
-from tests.conftest import FHIR, TOKEN, load_fixture, load_request
+from tests.conftest import FHIR, TOKEN, every_key, load_fixture, load_request
 from tests.fakefhir import FakeFhir
 
 SIGN = "/cds-services/infusion-safety"
@@ -29,16 +29,6 @@ PATIENT1 = "patients/lymphoma-first-rituximab.json"
 def _received(record: Any) -> int:
     """History orders received: read, and left unread (medicines no rule is about)."""
     return len(record.medication_history) + record.history_unread
-
-
-# What an EHR following our templates sends for a patient with no MedicationAdministration.
-NO_ADMINISTRATIONS = {"resourceType": "Bundle", "type": "searchset", "total": 0}
-
-
-def every_key(body: dict[str, Any]) -> dict[str, Any]:
-    """A fixture request that lacks only the optional ``administrations`` key, with it."""
-    body["prefetch"].setdefault("administrations", NO_ADMINISTRATIONS)
-    return body
 
 
 def sign_request(drop: tuple[str, ...] = (), **prefetch: Any) -> dict[str, Any]:

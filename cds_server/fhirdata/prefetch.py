@@ -160,7 +160,8 @@ def _medication_refs(
     base = (fhir_server or "").rstrip("/") + "/"
     wanted: list[str] = []
     for res in resources:
-        if res.get("resourceType") not in _REFERRERS:
+        rtype = res.get("resourceType")
+        if not isinstance(rtype, str) or rtype not in _REFERRERS:
             continue
         ref_obj = res.get("medicationReference")
         ref = ref_obj.get("reference") if isinstance(ref_obj, Mapping) else None
