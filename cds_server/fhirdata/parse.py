@@ -619,7 +619,8 @@ def parse_medication_administration(
         texts=texts,
         dose=_quantity(dosage.get("dose")),
         rate=rate,
-        volume=_infusion_volume(ma, (*texts, dosage_text or "")),
+        # The charted dosage first: a product's name may hold its vial size ("500 mg/50 mL").
+        volume=_infusion_volume(ma, (dosage_text or "", *texts)),
         route=_route(dosage.get("route")),
         dosage_text=dosage_text,
         authored_on=_datetime(ma.get("effectiveDateTime")) or _datetime(period.get("start")),
