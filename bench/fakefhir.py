@@ -66,11 +66,16 @@ class Store:
         return 200, search(self.resources, rtype, query)
 
 
+# The types whose ``medicationReference`` a ``Type:medication`` include follows.
+_MEDICATION_USERS = frozenset({"MedicationRequest", "MedicationAdministration"})
+
+
 def search(
     resources: list[dict[str, Any]], rtype: str, query: dict[str, list[str]]
 ) -> dict[str, Any]:
     """The searchset Bundle for ``rtype?query`` over ``resources`` (the parameters the service
-    sends: ``code`` token, ``_sort=-date``, ``_count``, ``_include=MedicationRequest:medication``).
+    sends: ``code`` token, ``_sort=-date``, ``_count``, ``_include=MedicationRequest:medication``
+    and ``_include=MedicationAdministration:medication``).
 
     Shared with the test suite's ``responses``-based fake (``tests/fakefhir.py``).
     """
@@ -87,7 +92,7 @@ def search(
     if "_count" in query:
         matches = matches[: int(query["_count"][0])]
     entries = [{"resource": r, "search": {"mode": "match"}} for r in matches]
-    if query.get("_include") == ["MedicationRequest:medication"]:
+    if query.get("_include") == [f"{rtype}:medication"] and rtype in _MEDICATION_USERS:
         wanted = {
             r.get("medicationReference", {}).get("reference", "").split("/")[-1] for r in matches
         }

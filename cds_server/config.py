@@ -38,7 +38,8 @@ DEFAULTS: dict[str, Any] = {
     "FHIR_READ_TIMEOUT": 2.0,
     # Wall-clock budget, in seconds, for all FHIR calls of one hook call.
     "FHIR_DEADLINE": 4.0,
-    "FHIR_MAX_WORKERS": 4,
+    # One per prefetch key: a call missing all of them fetches them in one round trip.
+    "FHIR_MAX_WORKERS": 5,
     "FHIR_MAX_PAGES": 10,
     "FHIR_MAX_BYTES": 10 * MiB,
     "FHIR_MAX_MEDICATION_READS": 20,

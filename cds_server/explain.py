@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cds_server import pipeline, services
 from cds_server.fhirdata.client import FhirSettings
+from cds_server.fhirdata.parse import NOT_GIVEN
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import RecognisedOrder, Situation
 from cds_server.reasoning import RULES, crs, monitoring, premedication, pretreatment, reactions
@@ -160,6 +162,50 @@ def course_text(course: TreatmentCourse) -> str:
     return "; ".join(bits)
 
 
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{key} {n}" for key, n in sorted(counter.items()))
+
+
+def _administration_lines(ev: pipeline.Evaluation) -> list[str]:
+    """What was read of the MedicationAdministrations (doses given), and what was recognised."""
+    s, rec = ev.situation, ev.record
+    data = ev.resolved.data.get(services.ADMINISTRATIONS)
+    if data is None or data.source == "unavailable":
+        return [
+            "Administrations: UNKNOWN (neither prefetched nor fetched); prior doses from orders"
+        ]
+    statuses = Counter(
+        str(r.get("status"))
+        for r in data.resources
+        if r.get("resourceType") == "MedicationAdministration"
+    )
+    received = sum(statuses.values())
+    not_given = sum(n for status, n in statuses.items() if status in NOT_GIVEN)
+    read = len(rec.administrations)
+    skipped = received - not_given - rec.administrations_unread - read
+    notes = [
+        f"+{rec.administrations_unread} no rule reads, not read"
+        if rec.administrations_unread
+        else "",
+        f"{not_given} not-done/entered-in-error, count for nothing" if not_given else "",
+        f"{skipped} invalid, skipped" if skipped else "",
+        "" if rec.administrations_known else "INCOMPLETE",
+    ]
+    line = (
+        f"Administrations ({data.source}): {received} received"
+        + (f" ({_counts(statuses)})" if received else "")
+        + f"; {read} read"
+        + "".join(f"; {n}" for n in notes if n)
+    )
+    by_drug: dict[str, Counter[str]] = {}
+    for r in s.administrations:
+        by_drug.setdefault(r.drug_id, Counter())[str(r.order.status)] += 1
+    drugs = ", ".join(
+        f"{drug} {sum(c.values())} ({_counts(c)})" for drug, c in sorted(by_drug.items())
+    )
+    return [line, f"Recognised administrations: {drugs or 'none'}"]
+
+
 def explain_evaluation(ev: pipeline.Evaluation, kb: KnowledgeBase) -> str:
     """A plain-text report of one evaluated hook call."""
     s, rec = ev.situation, ev.record
@@ -193,6 +239,7 @@ def explain_evaluation(ev: pipeline.Evaluation, kb: KnowledgeBase) -> str:
     lines.append(
         f"Recognised history: {', '.join(sorted({r.drug_id for r in s.history})) or 'none'}"
     )
+    lines.extend(_administration_lines(ev))
     lines.append(
         "Recognised allergies: "
         + (

@@ -73,6 +73,9 @@ class MedicationOrder:
     # in ``authored_on``); ``fulfils`` is then the MedicationRequest reference it carried out.
     source: Literal["request", "administration"] = "request"
     fulfils: str | None = None
+    # An administration's ``statusReason`` (why not given, why stopped: e.g. a reaction).
+    status_reason_codings: tuple[Coding, ...] = ()
+    status_reason_texts: tuple[str, ...] = ()
     resource: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
@@ -132,6 +135,9 @@ class PatientRecord:
     # could be fetched; rules then rely on MedicationRequest history alone.
     administrations: tuple[MedicationOrder, ...] = ()
     administrations_known: bool = False
+    # Administrations left unread: those for medicines that are neither a knowledge-base drug
+    # nor a premedication/rescue agent (``record.with_administrations``).
+    administrations_unread: int = 0
     history_known: bool = True
     allergies_known: bool = True
     weight_known: bool = True

@@ -101,6 +101,12 @@ def run(
             recogniser.medicine_kind(*terms), status
         ),
     )
+    patient_record = record.with_administrations(
+        patient_record,
+        resolved.data.get(services.ADMINISTRATIONS),
+        resolved.medications,
+        reads=lambda terms: recogniser.medicine_kind(*terms) is not None,
+    )
 
     ordered = recognition.recognise_orders(patient_record.draft_orders, kb)
     taken = recognition.recognise_orders(patient_record.medication_history, kb)
@@ -125,6 +131,8 @@ def run(
             kb,
             drugs=(*ordered, *taken),  # already recognised: not recognised twice
         ),
+        # Doses given: kept apart from ``history`` (the treatment-course rule merges them).
+        administrations=recognition.recognise_orders(patient_record.administrations, kb),
     )
     findings = tuple(reasoning.run(situation, kb))
     ready = prepare(findings)  # merged, gated and sorted once, as the cards show them

@@ -20,6 +20,7 @@ PATIENT = "patient"
 MEDICATIONS = "medications"
 ALLERGIES = "allergies"
 WEIGHT = "weight"
+ADMINISTRATIONS = "administrations"
 
 BODY_WEIGHT = "http://loinc.org|29463-7"
 
@@ -45,13 +46,23 @@ PREFETCH: tuple[PrefetchSpec, ...] = (
         f"Observation?patient={{{{context.patientId}}}}&code={BODY_WEIGHT}&_sort=-date&_count=1",
         required=False,
     ),
+    PrefetchSpec(
+        ADMINISTRATIONS,
+        # Doses given, every status (not-done and entered-in-error are dropped when read).
+        "MedicationAdministration?patient={{context.patientId}}&_count=100",
+        required=False,
+        include="MedicationAdministration:medication",
+        # Most EHRs do not send it: its absence alone is no news for the cards.
+        quiet_when_absent=True,
+    ),
 )
 
 _USAGE = (
     "Send prefetch for the keys 'medications' (all statuses, for prior doses) and 'allergies' "
-    "(required), and 'patient' and 'weight' (optional); or send fhirServer with "
-    "fhirAuthorization granting read access to Patient, MedicationRequest, Medication, "
-    "AllergyIntolerance and Observation for this patient. Without either the service answers "
+    "(required), and 'patient', 'weight' and 'administrations' (optional; doses given); or "
+    "send fhirServer with fhirAuthorization granting read access to Patient, "
+    "MedicationRequest, Medication, AllergyIntolerance, Observation and "
+    "MedicationAdministration for this patient. Without either the service answers "
     "412. Draft orders are read as FHIR R4 MedicationRequests; other order types are ignored. "
     "Knowledge version {version}."
 )

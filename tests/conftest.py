@@ -120,6 +120,17 @@ def load_request(name: str) -> dict[str, Any]:
     return copy.deepcopy(json.loads((REQUESTS / f"{name}.json").read_text()))
 
 
+# What an EHR following our templates sends for a patient with no MedicationAdministration.
+NO_ADMINISTRATIONS = {"resourceType": "Bundle", "type": "searchset", "total": 0}
+
+
+def every_key(body: dict[str, Any]) -> dict[str, Any]:
+    """A fixture request with the optional ``administrations`` key prefetched too (an empty
+    searchset unless it has one): for tests about the other keys, which must fetch nothing else."""
+    body["prefetch"].setdefault("administrations", copy.deepcopy(NO_ADMINISTRATIONS))
+    return body
+
+
 def load_fixture(rel: str) -> Any:
     return json.loads((FIXTURES / rel).read_text())
 

@@ -1,7 +1,8 @@
 """A tiny FHIR server on top of ``responses``, serving the resources of a fixture Bundle.
 
-Supports what the service asks for: ``Type/id`` reads, and ``Type?patient=…`` searches with
-``_include=MedicationRequest:medication``, ``code`` (token), ``_sort=-date`` and ``_count``
+Supports what the service asks for: ``Type/id`` reads, and ``Type?patient=…`` searches
+(MedicationAdministration included) with ``_include=MedicationRequest:medication`` or
+``_include=MedicationAdministration:medication``, ``code`` (token), ``_sort=-date`` and ``_count``
 (the search is the benchmark fake's, ``bench.fakefhir.search``).
 Every request is recorded in ``calls`` (path, query, headers) for assertions.
 """

@@ -80,8 +80,8 @@ def test_smoke_run_has_no_errors(tmp_path: Path) -> None:
     for m in by.values():
         assert m.load.requests > 0 and m.load.error_count == 0
         assert m.cpu_ms_per_request > 0 and m.peak_rss_mb > 0
-    # Missing prefetch: the four keys fetched at once, Medications by _include (no second trip).
-    assert by["no-prefetch"].fhir_requests_per_call == 4
+    # Missing prefetch: the five keys fetched at once, Medications by _include (no second trip).
+    assert by["no-prefetch"].fhir_requests_per_call == 5
     assert len(out["demo_ready_s"]) == 1
     text = run.report(out)
     assert "workload 1 throughput ÷ floor throughput" in text and "ERROR" not in text

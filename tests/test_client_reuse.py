@@ -25,7 +25,7 @@ from flask import Flask
 from cds_server.errors import FhirUnavailable
 from cds_server.fhirdata import client as fhir_client
 from cds_server.fhirdata.client import FhirClient, FhirSettings, FhirTransport
-from tests.conftest import TOKEN, fake_resolve, load_fixture, load_request
+from tests.conftest import TOKEN, every_key, fake_resolve, load_fixture, load_request
 from tests.fakefhir import FakeFhir
 from tests.fhirserver import wait_until
 
@@ -191,7 +191,7 @@ def test_the_apps_hook_calls_share_connections_and_not_tokens(
             load_fixture("patients/lymphoma-first-rituximab.json"),
         ).register(rsps)
         for token in ("tok-first-call", "tok-second-call"):
-            body = load_request("order-sign-rituximab")
+            body = every_key(load_request("order-sign-rituximab"))
             del body["prefetch"]["allergies"]
             body["fhirServer"] = "https://ehr.example.org/fhir"
             body["fhirAuthorization"] = {**fhir_auth, "access_token": token}

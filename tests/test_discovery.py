@@ -27,7 +27,13 @@ def test_discovery_structure(client: FlaskClient, kb: KnowledgeBase) -> None:
             assert isinstance(entry[key], str) and entry[key].strip()
         assert kb.version in entry["usageRequirements"]
         assert " " not in entry["id"]
-        assert set(entry["prefetch"]) == {"patient", "medications", "allergies", "weight"}
+        assert set(entry["prefetch"]) == {
+            "patient",
+            "medications",
+            "allergies",
+            "weight",
+            "administrations",
+        }
 
 
 def test_prefetch_templates(client: FlaskClient) -> None:
@@ -40,6 +46,10 @@ def test_prefetch_templates(client: FlaskClient) -> None:
     assert prefetch["weight"] == (
         "Observation?patient={{context.patientId}}&code=http://loinc.org|29463-7"
         "&_sort=-date&_count=1"
+    )
+    # Doses given, every status (not-done/entered-in-error are dropped when read).
+    assert prefetch["administrations"] == (
+        "MedicationAdministration?patient={{context.patientId}}&_count=100"
     )
 
 
@@ -55,7 +65,13 @@ def test_every_token_is_a_valid_root_level_2_0_token(client: FlaskClient) -> Non
 
 def test_required_and_optional_keys_are_declared() -> None:
     flags = {p.key: p.required for p in services.PREFETCH}
-    assert flags == {"patient": False, "medications": True, "allergies": True, "weight": False}
+    assert flags == {
+        "patient": False,
+        "medications": True,
+        "allergies": True,
+        "weight": False,
+        "administrations": False,
+    }
 
 
 def test_trailing_slash_and_determinism(client: FlaskClient) -> None:

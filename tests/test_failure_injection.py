@@ -28,7 +28,7 @@ from flask import Flask
 
 from tests import fhirserver as fs
 from tests.conformance import check_response
-from tests.conftest import TOKEN, load_fixture, load_request
+from tests.conftest import TOKEN, every_key, load_fixture, load_request
 from tests.fakefhir import Call
 from tests.loghygiene import assert_clean_logs
 
@@ -44,8 +44,14 @@ SETTINGS = {
     "FHIR_READ_TIMEOUT": READ,
     "FHIR_DEADLINE": DEADLINE,
 }
-ALL_KEYS = ("patient", "medications", "allergies", "weight")
-TYPES = ("Patient", "MedicationRequest", "AllergyIntolerance", "Observation")
+ALL_KEYS = ("patient", "medications", "allergies", "weight", "administrations")
+TYPES = (
+    "Patient",
+    "MedicationRequest",
+    "AllergyIntolerance",
+    "Observation",
+    "MedicationAdministration",
+)
 
 
 @dataclass
@@ -65,7 +71,7 @@ def servers() -> Iterator[Servers]:
 
 
 def _request(servers: Servers, drop: tuple[str, ...] = ALL_KEYS) -> dict[str, Any]:
-    body = load_request("order-sign-rituximab")
+    body = every_key(load_request("order-sign-rituximab"))
     for key in drop:
         body["prefetch"].pop(key, None)
     body["fhirServer"] = servers.ehr.base
@@ -281,7 +287,7 @@ def test_medication_read_failures_leave_cards(
 ) -> None:
     """medicationReference reads failing: 200, the order is unrecognised and says why."""
     servers.ehr.faults["Medication"] = fs.status(500)
-    body = load_request("order-sign-medication-reference")
+    body = every_key(load_request("order-sign-medication-reference"))
     entries = body["context"]["draftOrders"]["entry"]
     entries[:] = [e for e in entries if e["resource"]["resourceType"] != "Medication"]
     body["fhirServer"] = servers.ehr.base

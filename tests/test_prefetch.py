@@ -19,7 +19,7 @@ from cds_server.errors import PrefetchUnavailable
 from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase
 from tests.conformance import check_response
-from tests.conftest import FHIR, TOKEN, load_fixture, load_request
+from tests.conftest import FHIR, TOKEN, every_key, load_fixture, load_request
 from tests.fakefhir import FakeFhir
 
 SIGN = "/cds-services/infusion-safety"
@@ -32,7 +32,9 @@ def _received(record: Any) -> int:
 
 
 def sign_request(drop: tuple[str, ...] = (), **prefetch: Any) -> dict[str, Any]:
-    body = load_request("order-sign-rituximab")
+    """The rituximab order-sign with every declared key prefetched, minus ``drop``, plus
+    ``prefetch``."""
+    body = every_key(load_request("order-sign-rituximab"))
     for key in drop:
         body["prefetch"].pop(key)
     body["prefetch"].update(prefetch)
@@ -73,15 +75,18 @@ def test_null_means_no_data_and_is_not_refetched(
     kb: KnowledgeBase, mocked_fhir: Any, fhir_auth: Any
 ) -> None:
     server = fake(mocked_fhir)
-    body = sign_request(medications=None, allergies=None, weight=None, patient=None)
+    body = sign_request(
+        medications=None, allergies=None, weight=None, patient=None, administrations=None
+    )
     body.update(fhirServer=FHIR, fhirAuthorization=fhir_auth)
     result = run(body, kb)
     rec = result.record
     assert rec.medication_history == () and rec.allergies == () and rec.weight is None
     assert rec.history_known and rec.allergies_known and rec.weight_known
+    assert rec.administrations == () and rec.administrations_known
     assert server.calls == []
     assert {k: v.source for k, v in result.resolved.data.items()} == dict.fromkeys(
-        ("patient", "medications", "allergies", "weight"), "null"
+        ("patient", "medications", "allergies", "weight", "administrations"), "null"
     )
 
 
@@ -172,6 +177,7 @@ def test_all_keys_fetched_when_prefetch_is_omitted(
     assert resp.status_code == 200
     assert sorted(server.types_called()) == [
         "AllergyIntolerance",
+        "MedicationAdministration",
         "MedicationRequest",
         "Observation",
         "Patient",
@@ -179,6 +185,12 @@ def test_all_keys_fetched_when_prefetch_is_omitted(
     weight_call = next(c for c in server.calls if "Observation" in c.path)
     assert weight_call.query["code"] == ["http://loinc.org|29463-7"]
     assert weight_call.query["_sort"] == ["-date"]
+    given = next(c for c in server.calls if "MedicationAdministration" in c.path)
+    assert given.query == {
+        "patient": ["pat-lym-001"],
+        "_count": ["100"],
+        "_include": ["MedicationAdministration:medication"],
+    }
 
 
 def test_empty_access_token_sends_no_authorization_header(
@@ -431,7 +443,7 @@ def test_contained_medication_resolved(kb: KnowledgeBase) -> None:
 
 
 def test_medication_in_draft_orders_bundle_resolved(kb: KnowledgeBase) -> None:
-    result = run(load_request("order-sign-medication-reference"), kb)
+    result = run(every_key(load_request("order-sign-medication-reference")), kb)
     (draft,) = result.record.draft_orders
     assert "2105824" in _codes(draft)
     assert not any("not resolved" in w for w in result.record.warnings)
@@ -441,7 +453,7 @@ def test_medication_resolved_via_include(
     kb: KnowledgeBase, mocked_fhir: Any, fhir_auth: Any
 ) -> None:
     server = fake(mocked_fhir, "patients/follicular-rituximab-biosimilar.json")
-    body = load_request("order-sign-medication-reference")
+    body = every_key(load_request("order-sign-medication-reference"))
     body["context"]["draftOrders"]["entry"] = body["context"]["draftOrders"]["entry"][:1]
     del body["prefetch"]["medications"]
     history = [
@@ -470,7 +482,7 @@ def test_medication_resolved_by_separate_read(
     kb: KnowledgeBase, mocked_fhir: Any, fhir_auth: Any
 ) -> None:
     server = fake(mocked_fhir, "patients/follicular-rituximab-biosimilar.json")
-    body = load_request("order-sign-medication-reference")
+    body = every_key(load_request("order-sign-medication-reference"))
     body["context"]["draftOrders"]["entry"] = body["context"]["draftOrders"]["entry"][:1]
     body.update(fhirServer=FHIR, fhirAuthorization=fhir_auth)
     result = run(body, kb)
@@ -481,7 +493,7 @@ def test_medication_resolved_by_separate_read(
 
 
 def test_unresolvable_medication_reference_is_a_warning(kb: KnowledgeBase, client: Any) -> None:
-    body = load_request("order-sign-medication-reference")
+    body = every_key(load_request("order-sign-medication-reference"))
     body["context"]["draftOrders"]["entry"] = body["context"]["draftOrders"]["entry"][:1]
     result = run(body, kb)
     assert result.record.draft_orders[0].codings == ()
@@ -492,7 +504,7 @@ def test_unresolvable_medication_reference_is_a_warning(kb: KnowledgeBase, clien
 def test_absolute_medication_reference_to_another_server_is_not_fetched(
     kb: KnowledgeBase, mocked_fhir: Any, fhir_auth: Any
 ) -> None:
-    body = load_request("order-sign-medication-reference")
+    body = every_key(load_request("order-sign-medication-reference"))
     body["context"]["draftOrders"]["entry"] = body["context"]["draftOrders"]["entry"][:1]
     order = body["context"]["draftOrders"]["entry"][0]["resource"]
     order["medicationReference"]["reference"] = "https://other.example.net/fhir/Medication/m1"

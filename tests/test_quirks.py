@@ -39,6 +39,7 @@ def test_crd_style_request_other_key_names_and_empty_token(
     result = _run(body, kb)
     assert sorted(server.types_called()) == [
         "AllergyIntolerance",
+        "MedicationAdministration",
         "MedicationRequest",
         "Observation",
         "Patient",

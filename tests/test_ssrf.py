@@ -19,7 +19,7 @@ from cds_server.errors import FhirUnavailable
 from cds_server.fhirdata import client as fhir_client
 from cds_server.fhirdata.client import FhirClient, FhirSettings, address_allowed
 from tests import jwtkit as kit
-from tests.conftest import TOKEN, fake_resolve, load_fixture, load_request
+from tests.conftest import TOKEN, every_key, fake_resolve, load_fixture, load_request
 from tests.fakefhir import FakeFhir
 
 SIGN = "/cds-services/infusion-safety"
@@ -27,7 +27,7 @@ PATIENT = "patients/lymphoma-first-rituximab.json"
 
 
 def _body(fhir_server: str, fhir_auth: dict[str, Any]) -> dict[str, Any]:
-    body = load_request("order-sign-rituximab")
+    body = every_key(load_request("order-sign-rituximab"))
     del body["prefetch"]["allergies"]  # required: must be fetched from fhirServer
     body.update(fhirServer=fhir_server, fhirAuthorization=fhir_auth)
     return body

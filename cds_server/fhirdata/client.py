@@ -98,7 +98,7 @@ class FhirSettings:
     connect_timeout: float = 1.0
     read_timeout: float = 2.0
     deadline: float = 4.0
-    max_workers: int = 4
+    max_workers: int = 5
     max_pages: int = 10
     max_bytes: int = 10 * 1024 * 1024
     max_medication_reads: int = 20

@@ -23,6 +23,7 @@ from typing import Any
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.medication import Medication
+from fhir.resources.R4B.medicationadministration import MedicationAdministration
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
@@ -46,6 +47,13 @@ _LIST_FIELDS = {
     "Observation": ("category", "identifier", "performer"),
     "Medication": ("ingredient", "identifier"),
     "Patient": ("identifier", "name"),
+    "MedicationAdministration": (
+        "identifier",
+        "note",
+        "performer",
+        "reasonCode",
+        "statusReason",
+    ),
 }
 _MODELS = {
     "MedicationRequest": MedicationRequest,
@@ -53,6 +61,7 @@ _MODELS = {
     "Observation": Observation,
     "Medication": Medication,
     "Patient": Patient,
+    "MedicationAdministration": MedicationAdministration,
 }
 _UNIT_ALIASES = {
     "milligram": "mg",
@@ -315,6 +324,12 @@ def _route(route: JSON | None) -> str | None:
     return next((name for name in names if name), None)
 
 
+def _kind(resource: JSON) -> str:
+    """The resource type named in a warning (an order unless it says it is an administration)."""
+    administration = resource.get("resourceType") == "MedicationAdministration"
+    return "MedicationAdministration" if administration else "MedicationRequest"
+
+
 def _medication_terms(
     mr: JSON, medications: Mapping[str, JSON] | None, where: str, log: ParseLog
 ) -> MedicationTerms:
@@ -342,11 +357,11 @@ def _medication_terms(
         if med is not None:
             codings, ingredients, texts = _medication_codes(med)
         elif ref:
-            log.warnings.append(f"MedicationRequest {where}: medicationReference not resolved")
+            log.warnings.append(f"{_kind(mr)} {where}: medicationReference not resolved")
         if reference.get("display"):
             texts = (*texts, reference["display"])
     else:
-        log.warnings.append(f"MedicationRequest {where}: no medication[x]")
+        log.warnings.append(f"{_kind(mr)} {where}: no medication[x]")
     return codings, ingredients, texts
 
 
@@ -556,3 +571,67 @@ def birth_date(
                 return date.fromisoformat(bd)
             return None  # partial ("1962", "1962-03")
     return None
+
+
+# MedicationAdministration statuses that record no dose given: they count for nothing.
+NOT_GIVEN = frozenset({"not-done", "entered-in-error"})
+_REQUEST_REF = re.compile(r"(?:^|/)(MedicationRequest/[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]*)?$")
+
+
+def request_ref_key(reference: Any) -> str | None:
+    """``MedicationRequest/123``, ``https://x/fhir/MedicationRequest/123/_history/2`` →
+    ``MedicationRequest/123``; a contained, conditional or other-type reference → None."""
+    if not isinstance(reference, str):
+        return None
+    match = _REQUEST_REF.search(reference)
+    return match.group(1) if match else None
+
+
+def parse_medication_administration(
+    resource: Mapping[str, Any],
+    where: str,
+    log: ParseLog,
+    medications: Mapping[str, JSON] | None = None,
+    *,
+    plain: bool = True,
+) -> MedicationOrder | None:
+    """Flatten one MedicationAdministration as a dose given (``source="administration"``).
+
+    Its effective time (``effectiveDateTime``, else ``effectivePeriod.start``) goes in
+    ``authored_on``, the MedicationRequest it carried out in ``fulfils``; the medication is
+    read as for a MedicationRequest, dose, rate and route from ``dosage``. The status is kept
+    as sent (callers drop ``NOT_GIVEN``). ``medications`` and ``plain`` as for
+    ``parse_medication_request``.
+    """
+    ma = checked(resource, where, log, plain=plain)
+    if ma is None:
+        return None
+    codings, ingredients, texts = _medication_terms(ma, medications, where, log)
+    dosage = ma.get("dosage") or {}
+    rate = _quantity(dosage.get("rateQuantity"))
+    if rate is None and dosage.get("rateRatio"):
+        rate = _ratio_rate(dosage["rateRatio"])
+    dosage_text = dosage.get("text")
+    period = ma.get("effectivePeriod") or {}
+    reasons = ma.get("statusReason") or ()
+    rid = ma.get("id")
+    return MedicationOrder(
+        ref=f"MedicationAdministration/{rid}" if rid else None,
+        status=ma.get("status"),
+        intent=None,
+        codings=codings,
+        ingredient_codings=ingredients,
+        texts=texts,
+        dose=_quantity(dosage.get("dose")),
+        rate=rate,
+        # The charted dosage first: a product's name may hold its vial size ("500 mg/50 mL").
+        volume=_infusion_volume(ma, (dosage_text or "", *texts)),
+        route=_route(dosage.get("route")),
+        dosage_text=dosage_text,
+        authored_on=_datetime(ma.get("effectiveDateTime")) or _datetime(period.get("start")),
+        source="administration",
+        fulfils=request_ref_key((ma.get("request") or {}).get("reference")),
+        status_reason_codings=tuple(c for r in reasons for c in _codings(r)),
+        status_reason_texts=tuple(t for r in reasons for t in _texts(r)),
+        resource=dict(resource),
+    )

@@ -21,14 +21,16 @@ Missing keys are fetched — only those — from ``fhirServer`` when it is usabl
 ``fhirAuthorization`` was sent, or the configuration allows open servers, and the
 server passes the client policy), in parallel. Required data that is still unavailable
 raises ``PrefetchUnavailable`` (412) naming the keys; optional data becomes unknown with a
-warning. Finally, ``medicationReference``\\ s that nothing resolved are read by id.
+warning (none for a ``quiet_when_absent`` key that was simply not sent and could not be
+fetched: its absence is the common case, not a problem worth a line on every card).
+Finally, ``medicationReference``\\ s that nothing resolved are read by id.
 Warnings name keys and resource types only, never values.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -42,12 +44,17 @@ ClientFactory = Callable[[str, str | None, FhirSettings], FhirClient]
 
 @dataclass(frozen=True)
 class PrefetchSpec:
-    """One declared prefetch key: its template, whether the service needs it, what to include."""
+    """One declared prefetch key: its template, whether the service needs it, what to include.
+
+    ``quiet_when_absent``: an optional key that most clients do not send; when it is absent
+    and no FHIR server may be used it is unknown without a warning.
+    """
 
     key: str
     template: str
     required: bool
     include: str | None = None
+    quiet_when_absent: bool = False
 
     def query(self, context: Mapping[str, Any], *, fetching: bool = False) -> str:
         """The relative FHIR URL for this key (with ``_include`` when we fetch it ourselves)."""
@@ -142,14 +149,19 @@ def _fhir_access(
     return (token if isinstance(token, str) and token else None), None
 
 
+_REFERRERS = frozenset({"MedicationRequest", "MedicationAdministration"})
+
+
 def _medication_refs(
     resources: Iterable[Mapping[str, Any]], known: Mapping[str, Any], fhir_server: str | None
 ) -> list[str]:
-    """``Medication/{id}`` keys referenced by MedicationRequests and not yet resolved."""
+    """``Medication/{id}`` keys referenced by MedicationRequests or MedicationAdministrations
+    and not yet resolved."""
     base = (fhir_server or "").rstrip("/") + "/"
     wanted: list[str] = []
     for res in resources:
-        if res.get("resourceType") != "MedicationRequest":
+        rtype = res.get("resourceType")
+        if not isinstance(rtype, str) or rtype not in _REFERRERS:
             continue
         ref_obj = res.get("medicationReference")
         ref = ref_obj.get("reference") if isinstance(ref_obj, Mapping) else None
@@ -170,6 +182,9 @@ def _index_medications(resources: Iterable[Mapping[str, Any]], into: dict[str, A
             into.setdefault(f"Medication/{res['id']}", res)
 
 
+_NOT_PREFETCHED = "not prefetched"
+
+
 @dataclass
 class _State:
     """Working state of one resolution (private)."""
@@ -180,6 +195,8 @@ class _State:
     warnings: list[str]
     unavailable: dict[str, str]
     fetched: list[str]
+    # Optional keys unknown without a warning (``PrefetchSpec.quiet_when_absent``).
+    quiet: set[str] = field(default_factory=set)
 
 
 def _receive(specs: Sequence[PrefetchSpec], prefetch: Mapping[str, Any]) -> _State:
@@ -187,7 +204,7 @@ def _receive(specs: Sequence[PrefetchSpec], prefetch: Mapping[str, Any]) -> _Sta
     state = _State({}, {}, {}, [], {}, [])
     for spec in specs:
         if spec.key not in prefetch:
-            state.missing[spec.key] = "not prefetched"
+            state.missing[spec.key] = _NOT_PREFETCHED
             continue
         value = prefetch[spec.key]
         kind, why = classify(value)
@@ -241,9 +258,12 @@ def _fetch(
         state.warnings.extend(f"'{key}': {w}" for w in result.warnings)
 
 
-def _without_server(state: _State, problem: str) -> None:
-    for key in state.missing:
+def _without_server(specs: Sequence[PrefetchSpec], state: _State, problem: str) -> None:
+    quiet = {s.key for s in specs if s.quiet_when_absent}
+    for key, why in state.missing.items():
         state.unavailable[key] = problem
+        if key in quiet and why == _NOT_PREFETCHED:
+            state.quiet.add(key)
     for key in state.paged:
         state.data[key] = KeyData(state.data[key].resources, False, "prefetch")
         state.warnings.append(
@@ -261,6 +281,8 @@ def _settle(specs: Sequence[PrefetchSpec], state: _State) -> None:
     for spec in specs:
         if spec.key in state.unavailable:
             state.data[spec.key] = KeyData((), False, "unavailable")
+            if spec.key in state.quiet:
+                continue
             state.warnings.append(
                 f"optional data '{spec.key}' unavailable ({state.unavailable[spec.key]}); "
                 "treated as unknown"
@@ -328,7 +350,7 @@ def resolve(
         if reader is not None:
             _fetch(reader, specs, context, state)
         else:
-            _without_server(state, str(problem or "no FHIR access"))
+            _without_server(specs, state, str(problem or "no FHIR access"))
         _settle(specs, state)
         medications = _medications(
             state, extra_resources, fhir_server, client, settings.max_medication_reads, problem

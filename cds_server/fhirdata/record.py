@@ -9,6 +9,9 @@
   is about, or a premedication no longer in force), told from their medication and status
   alone; those are neither checked nor read (counted).
 * Allergies, the latest body weight and the birth date, each with a ``*_known`` flag.
+* MedicationAdministrations (``with_administrations``, optional data): doses given, read like
+  orders; ``not-done`` and ``entered-in-error`` ones count for nothing and are dropped, those
+  for medicines no rule is about are skipped unread (counted).
 
 Parsing goes through ``parse.py`` (tolerant R4B); warnings never carry patient data.
 """
@@ -16,16 +19,20 @@ Parsing goes through ``parse.py`` (tolerant R4B); warnings never carry patient d
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from cds_server.fhirdata.parse import (
     MODEL_FAILURES,
+    NOT_GIVEN,
     MedicationTerms,
     ParseLog,
     birth_date,
     latest_weight,
+    medication_ref_key,
     parse_allergy,
     parse_medication,
+    parse_medication_administration,
     parse_medication_request,
     resources_of,
     unchecked_medication_terms,
@@ -161,3 +168,66 @@ def build_record(
         weight_known=weight.known,
         warnings=_dedupe([*warnings, *log.warnings]),
     )
+
+
+def with_administrations(
+    record: PatientRecord,
+    data: KeyData | None,
+    medication_index: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    reads: Callable[[MedicationTerms], bool] | None = None,
+) -> PatientRecord:
+    """``record`` with the MedicationAdministrations of ``data`` (None: unknown).
+
+    Administrations with a ``NOT_GIVEN`` status (as sent) are dropped unread; ``reads(terms)``,
+    when given, says whether some rule reads an administration of this medication (codings,
+    ingredient codings, texts as sent): those it does not are skipped unread and counted.
+    """
+    data = data or _UNKNOWN
+    log = ParseLog()
+    received = [
+        (i, res)
+        for i, res in enumerate(data.resources)
+        if res.get("resourceType") == "MedicationAdministration"
+        and not (isinstance(res.get("status"), str) and res["status"] in NOT_GIVEN)
+    ]
+    meds = _referenced_medications(medication_index, [res for _, res in received], log)
+    given: list[MedicationOrder] = []
+    unread = 0
+    for i, res in received:
+        if reads is not None:
+            terms = unchecked_medication_terms(res, meds)
+            if terms is not None and not reads(terms):
+                unread += 1
+                continue
+        where = f"administrations #{i}"
+        order = _safely(log, where, parse_medication_administration, res, where, log, meds)
+        if order is not None:
+            given.append(order)
+    return replace(
+        record,
+        administrations=tuple(given),
+        administrations_known=data.known,
+        administrations_unread=unread,
+        warnings=_dedupe([*record.warnings, *log.warnings]),
+    )
+
+
+def _referenced_medications(
+    index: Mapping[str, Mapping[str, Any]] | None,
+    resources: Sequence[Mapping[str, Any]],
+    log: ParseLog,
+) -> dict[str, Any]:
+    """The checked Medications of ``index`` that ``resources`` name by ``medicationReference``."""
+    out: dict[str, Any] = {}
+    for res in resources:
+        ref = res.get("medicationReference")
+        text = ref.get("reference") if isinstance(ref, Mapping) else None
+        key = medication_ref_key(text) if isinstance(text, str) else None
+        med = (index or {}).get(key) if key else None
+        if med is None or key in out:
+            continue
+        checked_med = _safely(log, "Medication", parse_medication, med, "Medication", log)
+        if checked_med is not None:
+            out[key] = checked_med
+    return out

@@ -7,7 +7,9 @@ must come back (format: ``fixtures/fhir/scenarios/README.md``). Every scenario r
    resource valid FHIR R4, cards as expected);
 2. through the FHIR fallback: prefetch stripped, ``fhirServer`` + ``fhirAuthorization`` added and
    the same resources served by ``FakeFhir`` (``responses``): the cards must be the same
-   (topic, indicator, drug) as with prefetch.
+   (topic, indicator, drug) as with prefetch. The optional ``administrations`` key is fetched
+   too (an empty search when the scenario has none); when a scenario has it, the same
+   administrations must be read and recognised both ways.
 
 The service takes "now" from the clock, so the fixtures are written as if today were
 ``ANCHOR`` and every date in a request is shifted by whole days to the real today.
@@ -28,6 +30,8 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from flask.testing import FlaskClient
 
+from cds_server import pipeline
+from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase
 from tests.conformance import check_response
 from tests.conftest import FHIR, FIXTURES, service_for
@@ -281,7 +285,7 @@ def fallback_request(body: dict[str, Any], auth: dict[str, Any]) -> tuple[dict, 
 
 @pytest.mark.parametrize("name", scenario_names())
 def test_scenario_through_fhir_fallback(
-    client: FlaskClient, mocked_fhir: Any, fhir_auth: dict[str, Any], name: str
+    client: FlaskClient, kb: KnowledgeBase, mocked_fhir: Any, fhir_auth: dict[str, Any], name: str
 ) -> None:
     body, _ = load_scenario(name)
     with_prefetch = call(client, body)
@@ -290,7 +294,8 @@ def test_scenario_through_fhir_fallback(
     server = FakeFhir(FHIR, resources).register(mocked_fhir)
     fetched = call(client, fallback)
 
-    assert {"MedicationRequest", "AllergyIntolerance"} <= set(server.types_called())
+    wanted = {"MedicationRequest", "AllergyIntolerance", "MedicationAdministration"}
+    assert wanted <= set(server.types_called())
     assert all(
         c.headers.get("Authorization") == f"Bearer {fhir_auth['access_token']}"
         for c in server.calls
@@ -299,6 +304,15 @@ def test_scenario_through_fhir_fallback(
         f"{name}: fallback cards differ\nprefetch:\n{_show(with_prefetch)}\n"
         f"fallback:\n{_show(fetched)}"
     )
+    if "administrations" in (body.get("prefetch") or {}):
+        assert given(kb, fallback) == given(kb, body), f"{name}: administrations differ"
+
+
+def given(kb: KnowledgeBase, body: dict[str, Any]) -> list[tuple[str | None, str | None, str]]:
+    """(administration, status, drug) for every recognised MedicationAdministration."""
+    ev = pipeline.run(body, service_id=service_for(body), kb=kb, settings=FhirSettings())
+    assert ev.record.administrations_known
+    return sorted((r.order.ref, r.order.status, r.drug_id) for r in ev.situation.administrations)
 
 
 # -- properties of the whole set -----------------------------------------------------------
