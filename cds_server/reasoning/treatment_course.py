@@ -21,7 +21,14 @@ from __future__ import annotations
 from cds_server.knowledge.model import DoseStep, Drug, KnowledgeBase, StepUpSchedule
 from cds_server.model import Finding, Indicator, RecognisedOrder, Situation
 from cds_server.reasoning.course import TreatmentCourse, dose_mg, steps_at_level
-from cds_server.reasoning.dosing import DosePosition, applies, fmt_qty, position, step_labels
+from cds_server.reasoning.dosing import (
+    IN_FORCE,
+    DosePosition,
+    applies,
+    fmt_qty,
+    position,
+    step_labels,
+)
 from cds_server.reasoning.orders import target_orders
 
 TOPIC = "treatment-course"
@@ -193,11 +200,26 @@ def _skipped(
             "at step-up dose 1."
         )
     first = labels[0]
+    indicator = _tier(verified, situation)
+    standing = [
+        r.order
+        for r in situation.history
+        if r.drug_id == drug.id
+        and r.order.status in IN_FORCE
+        and r.order.ref != recognised.order.ref
+    ]
+    if standing:
+        # Doses given under an order still in force may be missing from what we were sent.
+        indicator = "warning"
+        points.append(
+            f"- {len(standing)} order(s) for this drug are still active: check the administration "
+            "record for doses given under them."
+        )
     return Finding(
         topic=TOPIC,
         drug_id=drug.id,
         drug_name=drug.display,
-        indicator=_tier(verified, situation),
+        indicator=indicator,
         headline=f"step-up dosing skipped: {first} not on record",
         points=tuple(points),
         citations=schedule.provenance.citations(),
