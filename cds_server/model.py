@@ -45,6 +45,28 @@ class Quantity:
 
 
 @dataclass(frozen=True)
+class UnreadElement:
+    """An element of an order that could not be read: its path and why (never its value)."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class UnreadableDraft:
+    """A ``draftOrders`` entry from which no MedicationRequest could be built.
+
+    ``index`` is its 0-based position in ``draftOrders``; ``ref`` is ``Type/id`` when it has one.
+    """
+
+    index: int
+    resource_type: str | None
+    ref: str | None
+    reason: str
+    selected: bool = True
+
+
+@dataclass(frozen=True)
 class MedicationOrder:
     """One MedicationRequest, flattened from FHIR (a draft order or a history entry).
 
@@ -70,6 +92,10 @@ class MedicationOrder:
     # in ``authored_on``); ``fulfils`` is then the MedicationRequest reference it carried out.
     source: Literal["request", "administration"] = "request"
     fulfils: str | None = None
+    # Elements that could not be read (invalid, non-finite or absurd): their values are None.
+    unread: tuple[UnreadElement, ...] = ()
+    # 0-based position in ``draftOrders`` (draft orders only), to name an order without an id.
+    draft_index: int | None = None
     resource: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
@@ -121,6 +147,8 @@ class PatientRecord:
     birth_date: date | None = None
     weight: Weight | None = None
     draft_orders: tuple[MedicationOrder, ...] = ()
+    # draftOrders entries no MedicationRequest could be built from (reported, never dropped).
+    unreadable_drafts: tuple[UnreadableDraft, ...] = ()
     medication_history: tuple[MedicationOrder, ...] = ()
     # History orders left unread: those no rule reads (``record.build_record``).
     history_unread: int = 0

@@ -15,9 +15,10 @@ from cds_server.reasoning import (
     reactions,
     summary,
     titration,
+    unchecked,
 )
 
-RULES = (reactions, premedication, titration, monitoring, pretreatment, crs, summary)
+RULES = (reactions, premedication, titration, monitoring, pretreatment, crs, unchecked, summary)
 
 
 def run(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
