@@ -111,9 +111,7 @@ def test_invalid_draft_order_is_kept_with_its_unread_element(kb: KnowledgeBase) 
     result = _run(body, kb)
     (draft,) = result.record.draft_orders
     assert draft.status is None
-    assert [(u.path, u.reason) for u in draft.unread] == [
-        ("status", "wrong type (text expected)")
-    ]
+    assert [(u.path, u.reason) for u in draft.unread] == [("status", "wrong type (text expected)")]
     assert "121191" in {c.code for c in draft.codings}
     assert any("draftOrders entry #0" in w and "status" in w for w in result.record.warnings)
     assert "a code" not in " ".join(result.record.warnings)

@@ -194,18 +194,17 @@ def _at(data: Any, loc: tuple[Any, ...]) -> tuple[Any, Any] | None:
     """(parent, key) of the element at ``loc`` in ``data``, or None when it is not there."""
     parent = data
     for step in loc[:-1]:
-        if isinstance(parent, dict) and isinstance(step, str) and step in parent:
-            parent = parent[step]
-        elif isinstance(parent, list) and isinstance(step, int) and 0 <= step < len(parent):
-            parent = parent[step]
-        else:
+        if not _has(parent, step):
             return None
+        parent = parent[step]
     key = loc[-1] if loc else None
-    if (isinstance(parent, dict) and isinstance(key, str) and key in parent) or (
-        isinstance(parent, list) and isinstance(key, int) and 0 <= key < len(parent)
-    ):
-        return parent, key
-    return None
+    return (parent, key) if _has(parent, key) else None
+
+
+def _has(parent: Any, key: Any) -> bool:
+    if isinstance(parent, dict):
+        return isinstance(key, str) and key in parent
+    return isinstance(parent, list) and isinstance(key, int) and 0 <= key < len(parent)
 
 
 def _sweep(value: Any) -> Any:
@@ -246,8 +245,12 @@ def salvaged(
         progressed = False
         for error in errors:
             loc = tuple(error.get("loc") or ())
-            if not loc and _MEDICATION_CHOICE not in stand_ins and not any(
-                name in work for name in ("medicationCodeableConcept", "medicationReference")
+            if (
+                not loc
+                and _MEDICATION_CHOICE not in stand_ins
+                and not any(
+                    name in work for name in ("medicationCodeableConcept", "medicationReference")
+                )
             ):
                 # The one root-level rule: medication[x] is required.
                 work[_MEDICATION_CHOICE] = {"text": "-"}

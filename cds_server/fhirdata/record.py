@@ -129,9 +129,7 @@ def _draft_orders(
             continue
         if rtype != "MedicationRequest":
             log.warnings.append(f"{where} ({rtype or 'no resource type'}) not evaluated")
-            why = (
-                f"a {rtype}, not a MedicationRequest" if rtype else "no valid resourceType"
-            )
+            why = f"a {rtype}, not a MedicationRequest" if rtype else "no valid resourceType"
             unreadable.append(UnreadableDraft(i, rtype, ref, why, is_selected))
             continue
         lost: list[UnreadElement] = []

@@ -160,16 +160,15 @@ def _unidentified(order: MedicationOrder) -> Finding:
         for c in (*order.codings, *order.ingredient_codings)
         if c.code
     ]
-    shown = codes[:_MAX_CODES] + ([f"… and {len(codes) - _MAX_CODES} more"] if len(codes) > 5 else [])
+    more = len(codes) - _MAX_CODES
+    shown = codes[:_MAX_CODES] + ([f"… and {more} more"] if more > 0 else [])
     points = [f"- Order **{order_name(order)}** names no medicine the service can identify."]
     if shown:
         points.append("- Codes as sent (none is known to this service): " + "; ".join(shown))
     else:
         points.append("- It carries no medication code or name.")
     points.extend(_elements(order.unread))
-    points.append(
-        "- Check the order by hand; a pharmacist can add its code to the knowledge base."
-    )
+    points.append("- Check the order by hand; a pharmacist can add its code to the knowledge base.")
     infusion = looks_like_infusion(order)
     indicator: Indicator = "warning" if infusion else "info"
     return Finding(
