@@ -177,6 +177,10 @@ def _reason(error: Mapping[str, Any], value: Any) -> str:
         return "not a finite number"
     if kind in _ERROR_REASONS:
         return _ERROR_REASONS[kind]
+    if kind.startswith(("datetime", "date")):
+        return "not a valid dateTime"
+    if kind == "json_invalid" or (isinstance(value, str) and kind.endswith("_type")):
+        return "wrong type (object expected)"
     message = str(error.get("msg", ""))
     for word, reason in (
         ("DateTime", "not a valid dateTime"),
