@@ -257,6 +257,11 @@ def explain_evaluation(ev: pipeline.Evaluation, kb: KnowledgeBase) -> str:
         "crs-readiness": lambda r, p: _why_crs(s, r, kb, p),
         "prior-reaction": lambda r, p: _why_reactions(s, r, kb),
         "treatment-course": lambda r, p: _why_course(r, kb, p),
+        "order-not-checked": lambda r, p: (
+            f"unread: {', '.join(u.path for u in r.order.unread)}"
+            if r.order.unread
+            else "every element read"
+        ),
     }
     for rule in RULES:
         topic = rule.TOPIC

@@ -25,6 +25,11 @@ UCUM = "http://unitsofmeasure.org"
 MINUTES_PER_HOUR = 60.0
 MICROGRAMS_PER_MG = 1000.0
 MICROGRAM_UNITS = frozenset({"µg", "ug", "mcg"})
+# Presentation limits of "could not check" cards (not clinical facts): codes listed per order,
+# and the longest order reference used as-is in a card key before it is hashed (its hash length).
+CODES_SHOWN_PER_ORDER = 5
+ORDER_KEY_MAX = 50
+ORDER_KEY_HASH = 16
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,28 @@ class Quantity:
 
     value: float
     unit: str
+
+
+@dataclass(frozen=True)
+class UnreadElement:
+    """An element of an order that could not be read: its path and why (never its value)."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class UnreadableDraft:
+    """A ``draftOrders`` entry from which no MedicationRequest could be built.
+
+    ``index`` is its 0-based position in ``draftOrders``; ``ref`` is ``Type/id`` when it has one.
+    """
+
+    index: int
+    resource_type: str | None
+    ref: str | None
+    reason: str
+    selected: bool = True
 
 
 @dataclass(frozen=True)
@@ -76,6 +103,10 @@ class MedicationOrder:
     # An administration's ``statusReason`` (why not given, why stopped: e.g. a reaction).
     status_reason_codings: tuple[Coding, ...] = ()
     status_reason_texts: tuple[str, ...] = ()
+    # Elements that could not be read (invalid, non-finite or absurd): their values are None.
+    unread: tuple[UnreadElement, ...] = ()
+    # 0-based position in ``draftOrders`` (draft orders only), to name an order without an id.
+    draft_index: int | None = None
     resource: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
@@ -127,6 +158,8 @@ class PatientRecord:
     birth_date: date | None = None
     weight: Weight | None = None
     draft_orders: tuple[MedicationOrder, ...] = ()
+    # draftOrders entries no MedicationRequest could be built from (reported, never dropped).
+    unreadable_drafts: tuple[UnreadableDraft, ...] = ()
     medication_history: tuple[MedicationOrder, ...] = ()
     # History orders left unread: those no rule reads (``record.build_record``).
     history_unread: int = 0

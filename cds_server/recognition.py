@@ -4,7 +4,9 @@ How an order is matched, in this order (the first stage that finds something win
 
 1. **Codes.** RxNorm codings of the order, then RxNorm codings of the Medication's
    ingredients, then ATC, SNOMED CT and NDC the same way. Systems are compared by URI and
-   codes exactly.
+   codes exactly, except NDCs: every form EHRs send (10-digit hyphenated, 11-digit with or
+   without hyphens, product NDC; system URI or HL7 OID) is reduced to its product NDC
+   (``ndc_product``), so a knowledge-base product NDC matches any package of the product.
 2. **Names in text.** ``medicationCodeableConcept.text``, coding displays, the Medication's
    code and ingredient texts and ``medicationReference.display`` are searched for every
    ingredient name, synonym, brand and biosimilar name of the knowledge base. Matching is
@@ -50,9 +52,12 @@ from cds_server.model import (
 )
 
 __all__ = [
+    "NDC_SYSTEMS",
     "Match",
     "Recogniser",
     "ambiguous_names",
+    "code_key",
+    "ndc_product",
     "normalise",
     "recognise_agents",
     "recognise_allergies",
@@ -69,8 +74,45 @@ _SYSTEMS: tuple[tuple[str, str], ...] = (
     (SNOMED, "snomed"),
     (NDC, "ndc"),
 )
+# The NDC system as FHIR names it, and its HL7 OID (some EHRs send that).
+NDC_SYSTEMS = frozenset({NDC, "urn:oid:2.16.840.1.113883.6.69"})
+_NDC_SEGMENTS = re.compile(r"^([0-9]{4,5})-([0-9]{3,4})(?:-([0-9]{1,2}))?$")
+# Hyphenated lengths an NDC may have: 10-digit packages (4-4-2, 5-3-2, 5-4-1), the 11-digit
+# 5-4-2 form, and product NDCs (labeler-product: 4-4, 5-3, 5-4).
+_NDC_SHAPES = frozenset({(4, 4, 2), (5, 3, 2), (5, 4, 1), (5, 4, 2), (4, 4), (5, 3), (5, 4)})
 _SEPARATORS = re.compile(r"[\W_]+")
 _IGNORED_TOKENS = frozenset({"and"})
+
+
+def ndc_product(code: str) -> str | None:
+    """The product NDC (labeler-product, canonical 5-4 with a hyphen) of a package or product
+    NDC as EHRs send it, else None.
+
+    Accepted: hyphenated 10-digit package NDCs (4-4-2, 5-3-2, 5-4-1), 11-digit 5-4-2 with or
+    without hyphens, and product NDCs (4-4, 5-3, 5-4). Segments are zero-padded to 5-4(-2).
+    Ten or nine digits without hyphens are ambiguous (which segment was padded?): None.
+    """
+    text = code.strip()
+    if len(text) == 11 and text.isascii() and text.isdigit():
+        return f"{text[:5]}-{text[5:9]}"
+    match = _NDC_SEGMENTS.match(text)
+    if match is None:
+        return None
+    labeler, product, package = match.groups()
+    shape = tuple(len(g) for g in (labeler, product, package) if g is not None)
+    if shape not in _NDC_SHAPES:
+        return None
+    return f"{labeler.zfill(5)}-{product.zfill(4)}"
+
+
+def code_key(system: str | None, code: str | None) -> tuple[str, str] | None:
+    """How a coding is looked up: (system, code) as sent; NDCs by their product NDC."""
+    if not system or not code:
+        return None
+    if system in NDC_SYSTEMS:
+        product = ndc_product(code)
+        return (NDC, product) if product else None
+    return system, code
 
 
 def normalise(text: str) -> tuple[str, ...]:
@@ -217,9 +259,9 @@ class Recogniser:
             phrases: list[_Phrase] = []
             for target, name, ident in sorted(members, key=lambda m: m[0]):
                 for entry in ident.codes:
-                    system, code = entry.coding.system, entry.coding.code
-                    if system and code:
-                        self._codes[kind].setdefault((system, code), target)
+                    key = code_key(entry.coding.system, entry.coding.code)
+                    if key is not None:
+                        self._codes[kind].setdefault(key, target)
                 phrases.extend(_identity_phrases(kind, target, name, ident))
                 self._excludes[(kind, target)] = tuple(
                     t for t in (normalise(x) for x in ident.exclude_terms) if t
@@ -256,9 +298,12 @@ class Recogniser:
         for system, short in _SYSTEMS:
             for prefix, group in (("", codings), ("ingredient-", ingredient_codings)):
                 for c in group:
-                    if c.system != system or not c.code:
+                    if not c.code or (
+                        c.system != system and not (system == NDC and c.system in NDC_SYSTEMS)
+                    ):
                         continue
-                    target = index.get((system, c.code))
+                    key = code_key(c.system, c.code)
+                    target = index.get(key) if key is not None else None
                     if target is not None and not self._vetoed(kind, target, texts):
                         out.append(Match(kind, target, f"{prefix}{short}:{c.code}"))
         return out

@@ -9,6 +9,7 @@ fallback, or unknown (optional: never 412). No rule reads them yet: the cards ar
 from __future__ import annotations
 
 import copy
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -305,6 +306,8 @@ def with_administrations(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
         if e["resource"].get("resourceType") == "MedicationRequest"
         and e["resource"].get("status") in ("completed", "stopped")
         and "subject" in e["resource"]
+        # An administration needs its time (effective[x] is required): undated orders stay orders.
+        and "authoredOn" in e["resource"]
     ]
     given = [_given(o, i) for i, o in enumerate(orders)]
     if given:
@@ -317,19 +320,39 @@ def with_administrations(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
     return body, len(orders)
 
 
-@pytest.mark.parametrize("name", scenario_names())
+def _without_administrations() -> list[str]:
+    """Scenarios whose EHR sent no administrations (those that did test them themselves)."""
+    return [n for n in scenario_names() if "administrations" not in load_scenario(n)[0]["prefetch"]]
+
+
+@pytest.mark.parametrize("name", _without_administrations())
 def test_scenario_cards_are_the_same_with_administrations(
     client: FlaskClient, kb: KnowledgeBase, name: str
 ) -> None:
     body, _ = load_scenario(name)
-    plain = client.post(f"/cds-services/{_service(body)}", json=body)
+    plain = _post(client, body)
     given_body, expected = with_administrations(body)
-    given = client.post(f"/cds-services/{_service(body)}", json=given_body)
+    given = _post(client, given_body)
     assert (plain.status_code, given.status_code) == (200, 200)
-    assert cards_without_uuids(given.get_json()) == cards_without_uuids(plain.get_json())
+    # The treatment-course card names its evidence; everything else must be identical.
+    assert _same_evidence(cards_without_uuids(given.get_json())) == cards_without_uuids(
+        plain.get_json()
+    )
     ev = pipeline.run(given_body, service_id=_service(body), kb=kb)
     assert ev.record.administrations_known is True
     assert len(ev.record.administrations) + ev.record.administrations_unread == expected
+
+
+def _post(client: FlaskClient, body: dict[str, Any]) -> Any:
+    """POST as an EHR would: non-finite numbers stay the literals the scenario holds (1e400)."""
+    text = json.dumps(body).replace("-Infinity", "-1e400").replace("Infinity", "1e400")
+    return client.post(
+        f"/cds-services/{_service(body)}", data=text, content_type="application/json"
+    )
+
+
+def _same_evidence(cards: Any) -> Any:
+    return json.loads(json.dumps(cards).replace("(administration record)", "(completed order)"))
 
 
 def _service(body: dict[str, Any]) -> str:

@@ -106,12 +106,16 @@ def test_draft_order_quirks_never_500(client: FlaskClient, kb: KnowledgeBase, qu
         assert draft.status == "active"
 
 
-def test_invalid_draft_order_is_skipped_with_warning(kb: KnowledgeBase) -> None:
+def test_invalid_draft_order_is_kept_with_its_unread_element(kb: KnowledgeBase) -> None:
     body = load_request("order-sign-rituximab")
     _draft(body)["status"] = {"not": "a code"}
     result = _run(body, kb)
-    assert result.record.draft_orders == ()
-    assert any("draftOrders entry #0" in w and "skipped" in w for w in result.record.warnings)
+    (draft,) = result.record.draft_orders
+    assert draft.status is None
+    assert [(u.path, u.reason) for u in draft.unread] == [("status", "wrong type (text expected)")]
+    assert "121191" in {c.code for c in draft.codings}
+    assert any("draftOrders entry #0" in w and "status" in w for w in result.record.warnings)
+    assert "a code" not in " ".join(result.record.warnings)
 
 
 # -- draftOrders shapes and selections ---------------------------------------------------

@@ -312,6 +312,10 @@ def test_a_decimal_beyond_float_range_is_unreadable_not_infinite() -> None:
         assert order is not None
         assert order.volume is not None and order.volume.value == 500.0
         assert order.rate is None
+        assert {u.path for u in order.unread} == {
+            "dispenseRequest.quantity.value",
+            "dosageInstruction[0].doseAndRate[0].rateRatio.numerator.value",
+        }
 
 
 # -- recognition: the first-token index finds what the full scan found -------------------

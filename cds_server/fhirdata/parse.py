@@ -14,6 +14,7 @@ because values may be patient data.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -36,6 +37,7 @@ from cds_server.model import (
     MedicationOrder,
     Quantity,
     Reaction,
+    UnreadElement,
     Weight,
 )
 from cds_server.plainfhir import is_plain
@@ -140,14 +142,179 @@ def _model_validate(
         return None
 
 
+def element_path(loc: Iterable[Any]) -> str:
+    """A validation error location as a FHIR element path: ``dosageInstruction[0].route``."""
+    out = ""
+    for step in loc:
+        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else str(step))
+    return out
+
+
+# Why an element could not be read, from the validation error's type (never its message or
+# input: they may quote the value).
+_ERROR_REASONS = {
+    "string_type": "wrong type (text expected)",
+    "list_type": "wrong type (array expected)",
+    "dict_type": "wrong type (object expected)",
+    "model_type": "wrong type (object expected)",
+    "model_attributes_type": "wrong type (object expected)",
+    "bool_type": "wrong type (true/false expected)",
+    "bool_parsing": "wrong type (true/false expected)",
+    "int_type": "not a valid integer",
+    "int_parsing": "not a valid integer",
+    "float_type": "not a valid number",
+    "decimal_type": "not a valid number",
+    "literal_error": "not an allowed code",
+    "enum": "not an allowed code",
+}
+# Required elements: while salvaging, a stand-in lets the rest validate; it is removed after.
+_STAND_INS: dict[str, Any] = {
+    "status": "unknown",
+    "intent": "order",
+    "subject": {"display": "-"},
+}
+_MEDICATION_CHOICE = "medicationCodeableConcept"
+_DROPPED = object()
+_SALVAGE_ROUNDS = 8
+
+
+def _reason(error: Mapping[str, Any], value: Any) -> str:
+    kind = str(error.get("type", ""))
+    if kind.endswith("missing"):
+        return "required but missing"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "not a finite number"
+    if kind in _ERROR_REASONS:
+        return _ERROR_REASONS[kind]
+    if kind.startswith(("datetime", "date")):
+        return "not a valid dateTime"
+    if kind == "json_invalid" or (isinstance(value, str) and kind.endswith("_type")):
+        return "wrong type (object expected)"
+    message = str(error.get("msg", ""))
+    for word, reason in (
+        ("DateTime", "not a valid dateTime"),
+        ("Instant", "not a valid instant"),
+        ("Date", "not a valid date"),
+        ("Decimal", "not a valid number"),
+        ("Integer", "not a valid integer"),
+    ):
+        if word in message:
+            return reason
+    return f"not valid FHIR R4 ({kind[:40] or 'unknown error'})"
+
+
+def _at(data: Any, loc: tuple[Any, ...]) -> tuple[Any, Any] | None:
+    """(parent, key) of the element at ``loc`` in ``data``, or None when it is not there."""
+    parent = data
+    for step in loc[:-1]:
+        if not _has(parent, step):
+            return None
+        parent = parent[step]
+    key = loc[-1] if loc else None
+    return (parent, key) if _has(parent, key) else None
+
+
+def _has(parent: Any, key: Any) -> bool:
+    if isinstance(parent, dict):
+        return isinstance(key, str) and key in parent
+    return isinstance(parent, list) and isinstance(key, int) and 0 <= key < len(parent)
+
+
+def _sweep(value: Any) -> Any:
+    """Remove dropped elements; an array left empty by dropping is dropped too."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            swept = _sweep(v)
+            if swept is not _DROPPED:
+                out[k] = swept
+        return out
+    if isinstance(value, list):
+        items = [swept for v in value if (swept := _sweep(v)) is not _DROPPED]
+        return items if items or not value else _DROPPED
+    return value
+
+
+def salvaged(
+    model: Any, data: dict[str, Any]
+) -> tuple[dict[str, Any] | None, tuple[UnreadElement, ...]]:
+    """What validates of a resource its model rejects: every invalid element is dropped (and
+    reported with its path and why), the rest validated again; None when nothing validates."""
+    work = copy.deepcopy(data)
+    unread: dict[str, UnreadElement] = {}
+    stand_ins: set[str] = set()
+    for _ in range(_SALVAGE_ROUNDS):
+        try:
+            validated = model.model_validate(work)
+        except ValidationError as exc:
+            errors = exc.errors()
+        except MODEL_FAILURES:
+            return None, tuple(unread.values())
+        else:
+            dumped: dict[str, Any] = validated.model_dump(by_alias=True, exclude_none=True)
+            for name in stand_ins:
+                dumped.pop(name, None)
+            return dumped, tuple(unread.values())
+        progressed = False
+        for error in errors:
+            loc = tuple(error.get("loc") or ())
+            if (
+                not loc
+                and _MEDICATION_CHOICE not in stand_ins
+                and not any(
+                    name in work for name in ("medicationCodeableConcept", "medicationReference")
+                )
+            ):
+                # The one root-level rule: medication[x] is required.
+                work[_MEDICATION_CHOICE] = {"text": "-"}
+                stand_ins.add(_MEDICATION_CHOICE)
+                unread.setdefault("medication[x]", UnreadElement("medication[x]", "missing"))
+                progressed = True
+            if not loc:
+                continue
+            path = element_path(loc)
+            found = _at(work, loc)
+            if str(error.get("type", "")).endswith("missing"):
+                name = loc[0]
+                if len(loc) == 1 and name in _STAND_INS and name not in stand_ins:
+                    work[name] = copy.deepcopy(_STAND_INS[name])
+                    stand_ins.add(name)
+                    unread.setdefault(path, UnreadElement(path, "required but missing"))
+                    progressed = True
+                    continue
+                # A required child is missing: drop its parent element instead.
+                loc, found = loc[:-1], _at(work, loc[:-1]) if len(loc) > 1 else None
+                path = element_path(loc)
+            if found is None:
+                continue
+            parent, key = found
+            if parent[key] is _DROPPED:
+                continue
+            if error.get("type") != "extra_forbidden":  # unknown properties: dropped silently
+                unread.setdefault(path, UnreadElement(path, _reason(error, parent[key])))
+            parent[key] = _DROPPED
+            progressed = True
+        if not progressed:
+            return None, tuple(unread.values())
+        work = _sweep(work)
+    return None, tuple(unread.values())
+
+
 def checked(
-    resource: Any, where: str, log: ParseLog, *, plain: bool = True
+    resource: Any,
+    where: str,
+    log: ParseLog,
+    *,
+    plain: bool = True,
+    unread: list[UnreadElement] | None = None,
 ) -> dict[str, Any] | None:
     """The resource as validated JSON (quirks repaired, unknown properties dropped), or None.
 
     A plain resource is returned as it came (repaired); any other goes through its R4B model
     and comes back as the model's dump (the same element names and shapes).
     ``plain=False`` always takes the model (the reference for the fast path).
+    ``unread``, when given, asks for a tolerant read: a resource the model rejects is
+    ``salvaged`` and the elements left out are appended to it.
     """
     if not isinstance(resource, Mapping):
         log.warnings.append(f"{where} skipped: not a JSON object")
@@ -159,9 +326,19 @@ def checked(
     data = _repair(resource)
     if plain and is_plain(rtype, data):
         return data
-    validated = _model_validate(model, rtype, data, where, log)
+    scratch = log if unread is None else ParseLog()
+    validated = _model_validate(model, rtype, data, where, scratch)
     if validated is None:
-        return None
+        if unread is None:
+            return None
+        kept, lost = salvaged(model, data)
+        unread.extend(lost)
+        if kept is None:
+            log.warnings.extend(scratch.warnings)
+            return None
+        shown = ", ".join(u.path for u in lost[:5]) + (" …" if len(lost) > 5 else "")
+        log.warnings.append(f"{rtype} {where}: elements not read ({shown or 'invalid'})")
+        return kept
     # Python mode: values keep the model's types (Decimal, date, datetime), read as before.
     dumped: dict[str, Any] = validated.model_dump(by_alias=True, exclude_none=True)
     return dumped
@@ -273,7 +450,10 @@ def _datetime(value: Any) -> datetime | None:
         if not match:
             return None
         year, month, day = (int(g) if g else 1 for g in match.groups())
-        parsed = datetime(year, month, day)
+        try:
+            parsed = datetime(year, month, day)
+        except ValueError:  # the model lets some impossible dates through (2026-02-30)
+            return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
@@ -331,7 +511,11 @@ def _kind(resource: JSON) -> str:
 
 
 def _medication_terms(
-    mr: JSON, medications: Mapping[str, JSON] | None, where: str, log: ParseLog
+    mr: JSON,
+    medications: Mapping[str, JSON] | None,
+    where: str,
+    log: ParseLog,
+    unread: list[UnreadElement] | None = None,
 ) -> MedicationTerms:
     """Codings, ingredient codings and texts naming an order's medication (contained or
     referenced Medications resolved); a warning if it names none that can be read."""
@@ -358,6 +542,8 @@ def _medication_terms(
             codings, ingredients, texts = _medication_codes(med)
         elif ref:
             log.warnings.append(f"{_kind(mr)} {where}: medicationReference not resolved")
+            if unread is not None:
+                unread.append(UnreadElement("medicationReference", "reference not resolved"))
         if reference.get("display"):
             texts = (*texts, reference["display"])
     else:
@@ -394,6 +580,77 @@ def unchecked_medication_terms(
     return codings, ingredients, texts
 
 
+class _Reader:
+    """Reads an order's quantities and dates element by element, noting each it cannot read
+    (non-finite, zero or negative where a positive value is needed, no unit, not a date)."""
+
+    def __init__(self, unread: list[UnreadElement]):
+        self.unread = unread
+
+    def miss(self, path: str, reason: str) -> None:
+        if all(u.path != path for u in self.unread):
+            self.unread.append(UnreadElement(path, reason))
+
+    def number(self, value: Any, path: str) -> float | None:
+        """A positive finite number, else None (noted)."""
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except (OverflowError, TypeError, ValueError):
+            number = math.inf
+        if not math.isfinite(number):
+            self.miss(path, "not a finite number")
+            return None
+        if number <= 0:
+            self.miss(path, "must be greater than zero")
+            return None
+        return number
+
+    def quantity(self, q: Mapping[str, Any] | None, path: str) -> Quantity | None:
+        """``_quantity``, with every reason it gives None noted (absent: nothing to note)."""
+        if not q:
+            return None
+        value = self.number(q.get("value"), f"{path}.value")
+        if value is None:
+            return None
+        if not _unit(q):
+            self.miss(f"{path}.unit", "no unit")
+            return None
+        return _quantity(q)
+
+    def rate(self, dr: Mapping[str, Any], path: str) -> Quantity | None:
+        if dr.get("rateQuantity"):
+            rate = self.quantity(dr["rateQuantity"], f"{path}.rateQuantity")
+            where = f"{path}.rateQuantity.unit"
+        elif dr.get("rateRatio"):
+            ratio = dr["rateRatio"]
+            where = f"{path}.rateRatio"
+            num, den = ratio.get("numerator") or {}, ratio.get("denominator") or {}
+            top = self.number(num.get("value"), f"{where}.numerator.value")
+            bottom = self.number(den.get("value"), f"{where}.denominator.value")
+            rate = _ratio_rate(ratio) if top is not None and bottom is not None else None
+            if rate is None and top is not None and bottom is not None:
+                self.miss(where, "not a rate per hour or minute")
+        else:
+            return None
+        if rate is not None and rate.unit.rsplit("/", 1)[-1] not in _RATE_TIMES:
+            self.miss(where, "unit is not a rate per hour or minute")
+            return None
+        return rate
+
+    def moment(self, value: Any, path: str) -> datetime | None:
+        if value is None:
+            return None
+        when = _datetime(value)
+        if when is None:
+            self.miss(path, "not a valid dateTime")
+        return when
+
+
+_RATE_TIMES = frozenset({"h", "min", "d"})
+
+
 def parse_medication_request(
     resource: Mapping[str, Any],
     where: str,
@@ -404,41 +661,47 @@ def parse_medication_request(
     selected: bool = True,
     plain: bool = True,
     terms: MedicationTerms | None = None,
+    draft_index: int | None = None,
+    unread: list[UnreadElement] | None = None,
 ) -> MedicationOrder | None:
     """Flatten one MedicationRequest, resolving contained or referenced Medications.
 
     ``medications``: checked Medication JSON by ``Medication/<id>`` (``parse_medication``).
     ``plain`` as for ``checked``. ``terms``: ``unchecked_medication_terms`` of ``resource``,
     if already read; used when the check kept the resource's own medication elements.
+    A draft order is read tolerantly: invalid elements are left out and listed in
+    ``MedicationOrder.unread`` (and in ``unread``, when given, also if nothing could be read).
     """
-    mr = checked(resource, where, log, plain=plain)
+    lost: list[UnreadElement] = [] if unread is None else unread
+    mr = checked(resource, where, log, plain=plain, unread=lost if is_draft else None)
     if mr is None:
         return None
     if terms is None or any(mr.get(k) is not resource.get(k) for k in _MEDICATION_ELEMENTS):
-        terms = _medication_terms(mr, medications, where, log)
+        terms = _medication_terms(mr, medications, where, log, lost)
     codings, ingredients, texts = terms
+    read = _Reader(lost)
 
     dose = rate = None
     route = dosage_text = None
     when = None
-    for dosage in mr.get("dosageInstruction") or ():
+    for d, dosage in enumerate(mr.get("dosageInstruction") or ()):
         dosage_text = dosage_text or dosage.get("text")
         route = route or _route(dosage.get("route"))
-        for dr in dosage.get("doseAndRate") or ():
-            dose = dose or _quantity(dr.get("doseQuantity"))
+        for r, dr in enumerate(dosage.get("doseAndRate") or ()):
+            path = f"dosageInstruction[{d}].doseAndRate[{r}]"
+            if dose is None:
+                dose = read.quantity(dr.get("doseQuantity"), f"{path}.doseQuantity")
             if rate is None:
-                rate = _quantity(dr.get("rateQuantity"))
-            if rate is None and dr.get("rateRatio"):
-                rate = _ratio_rate(dr["rateRatio"])
+                rate = read.rate(dr, path)
         timing = dosage.get("timing") or {}
-        events = timing.get("event")
-        if when is None and events:
-            when = _datetime(events[0])
+        for e, event in enumerate(timing.get("event") or ()):
+            moment = read.moment(event, f"dosageInstruction[{d}].timing.event[{e}]")
+            when = when or moment
         bounds = (timing.get("repeat") or {}).get("boundsPeriod") or {}
         if when is None and isinstance(bounds, Mapping):
             when = _datetime(bounds.get("start"))
-    authored = _datetime(mr.get("authoredOn")) or when
-    volume = _infusion_volume(mr, (*texts, dosage_text or ""))
+    authored = read.moment(mr.get("authoredOn"), "authoredOn") or when
+    volume = _infusion_volume(mr, (*texts, dosage_text or ""), read)
     rid = mr.get("id")
     return MedicationOrder(
         ref=f"MedicationRequest/{rid}" if rid else None,
@@ -456,6 +719,8 @@ def parse_medication_request(
         planned=when,
         is_draft=is_draft,
         selected=selected,
+        unread=tuple(lost),
+        draft_index=draft_index,
         resource=dict(resource),
     )
 
@@ -463,14 +728,16 @@ def parse_medication_request(
 _VOLUME_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*ml\b", re.IGNORECASE)
 
 
-def _infusion_volume(mr: JSON, texts: Iterable[str]) -> Quantity | None:
-    """The infusion bag volume: ``dispenseRequest.quantity`` in mL, else "… 250 mL" in the text."""
-    q = _quantity((mr.get("dispenseRequest") or {}).get("quantity"))
+def _infusion_volume(mr: JSON, texts: Iterable[str], read: _Reader) -> Quantity | None:
+    """The infusion bag volume: ``dispenseRequest.quantity`` in mL, else "… 250 mL" in the text
+    (a positive volume only; an unreadable quantity is noted in ``read``)."""
+    dispensed = (mr.get("dispenseRequest") or {}).get("quantity")
+    q = read.quantity(dispensed, "dispenseRequest.quantity")
     if q is not None and q.unit == "mL":
         return q
     for text in texts:
         match = _VOLUME_TEXT.search(text or "")
-        if match:
+        if match and float(match.group(1)) > 0:
             return Quantity(float(match.group(1)), "mL")
     return None
 
@@ -625,7 +892,7 @@ def parse_medication_administration(
         dose=_quantity(dosage.get("dose")),
         rate=rate,
         # The charted dosage first: a product's name may hold its vial size ("500 mg/50 mL").
-        volume=_infusion_volume(ma, (dosage_text or "", *texts)),
+        volume=_infusion_volume(ma, (dosage_text or "", *texts), _Reader([])),
         route=_route(dosage.get("route")),
         dosage_text=dosage_text,
         authored_on=_datetime(ma.get("effectiveDateTime")) or _datetime(period.get("start")),

@@ -1,8 +1,11 @@
 """Builds the ``PatientRecord`` of one hook call from the context and the resolved data.
 
-* ``draftOrders``: a Bundle with or without ``type``, with or without ``entry``; resources
-  other than MedicationRequest (ServiceRequest, NutritionOrder, DeviceRequest…) are skipped
-  with a note. At order-select only the orders named in ``selections`` are ``selected``.
+* ``draftOrders``: a Bundle with or without ``type``, with or without ``entry``; other order
+  types (ServiceRequest, NutritionOrder, DeviceRequest…) are skipped with a note. A draft
+  MedicationRequest with invalid elements is kept: what can be read is read and the rest is
+  listed in ``MedicationOrder.unread``; an entry no MedicationRequest can be built from is
+  kept in ``PatientRecord.unreadable_drafts`` (the ``unchecked`` rule reports both). At
+  order-select only the orders named in ``selections`` are ``selected``.
 * Medication history: every MedicationRequest of the ``medications`` data, minus those that
   are also draft orders (a client may send an existing order as the draft, e.g. re-signing),
   and minus those no rule reads (``reads_history_order``, when given: e.g. medicines no rule
@@ -18,6 +21,7 @@ Parsing goes through ``parse.py`` (tolerant R4B); warnings never carry patient d
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -38,9 +42,16 @@ from cds_server.fhirdata.parse import (
     unchecked_medication_terms,
 )
 from cds_server.fhirdata.prefetch import KeyData
-from cds_server.model import Allergy, MedicationOrder, PatientRecord
+from cds_server.model import (
+    Allergy,
+    MedicationOrder,
+    PatientRecord,
+    UnreadableDraft,
+    UnreadElement,
+)
 
 _UNKNOWN = KeyData((), False, "unavailable")
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 T = TypeVar("T")
 
 
@@ -58,6 +69,97 @@ def _safely(
 def draft_order_resources(draft_orders: Any) -> list[Mapping[str, Any]]:
     """The resources of a ``draftOrders`` value (Bundle, single resource or nothing)."""
     return resources_of(draft_orders) if isinstance(draft_orders, Mapping) else []
+
+
+# Order types of CDS Hooks' draftOrders that are not medication orders: not evaluated (noted).
+OTHER_ORDER_TYPES = frozenset(
+    {
+        "ServiceRequest",
+        "NutritionOrder",
+        "DeviceRequest",
+        "VisionPrescription",
+        "SupplyRequest",
+        "CommunicationRequest",
+        "Appointment",
+        "Task",
+        "CarePlan",
+        "RequestGroup",
+        "ImmunizationRecommendation",
+    }
+)
+_TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{0,39}$")
+
+
+def _draft_entries(draft_orders: Any) -> list[tuple[int, Any]]:
+    """(position, resource) of every ``draftOrders`` entry, however malformed: a Bundle's
+    entries (outcome entries left out) or a single resource."""
+    if not isinstance(draft_orders, Mapping):
+        return []
+    if draft_orders.get("resourceType") != "Bundle":
+        return [(0, draft_orders)]
+    entries = draft_orders.get("entry")
+    if not isinstance(entries, list):
+        return []
+    out: list[tuple[int, Any]] = []
+    for i, entry in enumerate(entries):
+        search = entry.get("search") if isinstance(entry, Mapping) else None
+        if isinstance(search, Mapping) and search.get("mode") == "outcome":
+            continue
+        out.append((i, entry.get("resource") if isinstance(entry, Mapping) else entry))
+    return out
+
+
+def _draft_orders(
+    draft_orders: Any,
+    selected: set[str] | None,
+    meds: Mapping[str, Mapping[str, Any]],
+    log: ParseLog,
+) -> tuple[list[MedicationOrder], list[UnreadableDraft]]:
+    """The draft MedicationRequests, read tolerantly, and the entries none could be built from."""
+    drafts: list[MedicationOrder] = []
+    unreadable: list[UnreadableDraft] = []
+    for i, res in _draft_entries(draft_orders):
+        where = f"draftOrders entry #{i}"
+        if not isinstance(res, Mapping):
+            log.warnings.append(f"{where} not evaluated: not a FHIR resource")
+            unreadable.append(UnreadableDraft(i, None, None, "not a FHIR resource (JSON object)"))
+            continue
+        raw_type = res.get("resourceType")
+        rtype = raw_type if isinstance(raw_type, str) and _TYPE_NAME.match(raw_type) else None
+        rid = res.get("id")
+        ref = f"{rtype}/{rid}" if rtype and isinstance(rid, str) and _ID.match(rid) else None
+        is_selected = selected is None or (ref is not None and ref in selected)
+        if rtype in ("Medication", "OperationOutcome"):
+            continue
+        if rtype in OTHER_ORDER_TYPES:
+            log.warnings.append(f"{where} ({rtype}) not evaluated")
+            continue
+        if rtype != "MedicationRequest":
+            log.warnings.append(f"{where} ({rtype or 'no resource type'}) not evaluated")
+            why = f"a {rtype}, not a MedicationRequest" if rtype else "no valid resourceType"
+            unreadable.append(UnreadableDraft(i, rtype, ref, why, is_selected))
+            continue
+        lost: list[UnreadElement] = []
+        try:
+            order = parse_medication_request(
+                res,
+                where,
+                log,
+                meds,
+                is_draft=True,
+                selected=is_selected,
+                draft_index=i,
+                unread=lost,
+            )
+        except MODEL_FAILURES:
+            order = None
+        if order is not None:
+            drafts.append(order)
+            continue
+        shown = ", ".join(f"{u.path} ({u.reason})" for u in lost[:3])
+        why = f"invalid: {shown}" if shown else "could not be read as FHIR R4"
+        unreadable.append(UnreadableDraft(i, rtype, ref, why, is_selected))
+    return drafts, unreadable
 
 
 def _dedupe(items: Sequence[str]) -> tuple[str, ...]:
@@ -96,29 +198,7 @@ def build_record(
             meds[ref] = med
 
     selected = set(selections) if selections is not None else None
-    drafts: list[MedicationOrder] = []
-    for i, res in enumerate(draft_order_resources(draft_orders)):
-        rtype = str(res.get("resourceType"))
-        if rtype == "Medication":
-            continue
-        if rtype != "MedicationRequest":
-            log.warnings.append(f"draftOrders entry #{i} ({rtype[:40]}) not evaluated")
-            continue
-        ref = f"{rtype}/{res.get('id')}"
-        where = f"draftOrders entry #{i}"
-        order = _safely(
-            log,
-            where,
-            parse_medication_request,
-            res,
-            where,
-            log,
-            meds,
-            is_draft=True,
-            selected=selected is None or ref in selected,
-        )
-        if order is not None:
-            drafts.append(order)
+    drafts, unreadable = _draft_orders(draft_orders, selected, meds, log)
     if selected is not None:
         refs = {
             f"{r.get('resourceType')}/{r.get('id')}" for r in draft_order_resources(draft_orders)
@@ -160,6 +240,7 @@ def build_record(
         birth_date=birth_date(patient.resources, log),  # ``checked`` skips what fails
         weight=latest_weight(weight.resources, log),
         draft_orders=tuple(drafts),
+        unreadable_drafts=tuple(unreadable),
         medication_history=tuple(history),
         allergies=tuple(found),
         history_unread=unread,

@@ -16,6 +16,7 @@ from cds_server.reasoning import (
     summary,
     titration,
     treatment_course,
+    unchecked,
 )
 
 RULES = (
@@ -26,6 +27,7 @@ RULES = (
     monitoring,
     pretreatment,
     crs,
+    unchecked,
     summary,
 )
 

@@ -72,7 +72,7 @@ def convert(q: Quantity, unit: str, mg_per_ml: float | None) -> Quantity | None:
     elif time_from != time_to:
         return None
     if amount_from != amount_to:
-        if mg_per_ml is None:
+        if mg_per_ml is None or not mg_per_ml > 0:
             return None
         if (amount_from, amount_to) == ("mL", "mg"):
             value *= mg_per_ml
@@ -84,9 +84,11 @@ def convert(q: Quantity, unit: str, mg_per_ml: float | None) -> Quantity | None:
 
 
 def concentration(order: MedicationOrder) -> float | None:
-    """mg/mL of the bag, when the order gives a dose in mg and a volume."""
+    """mg/mL of the bag, when the order gives a positive dose in mg and a positive volume."""
     if order.dose is None or order.volume is None or order.dose.unit != "mg":
         return None
+    if not (order.dose.value > 0 and order.volume.value > 0):
+        return None  # parsing leaves such values out; never divide by them
     return order.dose.value / order.volume.value
 
 

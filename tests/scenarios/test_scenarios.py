@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
@@ -78,8 +79,34 @@ def load_scenario(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return _shift_dates(request, (today() - ANCHOR).days), expected
 
 
+_BEYOND_FLOAT = "\x00beyond-float\x00"
+
+
+def _with_huge_literals(value: Any) -> Any:
+    """Infinite floats (read from a literal such as 1e400) marked, to be written back as 1e400."""
+    if isinstance(value, float) and math.isinf(value):
+        return ("-" if value < 0 else "") + _BEYOND_FLOAT
+    if isinstance(value, dict):
+        return {k: _with_huge_literals(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_huge_literals(v) for v in value]
+    return value
+
+
+def request_text(body: dict[str, Any]) -> str:
+    """The body as an EHR sends it: a number beyond float range stays the literal 1e400
+    (``json.dumps`` would write ``Infinity``, which is not JSON)."""
+    text = json.dumps(_with_huge_literals(body))
+    marker = json.dumps(_BEYOND_FLOAT)[1:-1]
+    return text.replace(f'"-{marker}"', "-1e400").replace(f'"{marker}"', "1e400")
+
+
 def call(client: FlaskClient, body: dict[str, Any]) -> dict[str, Any]:
-    resp = client.post(f"/cds-services/{service_for(body)}", json=body)
+    resp = client.post(
+        f"/cds-services/{service_for(body)}",
+        data=request_text(body),
+        content_type="application/json",
+    )
     assert resp.status_code == 200, resp.get_json()
     result = resp.get_json()
     assert check_response(result) == [], check_response(result)
