@@ -170,7 +170,7 @@ def explain_evaluation(ev: pipeline.Evaluation, kb: KnowledgeBase) -> str:
     }
     for rule in RULES:
         topic = rule.TOPIC
-        if topic == "patient-summary":
+        if topic in ("patient-summary", "order-not-checked"):
             fired = any(f.topic == topic for f in ev.findings)
             lines.append(f"  {topic}: {'FIRED' if fired else 'no finding'}")
             continue

@@ -17,6 +17,7 @@ checked: no card.
 from __future__ import annotations
 
 import hashlib
+import re
 
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import (
@@ -28,7 +29,6 @@ from cds_server.model import (
     UnreadElement,
 )
 from cds_server.reasoning.orders import target_orders
-from cds_server.recognition import normalise
 
 TOPIC = "order-not-checked"
 OVERRIDE_REASONS = ("not-applicable",)
@@ -70,7 +70,7 @@ _KINDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
 # Route words that make an order look like an infusion (47625008: SNOMED CT intravenous route).
 _INFUSION_ROUTE = frozenset({"intravenous", "iv", "infusion", "47625008"})
 _INFUSION_ELEMENTS = ("rateQuantity", "rateRatio", "rateRange", "dispenseRequest")
-_MAX_CODES = 5
+_WORDS = re.compile(r"[a-z0-9]+")
 
 
 def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
@@ -112,9 +112,10 @@ def order_name(order: MedicationOrder) -> str:
 
 
 def _order_key(ref: str | None, index: int | None) -> str:
-    """A stable per-order key in place of a drug id (so two such orders give two cards)."""
+    """A stable per-order key in place of a drug id (so two such orders give two cards),
+    short enough for the card log."""
     raw = ref or f"#{index}"
-    return "order:" + (raw if len(raw) <= 50 else hashlib.sha256(raw.encode()).hexdigest()[:16])
+    return "order:" + hashlib.sha1(raw.encode(), usedforsecurity=False).hexdigest()
 
 
 def _elements(unread: list[UnreadElement] | tuple[UnreadElement, ...]) -> list[str]:
@@ -151,7 +152,7 @@ def looks_like_infusion(order: MedicationOrder) -> bool:
         return True
     if any(name in u.path for u in order.unread for name in _INFUSION_ELEMENTS):
         return True
-    return bool(_INFUSION_ROUTE & set(normalise(order.route or "")))
+    return bool(_INFUSION_ROUTE & set(_WORDS.findall((order.route or "").casefold())))
 
 
 def _unidentified(order: MedicationOrder) -> Finding:
@@ -160,8 +161,7 @@ def _unidentified(order: MedicationOrder) -> Finding:
         for c in (*order.codings, *order.ingredient_codings)
         if c.code
     ]
-    more = len(codes) - _MAX_CODES
-    shown = codes[:_MAX_CODES] + ([f"… and {more} more"] if more > 0 else [])
+    shown = list(dict.fromkeys(codes))
     points = [f"- Order **{order_name(order)}** names no medicine the service can identify."]
     if shown:
         points.append("- Codes as sent (none is known to this service): " + "; ".join(shown))
