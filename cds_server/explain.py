@@ -257,15 +257,10 @@ def explain_evaluation(ev: pipeline.Evaluation, kb: KnowledgeBase) -> str:
         "crs-readiness": lambda r, p: _why_crs(s, r, kb, p),
         "prior-reaction": lambda r, p: _why_reactions(s, r, kb),
         "treatment-course": lambda r, p: _why_course(r, kb, p),
-        "order-not-checked": lambda r, p: (
-            f"unread: {', '.join(u.path for u in r.order.unread)}"
-            if r.order.unread
-            else "every element read"
-        ),
     }
     for rule in RULES:
         topic = rule.TOPIC
-        if topic == "patient-summary":
+        if topic in ("patient-summary", "order-not-checked"):
             fired = any(f.topic == topic for f in ev.findings)
             lines.append(f"  {topic}: {'FIRED' if fired else 'no finding'}")
             continue
