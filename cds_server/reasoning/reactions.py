@@ -173,6 +173,14 @@ def _critical_backing(drug: Drug, kb: KnowledgeBase) -> tuple[Provenance, ...]:
     return backing
 
 
+def _contraindicated_after_any_reaction(drug: Drug) -> bool:
+    """Does a verified label contraindication apply after a reaction of any severity?"""
+    return any(
+        g.kind == "contraindication" and g.grades == "any" and g.provenance.evidence == "verified"
+        for g in drug.reactions
+    )
+
+
 def _guidance(drug: Drug, *, severe: bool) -> list[ReactionGuidance]:
     """The knowledge's reaction guidance relevant to the tier: few lines, most relevant first.
 
@@ -240,6 +248,16 @@ def _finding(
         and m.allergy.allergy.verification_status != "unconfirmed"
         and m.allergy.allergy.clinical_status not in _INACTIVE
     ]
+    any_grade = _contraindicated_after_any_reaction(drug)
+    if any_grade and not definite:
+        # The label contraindicates re-exposure after a reaction of any severity: a confirmed,
+        # active same-agent reaction is as definite as a severe one.
+        definite = [
+            m
+            for m in same
+            if m.allergy.allergy.verification_status != "unconfirmed"
+            and m.allergy.allergy.clinical_status not in _INACTIVE
+        ]
     plan = _plan_in_drafts(situation, drug.id, kb)
     backing = _critical_backing(drug, kb)
     points = [f"- {describe(m)}" for m in matches]
@@ -262,9 +280,18 @@ def _finding(
             indicator = _DOWNGRADE[indicator]
             last = max(tolerated).date().isoformat()
             reasons.append(f"a later dose was completed on {last} (tolerated since)")
-        headline = "severe prior reaction to this drug"
+        severe = any(m.severe for m in definite)
+        headline = (
+            "severe prior reaction to this drug"
+            if severe
+            else "prior reaction: re-exposure contraindicated by the label"
+        )
         if indicator == "critical":
-            headline = "severe prior reaction: do not give by standard infusion"
+            headline = (
+                "severe prior reaction: do not give by standard infusion"
+                if severe
+                else "prior reaction: contraindicated, do not give by standard infusion"
+            )
             points.append(
                 "- **Do not give by standard infusion.** Discuss rapid drug desensitization with "
                 "allergy/immunology before re-exposure."
@@ -292,7 +319,11 @@ def _finding(
         if all(m.tolerated_since for m in matches):
             indicator = "info"
     for guidance in _guidance(drug, severe=bool(definite)):
-        grades = f" (grade {guidance.grades})" if guidance.grades else ""
+        grades = (
+            " (any grade)"
+            if guidance.grades == "any"
+            else (f" (grade {guidance.grades})" if guidance.grades else "")
+        )
         points.append(f"- {guidance.kind.capitalize()}{grades}: {guidance.text}")
         citations.extend(guidance.provenance.citations())
     table: tuple[tuple[str, ...], ...] = ()
