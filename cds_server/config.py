@@ -61,6 +61,15 @@ DEFAULTS: dict[str, Any] = {
     # SQLAlchemy URL; None = SQLite file instance/cds-server.sqlite3 (in memory when TESTING).
     # PostgreSQL: postgresql://user@host/db (driven by psycopg 3).
     "DATABASE_URL": None,
+    # Deadline, in seconds, of each database operation of a hook call or a feedback POST (the
+    # snooze/de-duplication read, the feedback commit, one card-log batch): waiting for a
+    # pooled connection, opening one and every statement, even when the server never answers.
+    # The read then fails open (cards shown unfiltered), feedback answers 503.
+    "DATABASE_TIMEOUT": 1.5,
+    # Seconds to open a new database connection (PostgreSQL: whole seconds, at least 2).
+    "DATABASE_CONNECT_TIMEOUT": 2,
+    # Deadline, in seconds, of the card report (GET /analytics/report, `cds-server report`).
+    "DATABASE_REPORT_TIMEOUT": 30,
     # Upgrade the schema (Alembic) when the app starts; false = run `cds-server db upgrade`.
     "DATABASE_AUTO_UPGRADE": True,
     # HMAC-SHA256 key for patient/encounter hashes (>= 32 characters). None = generated once
@@ -180,6 +189,14 @@ def _check_store(cfg: Config | dict[str, Any]) -> None:
     for flag in ("DATABASE_AUTO_UPGRADE", "CARD_LOG_BACKGROUND"):
         if not isinstance(cfg.get(flag), bool):
             raise ConfigError(f"{flag} must be true or false")
+    for key, most in (
+        ("DATABASE_TIMEOUT", 60),
+        ("DATABASE_CONNECT_TIMEOUT", 60),
+        ("DATABASE_REPORT_TIMEOUT", 3600),
+    ):
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= most:
+            raise ConfigError(f"{key} must be a number of seconds above 0, at most {most}")
     linger = cfg.get("CARD_LOG_LINGER_SECONDS")
     if isinstance(linger, bool) or not isinstance(linger, int | float) or not 0 <= linger <= 5:
         raise ConfigError("CARD_LOG_LINGER_SECONDS must be a number of seconds from 0 to 5")
