@@ -341,7 +341,7 @@ def init_app(app: Flask, *, blueprint: str) -> None:
         )
     clients = trusted_clients.load(cfg["CLIENTS_FILE"])
     try:
-        cache = open_cache(cfg["AUTH_CACHE"])
+        cache = open_cache(cfg["AUTH_CACHE"], timeout=float(cfg["AUTH_CACHE_TIMEOUT"]))
     except CacheUnavailable as exc:
         raise ConfigError(f"AUTH_CACHE: cannot use the shared cache ({exc})") from None
     timeout = (float(cfg["FHIR_CONNECT_TIMEOUT"]), float(cfg["FHIR_READ_TIMEOUT"]))

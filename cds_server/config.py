@@ -98,6 +98,9 @@ DEFAULTS: dict[str, Any] = {
     "AUTH_LEEWAY": 60,
     # Replay (jti) and JWKS cache: "memory" (this process) or redis://host:port/db (shared).
     "AUTH_CACHE": "memory",
+    # Seconds to connect to the Redis of AUTH_CACHE and to wait for each answer; beyond it the
+    # call is answered 503 (authentication cannot be checked), never left waiting.
+    "AUTH_CACHE_TIMEOUT": 1.0,
     # A fetched jku JWK Set is re-fetched after this many seconds, or on an unknown kid but
     # at most once per AUTH_JWKS_MIN_REFRESH seconds.
     "AUTH_JWKS_TTL": 3600,
@@ -224,6 +227,9 @@ def _check_trust(cfg: Config | dict[str, Any]) -> None:
         cache == "memory" or cache.split("://", 1)[0] in ("redis", "rediss", "unix")
     ):
         raise ConfigError("AUTH_CACHE must be 'memory' or a redis://host:port/db URL")
+    timeout = cfg.get("AUTH_CACHE_TIMEOUT")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 30:
+        raise ConfigError("AUTH_CACHE_TIMEOUT must be a number of seconds above 0, at most 30")
     for key in ("AUTH_JWKS_TTL", "AUTH_JWKS_MIN_REFRESH"):
         value = cfg.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:

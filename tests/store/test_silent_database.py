@@ -124,3 +124,12 @@ def test_concurrent_calls_all_end_within_the_deadline(
     assert max(took for _, took in results) < BUDGET + MARGIN + 1.0, results
     proxy.resume()
     assert _sign(client, body).status_code == 200
+
+
+def test_database_deadlines_are_validated() -> None:
+    from cds_server import config
+
+    for key in ("DATABASE_TIMEOUT", "DATABASE_CONNECT_TIMEOUT", "DATABASE_REPORT_TIMEOUT"):
+        for bad in (0, -1, True, "1", 10_000):
+            with pytest.raises(config.ConfigError, match=key):
+                config.load(test_config={key: bad})
