@@ -76,6 +76,7 @@ def _json_body() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise MalformedJson("The request body must be a JSON object")
     limits.check_depth(raw, current_app.config["MAX_JSON_DEPTH"])
+    limits.check_unicode(raw, body)
     return body
 
 
