@@ -188,6 +188,9 @@ def serve(
                 "timeout": 30,
                 "graceful_timeout": 10,
                 "accesslog": "-",
+                # The path without its query string: a token sent there must not be logged.
+                "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s '
+                '"%(f)s" "%(a)s"',
                 "errorlog": "-",
                 "loglevel": str(app.config["LOG_LEVEL"]).lower(),
                 "proc_name": "cds-server",

@@ -96,6 +96,9 @@ DEFAULTS: dict[str, Any] = {
     "CLIENTS_FILE": None,
     # Clock leeway, in seconds, for the JWT exp/iat/nbf checks (0-300).
     "AUTH_LEEWAY": 60,
+    # Longest accepted token lifetime, in seconds: exp at most this far ahead (plus the leeway).
+    # Epic signs tokens valid ≈ 15 min; the specification recommends 5 min.
+    "AUTH_MAX_TOKEN_LIFETIME": 3600,
     # Replay (jti) and JWKS cache: "memory" (this process) or redis://host:port/db (shared).
     "AUTH_CACHE": "memory",
     # Seconds to connect to the Redis of AUTH_CACHE and to wait for each answer; beyond it the
@@ -227,6 +230,11 @@ def _check_trust(cfg: Config | dict[str, Any]) -> None:
         cache == "memory" or cache.split("://", 1)[0] in ("redis", "rediss", "unix")
     ):
         raise ConfigError("AUTH_CACHE must be 'memory' or a redis://host:port/db URL")
+    lifetime = cfg.get("AUTH_MAX_TOKEN_LIFETIME")
+    if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
+        raise ConfigError("AUTH_MAX_TOKEN_LIFETIME must be a number of seconds (60 to 86400)")
+    if not 60 <= lifetime <= 86400:
+        raise ConfigError("AUTH_MAX_TOKEN_LIFETIME must be a number of seconds (60 to 86400)")
     timeout = cfg.get("AUTH_CACHE_TIMEOUT")
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 30:
         raise ConfigError("AUTH_CACHE_TIMEOUT must be a number of seconds above 0, at most 30")
