@@ -30,4 +30,6 @@ EXPOSE 8080
 # Discovery answers 401 without a client JWT: an HTTP answer (200 or 401) means it is up.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
     CMD python -c "import http.client as h; c = h.HTTPConnection('127.0.0.1', 8080, timeout=3); c.request('GET', '/cds-services'); raise SystemExit(c.getresponse().status not in (200, 401))"
-CMD ["cds-server", "serve", "--host", "0.0.0.0", "--port", "8080", "--workers", "2"]
+# Workers: 1, or 2 once CDS_AUTH_CACHE=redis://… is set (several workers need the shared
+# JWT replay cache; `serve` refuses more than 1 without it); CDS_WORKERS=n to choose.
+CMD ["cds-server", "serve", "--host", "0.0.0.0", "--port", "8080"]

@@ -56,7 +56,16 @@ def _json_body() -> dict[str, Any]:
     if mimetype not in JSON_TYPES:
         shown = mimetype[:60] or "none"
         raise UnsupportedMediaType(f"Content-Type must be application/json (got {shown})")
-    raw = request.get_data(cache=False)  # RequestEntityTooLarge beyond MAX_CONTENT_LENGTH
+    try:
+        raw = request.get_data(cache=False)  # RequestEntityTooLarge beyond MAX_CONTENT_LENGTH
+    except HTTPException:
+        raise
+    except Exception:
+        # The server could not read the body: a malformed chunk-size line or terminator
+        # (gunicorn's ParseException, werkzeug's OSError), a body cut short.
+        raise MalformedJson(
+            "The request body could not be read (malformed chunked encoding or cut short)"
+        ) from None
     if request.content_length is None and len(raw) >= current_app.config["MAX_CONTENT_LENGTH"]:
         raise RequestEntityTooLarge()  # chunked body: werkzeug stops at the limit silently
     if not raw.strip():
@@ -76,6 +85,7 @@ def _json_body() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise MalformedJson("The request body must be a JSON object")
     limits.check_depth(raw, current_app.config["MAX_JSON_DEPTH"])
+    limits.check_unicode(raw, body)
     return body
 
 

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 EXTENSION = "cds_server.auth"
 MAX_TOKEN_CHARS = 16_384
 REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "jti")
+QUERY_TOKEN_NAMES = frozenset({"access_token", "token", "jwt", "id_token", "authorization"})
 JWKS_KEEP = 24 * 3600  # keep a fetched JWKS this long as a fallback when a refresh fails
 _COMPACT_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 
@@ -68,10 +69,17 @@ def _safe(value: Any, limit: int = 80) -> str:
     return "".join(ch if ch == " " or ch.isprintable() else "?" for ch in text)[:limit]
 
 
+# NumericDate bounds: 1970 to the year 5138 (1e11 s). Anything else is no time at all
+# (1e300, inf after float conversion, a huge int) and is refused before any arithmetic.
+_MAX_NUMERIC_DATE = 1e11
+
+
 def _number(claims: Mapping[str, Any], name: str) -> float:
     value = claims.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise AuthFailure(f"claim {name} is not a number")
+    if not 0 <= value <= _MAX_NUMERIC_DATE:  # False for NaN too
+        raise AuthFailure(f"claim {name} is out of range")
     return float(value)
 
 
@@ -101,6 +109,7 @@ class Verifier:
         clock: Callable[[], float] = time.time,
         jwks_ttl: float = 3600.0,
         jwks_min_refresh: float = 30.0,
+        max_lifetime: float = 3600.0,
     ):
         self.clients = clients
         self.cache = cache
@@ -109,6 +118,7 @@ class Verifier:
         self._clock = clock
         self._jwks_ttl = jwks_ttl
         self._min_refresh = jwks_min_refresh
+        self.max_lifetime = max_lifetime
 
     def verify(self, token: str, audiences: Sequence[str]) -> Caller:
         """The trusted client that signed ``token`` for one of ``audiences``.
@@ -189,6 +199,8 @@ class Verifier:
         exp, iat = _number(claims, "exp"), _number(claims, "iat")
         if now > exp + self.leeway:
             raise AuthFailure("expired")
+        if exp > now + self.max_lifetime + self.leeway:
+            raise AuthFailure("exp is further ahead than AUTH_MAX_TOKEN_LIFETIME")
         if iat > now + self.leeway:
             raise AuthFailure("iat is in the future beyond the leeway")
         if "nbf" in claims and _number(claims, "nbf") > now + self.leeway:
@@ -262,6 +274,10 @@ def authenticate() -> None:
     """``before_request`` hook of the CDS blueprint: verify the caller or raise 401/503."""
     if request.method == "OPTIONS":  # CORS preflight: browsers never send credentials
         return
+    if any(name.lower() in QUERY_TOKEN_NAMES for name in request.args):
+        # A token in the URL ends up in access logs and proxies' logs: never accepted.
+        log.warning("authentication refused on %s: a token in the query string", request.method)
+        raise Unauthorized("Send the JWT in the Authorization header, never in the URL")
     verifier: Verifier = current_app.extensions[EXTENSION]
     rule = request.url_rule.rule if request.url_rule is not None else ""
     audiences = expected_audiences(
@@ -341,7 +357,7 @@ def init_app(app: Flask, *, blueprint: str) -> None:
         )
     clients = trusted_clients.load(cfg["CLIENTS_FILE"])
     try:
-        cache = open_cache(cfg["AUTH_CACHE"])
+        cache = open_cache(cfg["AUTH_CACHE"], timeout=float(cfg["AUTH_CACHE_TIMEOUT"]))
     except CacheUnavailable as exc:
         raise ConfigError(f"AUTH_CACHE: cannot use the shared cache ({exc})") from None
     timeout = (float(cfg["FHIR_CONNECT_TIMEOUT"]), float(cfg["FHIR_READ_TIMEOUT"]))
@@ -352,6 +368,7 @@ def init_app(app: Flask, *, blueprint: str) -> None:
         fetcher=lambda url: fetch_jwks(url, timeout=timeout),
         jwks_ttl=float(cfg["AUTH_JWKS_TTL"]),
         jwks_min_refresh=float(cfg["AUTH_JWKS_MIN_REFRESH"]),
+        max_lifetime=float(cfg["AUTH_MAX_TOKEN_LIFETIME"]),
     )
     app.before_request_funcs.setdefault(blueprint, []).append(authenticate)
     where = (

@@ -72,6 +72,8 @@ def main() -> None:
 # so a worker takes more calls at once than it has CPU (bench/README.md: with 4, a worker that
 # held 6 of 8 keep-alive connections queued two calls behind a 100 ms FHIR wait).
 SERVE_THREADS = 8
+# Worker processes when a shared auth cache (Redis) is configured; without one, 1 (see serve).
+SERVE_WORKERS = 2
 
 
 @main.command()
@@ -123,7 +125,14 @@ def demo(host: str, port: int, require_auth: bool, clients: Path | None) -> None
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--workers",
+    default=None,
+    type=click.IntRange(1, 64),
+    envvar="CDS_WORKERS",
+    help="Worker processes (CDS_WORKERS). Default: 2 with a shared auth cache "
+    "(CDS_AUTH_CACHE=redis://…), else 1; more than 1 requires the shared cache.",
+)
 @click.option("--threads", default=SERVE_THREADS, show_default=True, type=click.IntRange(1, 64))
 @click.option(
     "--public-url",
@@ -139,7 +148,7 @@ def demo(host: str, port: int, require_auth: bool, clients: Path | None) -> None
 def serve(
     host: str,
     port: int,
-    workers: int,
+    workers: int | None,
     threads: int,
     public_url: str | None,
     clients: Path | None,
@@ -157,10 +166,16 @@ def serve(
         overrides["CLIENTS_FILE"] = str(clients)
     app = _create_app(overrides)
     _setup_logging(app.config["LOG_LEVEL"])
-    if workers > 1 and app.config["AUTH_CACHE"] == "memory":
-        log.warning(
-            "AUTH_CACHE is 'memory': replay protection and the JWKS cache are per worker "
-            "process. With several workers or instances set CDS_AUTH_CACHE=redis://host:6379/0."
+    shared = app.config["AUTH_CACHE"] != "memory"
+    if workers is None:
+        workers = SERVE_WORKERS if shared else 1
+    if workers > 1 and not shared:
+        # Each worker would keep its own replay cache: a token could be replayed once per
+        # worker (the fault run replayed 44 of 50 tokens concurrently across 2 workers).
+        raise click.ClickException(
+            f"--workers {workers} needs a shared replay cache, but AUTH_CACHE is 'memory' "
+            "(one per process: a JWT could be replayed once on each worker). Set "
+            "CDS_AUTH_CACHE=redis://host:6379/0, or run one worker (--workers 1) per instance."
         )
 
     class _Server(BaseApplication):  # type: ignore[misc]
@@ -173,6 +188,9 @@ def serve(
                 "timeout": 30,
                 "graceful_timeout": 10,
                 "accesslog": "-",
+                # The path without its query string: a token sent there must not be logged.
+                "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s '
+                '"%(f)s" "%(a)s"',
                 "errorlog": "-",
                 "loglevel": str(app.config["LOG_LEVEL"]).lower(),
                 "proc_name": "cds-server",

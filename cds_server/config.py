@@ -62,6 +62,15 @@ DEFAULTS: dict[str, Any] = {
     # SQLAlchemy URL; None = SQLite file instance/cds-server.sqlite3 (in memory when TESTING).
     # PostgreSQL: postgresql://user@host/db (driven by psycopg 3).
     "DATABASE_URL": None,
+    # Deadline, in seconds, of each database operation of a hook call or a feedback POST (the
+    # snooze/de-duplication read, the feedback commit, one card-log batch): waiting for a
+    # pooled connection, opening one and every statement, even when the server never answers.
+    # The read then fails open (cards shown unfiltered), feedback answers 503.
+    "DATABASE_TIMEOUT": 1.5,
+    # Seconds to open a new database connection (PostgreSQL: whole seconds, at least 2).
+    "DATABASE_CONNECT_TIMEOUT": 2,
+    # Deadline, in seconds, of the card report (GET /analytics/report, `cds-server report`).
+    "DATABASE_REPORT_TIMEOUT": 30,
     # Upgrade the schema (Alembic) when the app starts; false = run `cds-server db upgrade`.
     "DATABASE_AUTO_UPGRADE": True,
     # HMAC-SHA256 key for patient/encounter hashes (>= 32 characters). None = generated once
@@ -88,8 +97,14 @@ DEFAULTS: dict[str, Any] = {
     "CLIENTS_FILE": None,
     # Clock leeway, in seconds, for the JWT exp/iat/nbf checks (0-300).
     "AUTH_LEEWAY": 60,
+    # Longest accepted token lifetime, in seconds: exp at most this far ahead (plus the leeway).
+    # Epic signs tokens valid ≈ 15 min; the specification recommends 5 min.
+    "AUTH_MAX_TOKEN_LIFETIME": 3600,
     # Replay (jti) and JWKS cache: "memory" (this process) or redis://host:port/db (shared).
     "AUTH_CACHE": "memory",
+    # Seconds to connect to the Redis of AUTH_CACHE and to wait for each answer; beyond it the
+    # call is answered 503 (authentication cannot be checked), never left waiting.
+    "AUTH_CACHE_TIMEOUT": 1.0,
     # A fetched jku JWK Set is re-fetched after this many seconds, or on an unknown kid but
     # at most once per AUTH_JWKS_MIN_REFRESH seconds.
     "AUTH_JWKS_TTL": 3600,
@@ -181,6 +196,14 @@ def _check_store(cfg: Config | dict[str, Any]) -> None:
     for flag in ("DATABASE_AUTO_UPGRADE", "CARD_LOG_BACKGROUND"):
         if not isinstance(cfg.get(flag), bool):
             raise ConfigError(f"{flag} must be true or false")
+    for key, most in (
+        ("DATABASE_TIMEOUT", 60),
+        ("DATABASE_CONNECT_TIMEOUT", 60),
+        ("DATABASE_REPORT_TIMEOUT", 3600),
+    ):
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= most:
+            raise ConfigError(f"{key} must be a number of seconds above 0, at most {most}")
     linger = cfg.get("CARD_LOG_LINGER_SECONDS")
     if isinstance(linger, bool) or not isinstance(linger, int | float) or not 0 <= linger <= 5:
         raise ConfigError("CARD_LOG_LINGER_SECONDS must be a number of seconds from 0 to 5")
@@ -208,6 +231,14 @@ def _check_trust(cfg: Config | dict[str, Any]) -> None:
         cache == "memory" or cache.split("://", 1)[0] in ("redis", "rediss", "unix")
     ):
         raise ConfigError("AUTH_CACHE must be 'memory' or a redis://host:port/db URL")
+    lifetime = cfg.get("AUTH_MAX_TOKEN_LIFETIME")
+    if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
+        raise ConfigError("AUTH_MAX_TOKEN_LIFETIME must be a number of seconds (60 to 86400)")
+    if not 60 <= lifetime <= 86400:
+        raise ConfigError("AUTH_MAX_TOKEN_LIFETIME must be a number of seconds (60 to 86400)")
+    timeout = cfg.get("AUTH_CACHE_TIMEOUT")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 30:
+        raise ConfigError("AUTH_CACHE_TIMEOUT must be a number of seconds above 0, at most 30")
     for key in ("AUTH_JWKS_TTL", "AUTH_JWKS_MIN_REFRESH"):
         value = cfg.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:

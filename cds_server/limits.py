@@ -3,13 +3,16 @@
 * JSON nesting depth (``MAX_JSON_DEPTH``) → 400 ``malformed-json``: nothing the CDS Hooks or
   FHIR wire needs is nested that deep, and deep input is how recursive code is made to fail;
 * draft orders in ``context.draftOrders`` (``MAX_DRAFT_ORDERS``) → 413 ``limit-exceeded``;
-* resources across all ``prefetch`` values (``MAX_PREFETCH_RESOURCES``) → 413 ``limit-exceeded``.
+* resources across all ``prefetch`` values (``MAX_PREFETCH_RESOURCES``) → 413 ``limit-exceeded``;
+* text that is not Unicode (an unpaired surrogate escape such as ``"\\ud800"``, which JSON
+  allows and no UTF-8 database, log or EHR can hold) → 400 ``malformed-json``.
 
 Counting is done before validation and tolerates any shape (validation reports shape errors).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -52,6 +55,23 @@ def check_depth(text: bytes, limit: int) -> None:
     """400 if the JSON ``text`` (already parsed successfully) nests deeper than ``limit``."""
     if json_text_depth_exceeds(text, limit):
         raise MalformedJson(f"The request body is nested deeper than {limit} levels")
+
+
+# A \uD800-\uDFFF escape: only then can parsed JSON hold a surrogate (UTF-8 bytes cannot).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def check_unicode(text: bytes, body: Any) -> None:
+    """400 if the parsed ``body`` of the JSON ``text`` holds an unpaired surrogate, in a key or
+    a value. A pair (an escaped emoji) was joined by the parser and is fine."""
+    if not _SURROGATE_ESCAPE.search(text):
+        return
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise MalformedJson(
+            "The request body holds invalid Unicode: an unpaired surrogate escape (\\uD800-\\uDFFF)"
+        ) from None
 
 
 def _entries(value: Any) -> int:

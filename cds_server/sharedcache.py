@@ -6,7 +6,9 @@ Two backends behind one interface (``SharedCache``):
 * ``RedisCache`` — shared by every gunicorn worker and every instance (``AUTH_CACHE=redis://…``).
 
 This is the only module that talks to Redis. Keys are namespaced (``cds-server:``); values are
-short strings. Backend failures raise ``CacheUnavailable`` so callers can fail closed.
+short strings. Backend failures raise ``CacheUnavailable`` so callers can fail closed. Every
+Redis call has a deadline: ``timeout`` seconds to connect and to wait for each answer, and no
+retry (a silent Redis costs one timeout per call, not several).
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 DEFAULT_PREFIX = "cds-server:"
+DEFAULT_TIMEOUT = 1.0  # seconds (AUTH_CACHE_TIMEOUT)
 
 
 class CacheUnavailable(RuntimeError):
@@ -103,13 +108,14 @@ def _ms(ttl: float) -> int:
 class RedisCache:
     """``SharedCache`` on Redis: ``SET NX PX`` for add, ``SET PX`` for set."""
 
-    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, timeout: float = 1.0):
+    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, timeout: float = DEFAULT_TIMEOUT):
         self.display = redacted(url)
         self._prefix = prefix
         self._client = redis.Redis.from_url(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
             decode_responses=True,
         )
 
@@ -161,12 +167,12 @@ def redacted(url: str) -> str:
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
-def open_cache(spec: str) -> SharedCache:
+def open_cache(spec: str, *, timeout: float = DEFAULT_TIMEOUT) -> SharedCache:
     """``"memory"`` or a Redis URL → a ready cache; Redis is pinged (``CacheUnavailable``)."""
     if spec == "memory":
         return MemoryCache()
     if urlsplit(spec).scheme not in REDIS_SCHEMES:
         raise ValueError("must be 'memory' or a redis://, rediss:// or unix:// URL")
-    cache = RedisCache(spec)
+    cache = RedisCache(spec, timeout=timeout)
     cache.ping()
     return cache

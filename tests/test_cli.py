@@ -63,6 +63,7 @@ def test_serve_configures_gunicorn(cli_runner: CliRunner, monkeypatch: pytest.Mo
         seen["app"] = self.load()
 
     monkeypatch.setattr(BaseApplication, "run", fake_run)
+    _shared_cache(monkeypatch)
     result = cli_runner.invoke(
         cli.main,
         [
@@ -112,3 +113,76 @@ def test_bad_knowledge_is_a_clean_error(cli_runner: CliRunner, tmp_path: Path) -
     result = cli_runner.invoke(cli.main, ["check-cards", "--cards", str(tmp_path)])
     assert result.exit_code == 1
     assert "knowledge" in result.output
+
+
+CLIENTS = str(ROOT / "fixtures" / "trusted-clients" / "sandbox.yaml")
+
+
+def _shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``CDS_AUTH_CACHE`` set to a Redis URL, its client replaced by an in-process cache."""
+    from cds_server import auth
+    from cds_server.sharedcache import MemoryCache
+
+    monkeypatch.setenv("CDS_AUTH_CACHE", "redis://cache.example.invalid:6379/0")
+    monkeypatch.setattr(auth, "open_cache", lambda spec, **kw: MemoryCache())
+
+
+def _serve(
+    cli_runner: CliRunner, monkeypatch: pytest.MonkeyPatch, *args: str
+) -> tuple[Any, dict[str, Any]]:
+    from gunicorn.app.base import BaseApplication
+
+    seen: dict[str, Any] = {}
+
+    def fake_run(self: Any) -> None:
+        seen["workers"] = self.cfg.workers
+
+    monkeypatch.setattr(BaseApplication, "run", fake_run)
+    base = ["serve", "--public-url", "https://cds.example.org", "--clients", CLIENTS]
+    return cli_runner.invoke(cli.main, [*base, *args]), seen
+
+
+@pytest.mark.parametrize("how", [("--workers", "2"), ("--workers", "5"), "CDS_WORKERS=3"])
+def test_serve_refuses_several_workers_without_a_shared_replay_cache(
+    cli_runner: CliRunner, monkeypatch: pytest.MonkeyPatch, how: Any
+) -> None:
+    """A JWT could be replayed once per worker with per-process replay caches."""
+    if isinstance(how, str):
+        monkeypatch.setenv(*how.split("="))
+        how = ()
+    result, seen = _serve(cli_runner, monkeypatch, *how)
+    assert result.exit_code != 0
+    assert "needs a shared replay cache" in result.output
+    assert "CDS_AUTH_CACHE=redis://" in result.output
+    assert seen == {}  # gunicorn never started
+
+
+def test_serve_defaults_to_one_worker_without_and_two_with_a_shared_cache(
+    cli_runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, seen = _serve(cli_runner, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert seen["workers"] == 1
+    result, seen = _serve(cli_runner, monkeypatch, "--workers", "1")
+    assert (result.exit_code, seen["workers"]) == (0, 1)
+    _shared_cache(monkeypatch)
+    result, seen = _serve(cli_runner, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert seen["workers"] == cli.SERVE_WORKERS == 2
+
+
+def test_the_docker_image_command_starts(
+    cli_runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Dockerfile's CMD with its ENV (no CDS_AUTH_CACHE) must start, not refuse."""
+    import json as jsonlib
+
+    cmd_lines = [
+        line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")
+    ]
+    assert len(cmd_lines) == 1
+    argv = jsonlib.loads(cmd_lines[0][4:])
+    assert argv[:2] == ["cds-server", "serve"]
+    result, seen = _serve(cli_runner, monkeypatch, *argv[2:])
+    assert result.exit_code == 0, result.output
+    assert seen["workers"] == 1

@@ -162,3 +162,39 @@ def test_memory_cache_sweeps_expired_entries_periodically():
     now[0] = 61.0  # every entry has expired and a sweep is due
     assert cache.add("fresh", "1", ttl=30)
     assert len(cache._items) == 1
+
+
+def test_a_silent_redis_answers_503_within_its_timeout_and_recovers(
+    make_app: Callable[..., Flask], tmp_path: Path, redis_url: str
+) -> None:
+    """A Redis that accepts connections and never answers (paused proxy): each call is
+    refused with 503 ``auth-unavailable`` after ``AUTH_CACHE_TIMEOUT``, no retry, no hang."""
+    from tests.tcpproxy import PausableProxy
+
+    with PausableProxy(6379) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        client = kit.auth_app(
+            make_app, tmp_path, AUTH_CACHE=url, AUTH_CACHE_TIMEOUT=0.5
+        ).test_client()
+        assert (
+            client.get("/cds-services", headers=kit.bearer(kit.sign(kit.claims()))).status_code
+            == 200
+        )
+        proxy.pause()
+        for _ in range(2):
+            started = time.monotonic()
+            resp = client.get("/cds-services", headers=kit.bearer(kit.sign(kit.claims())))
+            took = time.monotonic() - started
+            assert resp.status_code == 503
+            assert resp.get_json()["issue"][0]["details"]["coding"][0]["code"] == "auth-unavailable"
+            assert took < 0.5 + 1.0, f"{took:.2f} s with Redis silent"
+        proxy.resume()
+        token = kit.sign(kit.claims())
+        assert client.get("/cds-services", headers=kit.bearer(token)).status_code == 200
+        assert client.get("/cds-services", headers=kit.bearer(token)).status_code == 401  # replay
+
+
+def test_auth_cache_timeout_is_validated() -> None:
+    for bad in (0, -1, True, "1", 31):
+        with pytest.raises(config.ConfigError, match="AUTH_CACHE_TIMEOUT"):
+            config.load(test_config={"AUTH_CACHE_TIMEOUT": bad})

@@ -697,6 +697,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     args.database_url = args.database_url or f"sqlite:///{out / 'soak.sqlite3'}"
     args.auth_cache = args.auth_cache or _default_auth_cache()
+    if args.auth_cache == "memory" and args.workers > 1:
+        print("soak: no shared JWT replay cache (Redis): 1 worker (serve refuses more)")
+        args.workers = 1
     started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
     patient = json.loads((FIXTURES / "patients" / "lymphoma-first-rituximab.json").read_text())

@@ -25,8 +25,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from cds_server.config import ConfigError
-from cds_server.store import cardlog, identity
-from cds_server.store.engine import is_memory, make_engine, writing
+from cds_server.store import cardlog, deadline, identity
+from cds_server.store.engine import CONNECT_TIMEOUT, POOL_TIMEOUT, is_memory, make_engine, writing
 from cds_server.store.store import Store
 from cds_server.store.writer import CardLogWriter
 
@@ -74,7 +74,12 @@ def build_store(config: Any, instance_path: str, *, with_key: bool = True) -> St
     it lets rows gather for ``CARD_LOG_LINGER_SECONDS`` so that calls share a commit.
     """
     url = database_url(config, instance_path)
-    engine = make_engine(url)
+    timeout = float(config.get("DATABASE_TIMEOUT", POOL_TIMEOUT))
+    engine = make_engine(
+        url,
+        pool_timeout=timeout,
+        connect_timeout=float(config.get("DATABASE_CONNECT_TIMEOUT", CONNECT_TIMEOUT)),
+    )
     background = config.get("CARD_LOG_BACKGROUND", True) and not is_memory(url)
     return Store(
         engine=engine,
@@ -82,13 +87,21 @@ def build_store(config: Any, instance_path: str, *, with_key: bool = True) -> St
         dedup_window=timedelta(minutes=int(config.get("DEDUP_WINDOW_MINUTES", 0))),
         writer=(
             CardLogWriter(
-                partial(cardlog.write_rows, engine),
+                partial(_write_within, engine, timeout),
                 linger=float(config.get("CARD_LOG_LINGER_SECONDS", 0.0)),
             )
             if background
             else None
         ),
+        timeout=timeout,
+        report_timeout=float(config.get("DATABASE_REPORT_TIMEOUT", 30.0)),
     )
+
+
+def _write_within(engine: Engine, timeout: float, batch: Any) -> int:
+    """One card-log batch, bounded like every database call of a hook call."""
+    with deadline.within(timeout):
+        return cardlog.write_rows(engine, batch)
 
 
 def init_app(app: Flask) -> Store:

@@ -7,11 +7,16 @@
   (``sqlite://``) gets one shared connection (tests).
 * **PostgreSQL** (``postgresql://`` is driven by psycopg 3): a commit returns after the WAL
   flush (``synchronous_commit`` is left at its default, ``on``); connections are checked
-  before use (``pool_pre_ping``) so a restarted database does not fail the next request.
+  before use (a ping at checkout) so a restarted database does not fail the next request.
+
+Every engine is bounded in time (``deadline``): waiting for a pooled connection by
+``pool_timeout``, opening one by ``connect_timeout``, and the work of a thread that set a
+deadline (``deadline.within``) by that deadline, even when the server never answers.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +25,8 @@ from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
+
+from cds_server.store import deadline
 
 WRITE = "cds_write"  # execution option: this transaction writes (SQLite: BEGIN IMMEDIATE)
 SQLITE_BUSY_SECONDS = 30
@@ -34,6 +41,10 @@ SQLITE_CACHE_KIB = 256
 # when needed; ``max_overflow`` more for bursts (other thread counts, scripts).
 POOL_SIZE = 10
 MAX_OVERFLOW = 10
+# Seconds to wait for a pooled connection, and to open one (psycopg counts whole seconds, at
+# least 2). The store's per-operation deadline (``DATABASE_TIMEOUT``) bounds both as well.
+POOL_TIMEOUT = 1.5
+CONNECT_TIMEOUT = 2
 
 
 def normalise_url(url: str) -> str:
@@ -49,14 +60,26 @@ def is_memory(url: str) -> bool:
     return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(
+    url: str, *, pool_timeout: float = POOL_TIMEOUT, connect_timeout: float = CONNECT_TIMEOUT
+) -> Engine:
     """An engine for ``url`` with the settings above."""
     url = normalise_url(url)
     backend = make_url(url).get_backend_name()
     if backend != "sqlite":
-        return create_engine(
-            url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW
+        engine = create_engine(
+            url,
+            pool_size=POOL_SIZE,
+            max_overflow=MAX_OVERFLOW,
+            pool_timeout=pool_timeout,
+            connect_args=(
+                {"connect_timeout": max(2, math.ceil(connect_timeout))}
+                if backend == "postgresql"
+                else {}
+            ),
         )
+        deadline.install(engine)
+        return engine
     if is_memory(url):
         engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
     else:
@@ -64,9 +87,11 @@ def make_engine(url: str) -> Engine:
             url,
             pool_size=POOL_SIZE,
             max_overflow=MAX_OVERFLOW,
+            pool_timeout=pool_timeout,
             connect_args={"timeout": SQLITE_BUSY_SECONDS},
         )
     _sqlite_events(engine)
+    deadline.install(engine)
     return engine
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cds_server.errors import StoreUnavailable
 from cds_server.knowledge.model import CardPolicy
 from cds_server.model import HookCall
-from cds_server.store import cardlog, feedback, report, snooze
+from cds_server.store import cardlog, deadline, feedback, report, snooze
 from cds_server.store.identity import keyed_hash
 from cds_server.store.writer import CardLogWriter
 from cds_server.suppression import IssuedCard, PriorGuidance
@@ -35,6 +35,10 @@ class Store:
     key: bytes = field(repr=False)
     dedup_window: timedelta = timedelta(0)
     writer: CardLogWriter | None = None  # None: card-log rows are written synchronously
+    # Deadline of each database operation of a hook call or a feedback POST (``DATABASE_TIMEOUT``)
+    # and of the report (``DATABASE_REPORT_TIMEOUT``): see ``deadline``.
+    timeout: float = 1.5
+    report_timeout: float = 30.0
 
     def patient_hash(self, call: HookCall) -> str:
         """The call's patient as stored: keyed by the calling EHR (``HookCall.caller``) too."""
@@ -55,15 +59,16 @@ class Store:
         # then seen twice (harmless) rather than not at all.
         pending = self.writer.pending_rows() if self.writer is not None else []
         try:
-            return snooze.prior_guidance(
-                self.engine,
-                call=call,
-                patient_hash=self.patient_hash(call),
-                encounter_hash=self.encounter_hash(call),
-                now=now,
-                window=self.dedup_window,
-                pending=pending,
-            )
+            with deadline.within(self.timeout):
+                return snooze.prior_guidance(
+                    self.engine,
+                    call=call,
+                    patient_hash=self.patient_hash(call),
+                    encounter_hash=self.encounter_hash(call),
+                    now=now,
+                    window=self.dedup_window,
+                    pending=pending,
+                )
         except SQLAlchemyError as exc:
             log.error("history lookup failed (%s): cards shown unfiltered", type(exc).__name__)
             return PriorGuidance()
@@ -90,7 +95,8 @@ class Store:
         if self.writer is not None:
             return len(batch) if self.writer.submit(batch) else -1
         try:
-            return cardlog.write_rows(self.engine, batch)
+            with deadline.within(self.timeout):
+                return cardlog.write_rows(self.engine, batch)
         except SQLAlchemyError as exc:
             log.error("card log write failed (%s): %d card(s)", type(exc).__name__, len(issued))
             return -1
@@ -109,16 +115,19 @@ class Store:
         ``caller`` (``HookCall.caller``): feedback on a card another EHR was shown is stored
         as feedback on an unknown card (it snoozes nothing).
         """
-        self.flush()  # the cards it is about may still be on their way to the card log
         try:
-            return feedback.record_feedback(
-                self.engine,
-                caller_hash=self.caller_hash(caller),
-                service_id=service_id,
-                items=items,
-                policy=policy,
-                received_at=received_at,
-            )
+            with deadline.within(self.timeout):
+                # The cards it is about may still be on their way to the card log; the wait
+                # counts against the deadline (a stuck writer means a stuck database).
+                self.flush(max(0.0, deadline.remaining() or 0.0))
+                return feedback.record_feedback(
+                    self.engine,
+                    caller_hash=self.caller_hash(caller),
+                    service_id=service_id,
+                    items=items,
+                    policy=policy,
+                    received_at=received_at,
+                )
         except SQLAlchemyError as exc:
             log.error("feedback write failed (%s)", type(exc).__name__)
             raise StoreUnavailable(
@@ -135,5 +144,6 @@ class Store:
         self.engine.dispose()
 
     def report(self, since: datetime, until: datetime) -> report.Report:
-        self.flush()  # include the cards this process has just issued
-        return report.build_report(self.engine, since, until)
+        with deadline.within(self.report_timeout):
+            self.flush(self.report_timeout)  # include the cards this process has just issued
+            return report.build_report(self.engine, since, until)

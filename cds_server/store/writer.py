@@ -9,10 +9,11 @@ see it (``pending_rows``; ``flush`` skips the linger). The thread is started on 
 each process (gunicorn forks workers after the app is built, and threads do not survive a
 fork) and drains what is left at interpreter exit.
 
-The card log is an audit and de-duplication aid, not part of the answer: a failed write is
-logged (counts only) and dropped, as a synchronous write failure always was; when more than
-``max_pending`` rows wait (the database is down or far too slow), new rows are dropped and
-counted rather than letting memory grow.
+The card log is an audit and de-duplication aid, not part of the answer: a batch that fails
+because of one of its rows is written again row by row, so only the bad row is lost; a
+failed write is logged (counts only) and dropped, as a synchronous write failure always
+was; when more than ``max_pending`` rows wait (the database is down or far too slow), new
+rows are dropped and counted rather than letting memory grow.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +119,43 @@ class CardLogWriter:
                 if self._pid != pid:
                     return
                 batch = list(self._pending)  # the writer alone removes rows, from the front
-            try:
-                self._write(batch)
-            except Exception as exc:  # the thread must survive any failure
-                log.error("card log write failed (%s): %d row(s)", type(exc).__name__, len(batch))
+            self._write_isolated(batch)
             with self._lock:
                 if self._pid != pid:
                     return
                 del self._pending[: len(batch)]
                 self._done += len(batch)
                 self._lock.notify_all()
+
+    def _write_isolated(self, batch: list[Row]) -> None:
+        """Write ``batch``; if a row makes it fail, write the others one by one and drop only
+        the rows that fail alone (a bad row must never cost another caller's rows). When the
+        database itself is unavailable, retrying row by row would only wait longer: the
+        batch is dropped."""
+        try:
+            self._write(batch)
+            return
+        except Exception as exc:  # the thread must survive any failure
+            if len(batch) == 1 or _unavailable(exc):
+                log.error("card log write failed (%s): %d row(s)", type(exc).__name__, len(batch))
+                return
+        dropped: dict[str, int] = {}
+        for row in batch:
+            try:
+                self._write([row])
+            except Exception as exc:
+                dropped[type(exc).__name__] = dropped.get(type(exc).__name__, 0) + 1
+                if _unavailable(exc):
+                    break  # the rest would wait in vain; counted below
+        if dropped:
+            log.error(
+                "card log write failed for %d of %d row(s) (%s); the others were written",
+                sum(dropped.values()),
+                len(batch),
+                ", ".join(sorted(dropped)),
+            )
+
+
+def _unavailable(exc: Exception) -> bool:
+    """The database cannot be reached or did not answer in time (not a problem of one row)."""
+    return isinstance(exc, OperationalError | SqlTimeoutError | DisconnectionError)
