@@ -257,6 +257,11 @@ def explain_evaluation(ev: pipeline.Evaluation, kb: KnowledgeBase) -> str:
         "crs-readiness": lambda r, p: _why_crs(s, r, kb, p),
         "prior-reaction": lambda r, p: _why_reactions(s, r, kb),
         "treatment-course": lambda r, p: _why_course(r, kb, p),
+        "label-precaution": lambda r, p: (
+            "allergy risks or avoided agents in the knowledge"
+            if kb.drug(r.drug_id).allergy_risks or kb.drug(r.drug_id).avoided_agents
+            else "no label precaution in the knowledge for this drug"
+        ),
     }
     for rule in RULES:
         topic = rule.TOPIC

@@ -18,7 +18,9 @@ from marshmallow import ValidationError
 
 from cds_server.knowledge.model import (
     Agent,
+    AllergyRisk,
     Applicability,
+    AvoidedAgent,
     CardPolicy,
     CodeEntry,
     CourseAlert,
@@ -293,6 +295,28 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
         )
         for i, a in enumerate(d.get("course_alerts", ()))
     )
+    allergy_risks = tuple(
+        AllergyRisk(
+            id=a["id"],
+            terms=tuple(t.lower() for t in a["terms"]),
+            applies=_applies(a["applies"]),
+            indicator=a["indicator"],
+            headline=a["headline"],
+            text=a["text"],
+            provenance=ctx.provenance(a, f"allergy_risks.{i}"),
+        )
+        for i, a in enumerate(d.get("allergy_risks", ()))
+    )
+    avoided = tuple(
+        AvoidedAgent(
+            id=a["id"],
+            role=a["role"],
+            headline=a["headline"],
+            text=a["text"],
+            provenance=ctx.provenance(a, f"avoided_agents.{i}"),
+        )
+        for i, a in enumerate(d.get("avoided_agents", ()))
+    )
     step_ids = [st.id for s in step_up for st in s.steps]
     dupes = {s for s in step_ids if step_ids.count(s) > 1}
     for dup in sorted(dupes):
@@ -304,6 +328,7 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
         ("prerequisites", prereqs),
         ("tocilizumab", toci),
         ("course_alerts", alerts),
+        ("allergy_risks", allergy_risks),
     ):
         for i, item in enumerate(items):
             for step in item.applies.steps:
@@ -350,6 +375,8 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
         source_file=ctx.name,
         restart=restart,
         course_alerts=alerts,
+        allergy_risks=allergy_risks,
+        avoided_agents=avoided,
         new_cycle_after_days=d.get("new_cycle_after_days"),
     )
 

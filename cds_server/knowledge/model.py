@@ -235,6 +235,33 @@ class CourseAlert:
 
 
 @dataclass(frozen=True)
+class AllergyRisk:
+    """A recorded allergy, not to the drug itself, that raises the drug's reaction risk
+    (e.g. alpha-gal or red meat allergy before cetuximab). ``terms`` are matched, case-folded
+    and word by word, in the allergy record's code texts, displays and notes."""
+
+    id: str
+    terms: tuple[str, ...]
+    applies: Applicability
+    indicator: Literal["info", "warning"]
+    headline: str
+    text: str
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class AvoidedAgent:
+    """Agents of a role the label says to avoid with this drug (e.g. prophylactic systemic
+    corticosteroids with some CAR-T products): a draft order for one is flagged."""
+
+    id: str
+    role: AgentRole
+    headline: str
+    text: str
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
 class MonitoringRequirement:
     """Observation, hospitalization or proximity requirement for some administrations."""
 
@@ -359,6 +386,8 @@ class Drug:
     source_file: str
     restart: tuple[RestartRule, ...] = ()
     course_alerts: tuple[CourseAlert, ...] = ()
+    allergy_risks: tuple[AllergyRisk, ...] = ()
+    avoided_agents: tuple[AvoidedAgent, ...] = ()
     # Days without a dose after which the next dose starts a new cycle (blinatumomab: an
     # interruption of more than 7 days); None when the label gives no such rule.
     new_cycle_after_days: int | None = None

@@ -233,6 +233,22 @@ class CourseAlertSchema(ProvenanceFields):
     text = fields.String(required=True, validate=NON_EMPTY)
 
 
+class AllergyRiskSchema(ProvenanceFields):
+    id = fields.String(required=True, validate=ID)
+    terms = fields.List(fields.String(validate=NON_EMPTY), required=True, validate=NON_EMPTY)
+    applies = fields.Nested(ApplicabilitySchema, load_default=dict)
+    indicator = fields.String(required=True, validate=validate.OneOf(["info", "warning"]))
+    headline = fields.String(required=True, validate=NON_EMPTY)
+    text = fields.String(required=True, validate=NON_EMPTY)
+
+
+class AvoidedAgentSchema(ProvenanceFields):
+    id = fields.String(required=True, validate=ID)
+    role = fields.String(required=True, validate=ROLES)
+    headline = fields.String(required=True, validate=NON_EMPTY)
+    text = fields.String(required=True, validate=NON_EMPTY)
+
+
 class MonitoringSchema(ProvenanceFields):
     id = fields.String(required=True, validate=ID)
     kind = fields.String(
@@ -320,6 +336,8 @@ class DrugFileSchema(_FileHeader):
     reactions = fields.List(fields.Nested(ReactionSchema))
     restart = fields.List(fields.Nested(RestartRuleSchema))
     course_alerts = fields.List(fields.Nested(CourseAlertSchema))
+    allergy_risks = fields.List(fields.Nested(AllergyRiskSchema))
+    avoided_agents = fields.List(fields.Nested(AvoidedAgentSchema))
     new_cycle_after_days = fields.Integer(strict=True, validate=validate.Range(min=1))
 
 

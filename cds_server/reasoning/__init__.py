@@ -10,6 +10,7 @@ from cds_server.model import Finding, Situation
 from cds_server.reasoning import (
     crs,
     monitoring,
+    precautions,
     premedication,
     pretreatment,
     reactions,
@@ -22,6 +23,7 @@ from cds_server.reasoning import (
 RULES = (
     reactions,
     treatment_course,
+    precautions,
     premedication,
     titration,
     monitoring,
