@@ -11,7 +11,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-FORMAT = "infusion-cds-knowledge/1"
+FORMAT = "infusion-cds-knowledge/2"
 
 EVIDENCE = validate.OneOf(["verified", "secondary", "unverified"])
 ROLES = validate.OneOf(
