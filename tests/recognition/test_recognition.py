@@ -24,6 +24,7 @@ from cds_server.knowledge.loader import load_knowledge
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import (
     ATC,
+    NDC,
     RXNORM,
     SNOMED,
     Allergy,
@@ -1038,3 +1039,31 @@ def test_every_drug_code_of_the_real_base_is_recognised(kb: KnowledgeBase) -> No
             if got != [d.id]:
                 misses.append((d.id, entry.coding.code, got))
     assert misses == []
+
+
+def _kb_ndcs() -> list[tuple[str, str]]:
+    kb = load_knowledge()
+    return [
+        (d.id, e.coding.code or "")
+        for d in kb.drugs.values()
+        for e in d.identity.codes
+        if e.coding.system == NDC
+    ]
+
+
+@pytest.mark.parametrize(("drug_id", "product"), _kb_ndcs())
+def test_every_knowledge_ndc_is_recognised_from_the_11_digit_package_form_epic_sends(
+    kb, drug_id: str, product: str
+) -> None:
+    """Epic sends 11-digit NDCs without hyphens: the 5-4-2 package form of each product NDC."""
+    labeler, item = product.split("-")
+    eleven = f"{labeler.zfill(5)}{item.zfill(4)}01"
+    draft = MedicationOrder(
+        ref="MedicationRequest/n",
+        status="draft",
+        intent="order",
+        codings=(Coding(NDC, eleven),),
+        is_draft=True,
+    )
+    [found] = recognise_orders((draft,), kb)
+    assert found.drug_id == drug_id
