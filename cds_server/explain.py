@@ -137,8 +137,10 @@ def course_text(course: TreatmentCourse) -> str:
         src: sum(1 for d in course.given if d.evidence == src)
         for src in ("administration", "order")
     }
+    stopped = sum(1 for d in course.given if d.status == "stopped")
     bits.append(
         f"evidence {by_source['administration']} administration(s) + {by_source['order']} order(s)"
+        + (f", {stopped} stopped part-way" if stopped else "")
     )
     if course.last and course.last.when:
         bits.append(
