@@ -57,16 +57,14 @@ def _tier(verified: bool, situation: Situation) -> Indicator:
     return "critical" if verified and situation.record.history_known else "warning"
 
 
-def _last_dose_line(course: TreatmentCourse, drug: Drug) -> str:
+def _last_dose_line(course: TreatmentCourse) -> str:
     last = course.last
     if last is None or last.when is None:
         return "- No earlier dose on record."
-    names = [st.label for s in drug.step_up for st in s.steps if st.id in (course.last_steps or ())]
-    what = f", {' or '.join(dict.fromkeys(names))} level" if names else ""
-    dose = f"{fmt_qty(last.dose)}{what}" if last.dose else "dose not stated"
+    dose = fmt_qty(last.dose) if last.dose else "dose not stated"
     source = "administration record" if last.evidence == "administration" else "completed order"
     return (
-        f"- Last dose: {dose}, on {last.when.date().isoformat()} ({source}): "
+        f"- Last dose: {dose} on {last.when.date().isoformat()} ({source}), "
         f"**{course.gap_days} days** before this dose."
     )
 
@@ -112,7 +110,7 @@ def _restart(
     label = step_labels(drug, (row.restart_at,))[0]
     points = [
         f"- **Restart at {label}.**",
-        _last_dose_line(course, drug),
+        _last_dose_line(course),
         f"- Label restart table: {row.text}",
     ]
     unknowns = list(course.unknowns)
