@@ -94,6 +94,9 @@ class MedicationOrder:
     # When the dose is to be given, if the order says (``dosageInstruction.timing.event`` or
     # ``timing.repeat.boundsPeriod.start``); else the order's date is taken.
     planned: datetime | None = None
+    # Texts that may place the dose in its plan (basedOn display, groupIdentifier, timing code
+    # text, notes), read for cycle and day.
+    plan_texts: tuple[str, ...] = ()
     is_draft: bool = False
     selected: bool = True
     # "administration" for a MedicationAdministration read as a dose given (its effective time

@@ -717,12 +717,34 @@ def parse_medication_request(
         dosage_text=dosage_text,
         authored_on=authored,
         planned=when,
+        plan_texts=_plan_texts(mr),
         is_draft=is_draft,
         selected=selected,
         unread=tuple(lost),
         draft_index=draft_index,
         resource=dict(resource),
     )
+
+
+def _plan_texts(mr: JSON) -> tuple[str, ...]:
+    """Texts that may say where a dose sits in its plan ("Cycle 2 Day 1"): the treatment plan
+    or order set it is based on (``basedOn.display``), ``groupIdentifier``, the timing's code
+    text, and the order's notes. Non-strings are ignored."""
+    found: list[Any] = [
+        *(
+            (ref or {}).get("display")
+            for ref in mr.get("basedOn") or ()
+            if isinstance(ref, Mapping)
+        ),
+        (mr.get("groupIdentifier") or {}).get("value"),
+        *(
+            ((d.get("timing") or {}).get("code") or {}).get("text")
+            for d in mr.get("dosageInstruction") or ()
+            if isinstance(d, Mapping)
+        ),
+        *((n or {}).get("text") for n in mr.get("note") or () if isinstance(n, Mapping)),
+    ]
+    return tuple(t for t in found if isinstance(t, str) and t)
 
 
 _VOLUME_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*ml\b", re.IGNORECASE)

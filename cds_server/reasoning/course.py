@@ -227,14 +227,17 @@ def _restart_row(
 
 
 def cycle_day_in_text(order: MedicationOrder) -> tuple[int, int | None] | None:
-    """Cycle and day as EHR order texts write them ("C2D1", "cycle 2 day 1", "Cycle 3")."""
-    for text in (order.dosage_text, *order.texts):
+    """Cycle and day as EHR order texts write them ("C2D1", "cycle 2 day 1", "Cycle 3"): the
+    dosage text, then the plan texts (treatment plan, order group, timing code, notes), then
+    the medication texts."""
+    texts = (order.dosage_text, *order.plan_texts, *order.texts)
+    for text in texts:
         if not text:
             continue
         match = _CYCLE_DAY.search(text)
         if match:
             return int(match["cycle"]), int(match["day"])
-    for text in (order.dosage_text, *order.texts):
+    for text in texts:
         match = _CYCLE_ONLY.search(text or "")
         if match:
             return int(match["cycle"]), None

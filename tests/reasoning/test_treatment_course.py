@@ -350,3 +350,36 @@ def test_check_cards_rejects_broken_course_knowledge(
 )
 def test_day_ranges(days: DayRange, inside: dict[int, bool]) -> None:
     assert {d: days.contains(d) for d in inside} == inside
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            {
+                "basedOn": [
+                    {"reference": "CarePlan/tp1", "display": "LYMPHOMA GLOFITAMAB, Cycle 2, Day 1"}
+                ]
+            },
+            (2, 1),
+        ),
+        ({"groupIdentifier": {"system": "urn:oid:1.2.3", "value": "C3D1"}}, (3, 1)),
+        ({"note": [{"text": "Cycle 4 day 8 per protocol"}]}, (4, 8)),
+        ({}, None),
+    ],
+)
+def test_cycle_and_day_are_read_from_the_plan_an_ehr_order_carries(extra: dict, expected) -> None:
+    from cds_server.fhirdata.parse import ParseLog, parse_medication_request
+
+    resource = {
+        "resourceType": "MedicationRequest",
+        "id": "mr1",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {"text": "glofitamab 30 mg"},
+        **extra,
+    }
+    parsed = parse_medication_request(resource, "draft", ParseLog(), is_draft=True)
+    assert parsed is not None
+    assert cycle_day_in_text(parsed) == expected
