@@ -127,27 +127,40 @@ def steps_at_level(
     return frozenset(hits)
 
 
-def _given(situation: Situation, drug_id: str, order: MedicationOrder) -> list[GivenDose]:
-    """Earlier doses: administrations, and orders not carried out by one we hold."""
+def doses_given(
+    situation: Situation, drug_id: str, order: MedicationOrder | None = None
+) -> tuple[MedicationOrder, ...]:
+    """Earlier doses of a drug, unsorted: MedicationAdministrations given, and history orders
+    completed or stopped that no administration we hold carried out (never ``order`` itself)."""
+    own = order.ref if order is not None else None
     administrations = [
         r.order
         for r in situation.administrations
         if r.drug_id == drug_id and r.order.status in ADMINISTRATION_GIVEN
     ]
     fulfilled = {a.fulfils for a in administrations if a.fulfils}
-    doses = [
-        GivenDose(a.authored_on, a.dose, a.status, "administration", a.fulfils)
-        for a in administrations
-    ]
-    doses += [
-        GivenDose(o.authored_on, o.dose, o.status, "order", o.ref)
+    orders = [
+        r.order
         for r in situation.history
         if r.drug_id == drug_id
-        and (o := r.order).status in ADMINISTERED
-        and o.ref not in fulfilled
-        and (order.ref is None or o.ref != order.ref)
+        and r.order.status in ADMINISTERED
+        and r.order.ref not in fulfilled
+        and (own is None or r.order.ref != own)
     ]
-    return doses
+    return (*administrations, *orders)
+
+
+def _given(situation: Situation, drug_id: str, order: MedicationOrder) -> list[GivenDose]:
+    return [
+        GivenDose(
+            o.authored_on,
+            o.dose,
+            o.status,
+            "administration" if o.source == "administration" else "order",
+            o.fulfils if o.source == "administration" else o.ref,
+        )
+        for o in doses_given(situation, drug_id, order)
+    ]
 
 
 def reference_date(situation: Situation, order: MedicationOrder) -> datetime:

@@ -17,11 +17,10 @@ from cds_server.model import (
     Situation,
 )
 from cds_server.reasoning.course import (
-    ADMINISTERED,
-    ADMINISTRATION_GIVEN,
     TreatmentCourse,
     course_of,
     dose_mg,
+    doses_given,
 )
 
 # Statuses that mean an order is in force (covers premedication, planned doses).
@@ -65,32 +64,13 @@ def prior_administrations(
 ) -> tuple[MedicationOrder, ...]:
     """Earlier administrations of a drug, oldest first: MedicationAdministrations given, and
     history orders completed or stopped that no administration we hold carried out."""
-    own = order.ref if order is not None else None
-    given = [
-        r.order
-        for r in situation.administrations
-        if r.drug_id == drug_id and r.order.status in ADMINISTRATION_GIVEN
-    ]
-    fulfilled = {a.fulfils for a in given if a.fulfils}
     found = [
         o
-        for o in (
-            *given,
-            *(
-                r.order
-                for r in situation.history
-                if r.drug_id == drug_id
-                and r.order.status in ADMINISTERED
-                and r.order.ref not in fulfilled
-            ),
-        )
-        if (own is None or o.ref != own)
-        and (
-            order is None
-            or order.authored_on is None
-            or o.authored_on is None
-            or o.authored_on <= order.authored_on
-        )
+        for o in doses_given(situation, drug_id, order)
+        if order is None
+        or order.authored_on is None
+        or o.authored_on is None
+        or o.authored_on <= order.authored_on
     ]
     return tuple(sorted(found, key=lambda o: (o.authored_on is None, o.authored_on)))
 
