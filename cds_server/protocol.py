@@ -9,6 +9,7 @@ empty. Error bodies are FHIR ``OperationOutcome`` resources (3.0-ballot recommen
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,15 @@ SELECTION_BEHAVIORS = ("at-most-one", "any")
 ACTION_TYPES = ("create", "update", "delete")
 LINK_TYPES = ("absolute", "smart")
 ERROR_SYSTEM = "urn:infusion-safety-cds:error"
+
+# Epic's feedback for acknowledgment reasons built in Epic (fhir.epic.com CDS Hooks tutorial,
+# "Feedback"): ``overrideReasons.extension`` holds the reason's category, display and title.
+# The category key doubles as the code system of the category code we store.
+EPIC_REASON_CATEGORY = "com.epic.cdshooks.feedback.overrideReason.reasonCategory"
+EPIC_REASON_DISPLAY = "com.epic.cdshooks.feedback.overrideReason.reasonDisplay"
+EPIC_REASON_TITLE = "com.epic.cdshooks.feedback.overrideReason.reasonTitle"
+
+log = logging.getLogger(__name__)
 
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 RELATIVE_REF = re.compile(r"^[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}$")
@@ -323,6 +333,14 @@ class FeedbackItemSchema(_In):
         fields.Nested(AcceptedSuggestionSchema), validate=validate.Length(min=1)
     )
     overrideReason = fields.Nested(OverrideReasonSchema)
+    # Epic's form (plural key, an object): read tolerantly by ``_override_reason``, never a 400.
+    overrideReasons = fields.Raw(
+        allow_none=True,
+        metadata={
+            "description": "Epic's form of overrideReason: {reason: Coding, userComment} or "
+            "{extension: {<Epic reason category, display, title>}, userComment}"
+        },
+    )
     outcomeTimestamp = fields.String(required=True, validate=_rfc3339)
 
     @validates_schema
@@ -340,14 +358,98 @@ class FeedbackSchema(_In):
 _FEEDBACK_IN = FeedbackSchema()
 
 
+_EPIC_CODING = CodingSchema()
+
+
 def load_feedback(body: Any) -> list[dict[str, Any]]:
-    """Validate a feedback body; return its items; raise ``InvalidRequest`` (400)."""
+    """Validate a feedback body; return its items; raise ``InvalidRequest`` (400).
+
+    Each item's override reason is returned in the spec's form (``overrideReason`` with a
+    ``reason`` Coding and ``userComment``) whatever form it came in — the spec's, or Epic's
+    ``overrideReasons`` object with a ``reason`` Coding or an ``extension`` naming an Epic
+    reason category. A form not understood is kept as "no coded reason" and logged by its
+    shape (key names only, never values); it is not an error.
+    """
     if not isinstance(body, Mapping):
         raise InvalidRequest("The request body must be a JSON object")
     try:
-        return _FEEDBACK_IN.load(body)["feedback"]
+        items: list[dict[str, Any]] = _FEEDBACK_IN.load(body)["feedback"]
     except ValidationError as exc:
         raise _invalid(_flatten(exc.messages), "feedback") from None
+    for index, item in enumerate(items):
+        if "overrideReasons" not in item:
+            continue
+        epic = item.pop("overrideReasons")
+        if item.get("overrideReason", {}).get("reason"):
+            continue  # the spec's form came too, with a coded reason: it wins
+        reason, comment = _override_reason(epic, index)
+        merged = dict(item.get("overrideReason") or {})
+        if reason is not None:
+            merged["reason"] = reason
+        if comment is not None and "userComment" not in merged:
+            merged["userComment"] = comment
+        if merged:
+            item["overrideReason"] = merged
+    return items
+
+
+def _override_reason(value: Any, index: int) -> tuple[dict[str, Any] | None, Any]:
+    """(reason Coding or None, userComment or None) from Epic's ``overrideReasons``."""
+    if value is None:
+        return None, None
+    if not isinstance(value, Mapping):
+        _unread(index, f"overrideReasons is a JSON {_json_type(value)}")
+        return None, None
+    comment = value.get("userComment")
+    comment = comment if isinstance(comment, str) else None
+    if "reason" in value:
+        try:
+            coding = _EPIC_CODING.load(value["reason"])
+        except ValidationError:
+            _unread(index, f"overrideReasons.reason {_shape(value['reason'])}")
+            return None, comment
+        return {k: coding[k] for k in ("system", "code", "display") if coding.get(k)}, comment
+    extension = value.get("extension")
+    if isinstance(extension, Mapping) and EPIC_REASON_CATEGORY in extension:
+        category = extension[EPIC_REASON_CATEGORY]
+        if isinstance(category, int) and not isinstance(category, bool):
+            category = str(category)
+        if isinstance(category, str) and 0 < len(category.strip()) <= 256:
+            reason = {"system": EPIC_REASON_CATEGORY, "code": category.strip()}
+            for key in (EPIC_REASON_DISPLAY, EPIC_REASON_TITLE):
+                shown = extension.get(key)
+                if isinstance(shown, str) and shown.strip():
+                    reason["display"] = shown.strip()
+                    break
+            return reason, comment
+        _unread(index, f"overrideReasons.extension {_shape(extension)}")
+        return None, comment
+    if set(value) - {"userComment"}:
+        _unread(index, f"overrideReasons {_shape(value)}")
+    return None, comment
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return {str: "string", list: "array", int: "number", float: "number"}.get(type(value), "value")
+
+
+def _shape(value: Any) -> str:
+    """A value's shape for a log line: its key names (printable, shortened), never its content."""
+    if not isinstance(value, Mapping):
+        return f"(a JSON {_json_type(value)})"
+    names = sorted("".join(c if c.isprintable() else "?" for c in str(k))[:60] for k in value)
+    more = f", +{len(names) - 8} more" if len(names) > 8 else ""
+    return "{" + ", ".join(names[:8]) + more + "}"
+
+
+def _unread(index: int, shape: str) -> None:
+    log.warning(
+        "feedback item %d: override reason not understood, stored without a coded reason: %s",
+        index,
+        shape,
+    )
 
 
 # --------------------------------------------------------------------------------------
