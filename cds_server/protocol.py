@@ -44,10 +44,29 @@ EPIC_REASON_CATEGORY = "com.epic.cdshooks.feedback.overrideReason.reasonCategory
 EPIC_REASON_DISPLAY = "com.epic.cdshooks.feedback.overrideReason.reasonDisplay"
 EPIC_REASON_TITLE = "com.epic.cdshooks.feedback.overrideReason.reasonTitle"
 
+# Epic's request extension naming the Epic workflow step that fired the hook; Epic sends its
+# own triggers (Enter Allergy, IP Admission…) as patient-view. Documented values (fhir.epic.com
+# CDS Hooks tutorial, "Epic Extensions"; others exist):
+EPIC_TRIGGER = "com.epic.cdshooks.request.bpa-trigger-action"
+EPIC_TRIGGERS = {
+    "5": "general OPA section",
+    "6": "enter problem",
+    "7": "enter diagnosis",
+    "18": "enter order",
+    "23": "sign orders",
+    "26": "IP admission",
+    "27": "IP discharge",
+    "29": "IP transfer",
+    "60": "open patient chart",
+}
+_TRIGGER_VALUE = re.compile(r"^[0-9]{1,6}$")
+
 log = logging.getLogger(__name__)
 
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-RELATIVE_REF = re.compile(r"^[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}$")
+# Epic's resource ids are opaque and longer than FHIR's 64 characters (≈ 200 in its published
+# draftOrders): references to orders and medications take ids up to 256 characters.
+RELATIVE_REF = re.compile(r"^[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,256}$")
 # Years 0002-9998: with its offset, every such date-time is also a UTC instant (0001 and 9999
 # are not always: 0001-01-01T00:00:00+03:00 is in year 0 in UTC).
 _YEAR = r"(000[2-9]|00[1-9]\d|0[1-9]\d{2}|[1-8]\d{3}|9[0-8]\d{2}|99[0-8]\d|999[0-8])"
@@ -228,6 +247,17 @@ class HookRequest:
     fhir_server: str | None = None
     fhir_authorization: FhirAuthorization | None = None
     extension: Any = field(default=None, repr=False)
+
+    @property
+    def epic_trigger(self) -> str | None:
+        """Epic's ``bpa-trigger-action`` (a number as a string; ``"other"`` if it is not one),
+        or None when not sent. Safe to log: a workflow step, never patient data."""
+        if not isinstance(self.extension, Mapping) or EPIC_TRIGGER not in self.extension:
+            return None
+        value = self.extension[EPIC_TRIGGER]
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        return value if isinstance(value, str) and _TRIGGER_VALUE.match(value) else "other"
 
 
 def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
