@@ -67,7 +67,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload(
         "order-sign",
         "1 order-sign, full prefetch",
-        "/cds-services/infusion-safety",
+        "/cds-services/infusion-safety-sign",
         "order-sign.json",
     ),
     Workload(
@@ -79,7 +79,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload(
         "no-prefetch",
         "3 order-sign, no prefetch (FHIR)",
-        "/cds-services/infusion-safety",
+        "/cds-services/infusion-safety-sign",
         "order-sign-no-prefetch.json",
     ),
     Workload("floor", "4 floor (parse + fixed cards)", "/bench/floor", "order-sign.json"),

@@ -44,7 +44,7 @@ def floor_cards(app: Flask) -> dict[str, Any]:
     counter = iter(range(1_000_000))
     return pipeline.evaluate(
         body,
-        service_id="infusion-safety",
+        service_id="infusion-safety-sign",
         kb=runtime.kb,
         settings=runtime.fhir,
         now=datetime.now(UTC),  # as a live call would be evaluated

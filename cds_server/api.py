@@ -120,10 +120,14 @@ def call_service(service_id: str) -> Response:
     cards_store.log_cards(
         result.situation.call, result.issued, issued_at=now, knowledge_version=runtime.kb.version
     )
+    trigger = result.request.epic_trigger
     log.info(
-        "call service=%s hook=%s hookInstance=%s cards=%d held=%d fetched=%s warnings=%d ms=%.0f",
+        "call service=%s hook=%s%s hookInstance=%s cards=%d held=%d fetched=%s warnings=%d ms=%.0f",
         result.service.id,
         result.service.hook,
+        f" epic-trigger={trigger} ({protocol.EPIC_TRIGGERS.get(trigger, 'undocumented')})"
+        if trigger
+        else "",
         protocol_safe(result.request.hook_instance),
         len(result.response["cards"]),
         len(result.suppressed),

@@ -253,13 +253,17 @@ def _public_keys(document: Mapping[str, Any], client: TrustedClient) -> dict[str
 # -- Flask ---------------------------------------------------------------------------------
 
 
-def expected_audiences(public_url: str, path: str, *, feedback: bool) -> list[str]:
+def expected_audiences(public_url: str | Sequence[str], path: str, *, feedback: bool) -> list[str]:
     """The ``aud`` values accepted for a call to ``path``: the endpoint's public URL (with or
-    without a trailing slash); for feedback also the service URL, which some clients sign."""
-    base = public_url.rstrip("/") + "/" + path.strip("/")
-    urls = [base]
-    if feedback and base.endswith("/feedback"):
-        urls.append(base[: -len("/feedback")])
+    without a trailing slash) under each base URL; for feedback also the service URL, which
+    some clients sign."""
+    bases = [public_url] if isinstance(public_url, str) else list(public_url)
+    urls = []
+    for public in bases:
+        base = public.rstrip("/") + "/" + path.strip("/")
+        urls.append(base)
+        if feedback and base.endswith("/feedback"):
+            urls.append(base[: -len("/feedback")])
     return [variant for url in urls for variant in (url, url + "/")]
 
 
@@ -280,9 +284,8 @@ def authenticate() -> None:
         raise Unauthorized("Send the JWT in the Authorization header, never in the URL")
     verifier: Verifier = current_app.extensions[EXTENSION]
     rule = request.url_rule.rule if request.url_rule is not None else ""
-    audiences = expected_audiences(
-        current_app.config["PUBLIC_URL"], request.path, feedback=rule.endswith("/feedback")
-    )
+    bases = [current_app.config["PUBLIC_URL"], *current_app.config.get("PUBLIC_URL_ALIASES", ())]
+    audiences = expected_audiences(bases, request.path, feedback=rule.endswith("/feedback"))
     try:
         g.cds_caller = verifier.verify(_bearer(request.headers.get("Authorization")), audiences)
     except AuthFailure as failure:

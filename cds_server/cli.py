@@ -76,6 +76,18 @@ SERVE_THREADS = 8
 SERVE_WORKERS = 2
 
 
+def demo_base_urls(host: str, port: int, public_url: str | None) -> tuple[str, list[str]]:
+    """The demo's public URL and its aliases: ``--public-url`` alone if given; on loopback
+    both ``localhost`` and ``127.0.0.1`` (a browser opened at either signs ``aud`` with it)."""
+    if public_url:
+        if not public_url.startswith(("http://", "https://")):
+            raise click.BadParameter("must be an http(s) URL", param_hint="--public-url")
+        return public_url.rstrip("/"), []
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return f"http://localhost:{port}", [f"http://127.0.0.1:{port}"]
+    return f"http://{host}:{port}", []
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
@@ -92,7 +104,16 @@ SERVE_WORKERS = 2
     default=None,
     help="With --auth: more trusted clients (e.g. the CDS Hooks Sandbox's public key).",
 )
-def demo(host: str, port: int, require_auth: bool, clients: Path | None) -> None:
+@click.option(
+    "--public-url",
+    default=None,
+    help="The base URL clients call (JWT 'aud' is checked against it with --auth), e.g. "
+    "http://192.0.2.10:8080. Default: http://localhost:PORT, with http://127.0.0.1:PORT "
+    "accepted too when listening on loopback.",
+)
+def demo(
+    host: str, port: int, require_auth: bool, clients: Path | None, public_url: str | None
+) -> None:
     """Run the service locally for trying it out: NO authentication, demo settings."""
     import tempfile
 
@@ -100,12 +121,12 @@ def demo(host: str, port: int, require_auth: bool, clients: Path | None) -> None
 
     if clients and not require_auth:
         raise click.UsageError("--clients is used only with --auth")
-    base = f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}"
+    base, aliases = demo_base_urls(host, port, public_url)
     with tempfile.TemporaryDirectory(prefix="cds-demo-") as folder:
         overrides = dict(DEMO_OVERRIDES)
         if require_auth:  # the test key's public half goes into a temporary clients file
             key = testkey.generate()
-            overrides.update(testkey.demo_auth_overrides(key, Path(folder), base, clients))
+            overrides.update(testkey.demo_auth_overrides(key, Path(folder), base, clients, aliases))
         app = _create_app(overrides)
         _setup_logging(app.config["LOG_LEVEL"])
         if not require_auth:
@@ -116,6 +137,13 @@ def demo(host: str, port: int, require_auth: bool, clients: Path | None) -> None
         if host not in ("127.0.0.1", "localhost", "::1"):
             log.warning(
                 "*** DEMO MODE listens on %s: anyone who can reach it can call it ***", host
+            )
+        if require_auth:
+            log.warning(
+                "JWT 'aud' accepted for %s (call the service at %s; another address needs "
+                "--public-url)",
+                " and ".join(f"{url}/cds-services…" for url in (base, *aliases)),
+                " or ".join((base, *aliases)),
             )
         log.warning("Discovery: curl %s/cds-services", base)
         log.warning("Sandbox page: %s/sandbox/", base)

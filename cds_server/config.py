@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 8 * MiB,
     # Base URL clients call (e.g. https://cds.example.org); used for JWT audience checks.
     "PUBLIC_URL": None,
+    # Other base URLs of the same service whose JWT audiences are accepted too (the demo:
+    # http://127.0.0.1:<port> beside http://localhost:<port>).
+    "PUBLIC_URL_ALIASES": [],
     # CORS: "*" or a list of allowed browser origins; "" or [] disables CORS.
     "CORS_ORIGINS": "*",
     # Outbound FHIR calls (fhirServer fallback).
@@ -184,6 +187,11 @@ def check(cfg: Config | dict[str, Any]) -> None:
     public = cfg.get("PUBLIC_URL")
     if public is not None and not (isinstance(public, str) and public.startswith("http")):
         raise ConfigError("PUBLIC_URL must be an http(s) URL")
+    aliases = cfg.get("PUBLIC_URL_ALIASES")
+    if not isinstance(aliases, list | tuple) or not all(
+        isinstance(a, str) and a.startswith("http") for a in aliases
+    ):
+        raise ConfigError("PUBLIC_URL_ALIASES must be a list of http(s) URLs")
     _check_store(cfg)
     _check_trust(cfg)
 
@@ -262,3 +270,4 @@ def _check_trust(cfg: Config | dict[str, Any]) -> None:
     cfg["FHIR_ALLOWED_NETWORKS"] = list(networks)
     if isinstance(cfg.get("PUBLIC_URL"), str):
         cfg["PUBLIC_URL"] = cfg["PUBLIC_URL"].rstrip("/")
+    cfg["PUBLIC_URL_ALIASES"] = [a.rstrip("/") for a in cfg["PUBLIC_URL_ALIASES"]]

@@ -34,7 +34,7 @@ from cds_server.reasoning.titration import choose, most_specific
 def service_for(hook: str) -> str:
     """The id of the service that handles a hook."""
     for service in services.SERVICES:
-        if service.hook == hook:
+        if service.hook == hook and service.listed:
             return service.id
     raise ValueError(f"no service handles the hook '{hook}'")
 

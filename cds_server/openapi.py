@@ -202,6 +202,17 @@ def _json_body(ref: str, description: str) -> dict[str, Any]:
     }
 
 
+_DEPRECATED = (
+    "Deprecated: the former id shared by order-select and order-sign, kept answering both "
+    "for existing registrations and not listed in discovery. Use the id of each hook's own "
+    "discovery entry."
+)
+
+
+def _deprecation(service_id: str) -> dict[str, Any]:
+    return {"deprecated": True} if services.deprecated(service_id) else {}
+
+
 def _service_call(service_id: str, hooks: list[services.Service]) -> dict[str, Any]:
     refs = [{"$ref": f"#/components/schemas/{_schema_name(s.hook)}"} for s in hooks]
     schema = refs[0] if len(refs) == 1 else {"anyOf": refs}
@@ -209,10 +220,12 @@ def _service_call(service_id: str, hooks: list[services.Service]) -> dict[str, A
     keys = ", ".join(
         f"`{p.key}` ({'required' if p.required else 'optional'}: `{p.template}`)" for p in prefetch
     )
+    note = f"{_DEPRECATED}\n\n" if services.deprecated(service_id) else ""
     return {
+        **_deprecation(service_id),
         "operationId": f"call-{service_id}",
         "summary": f"{hooks[0].title} ({', '.join(s.hook for s in hooks)})",
-        "description": f"{hooks[0].description}\n\nPrefetch keys: {keys}.",
+        "description": f"{note}{hooks[0].description}\n\nPrefetch keys: {keys}.",
         "tags": ["services"],
         "requestBody": {
             "required": True,
@@ -231,6 +244,7 @@ def _service_call(service_id: str, hooks: list[services.Service]) -> dict[str, A
 
 def _feedback(service_id: str) -> dict[str, Any]:
     return {
+        **_deprecation(service_id),
         "operationId": f"feedback-{service_id}",
         "summary": f"Feedback on cards of {service_id}",
         "tags": ["feedback"],

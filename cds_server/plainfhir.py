@@ -32,7 +32,9 @@ from pydantic_core import core_schema as cs
 _STRING = cs.str_schema(strict=True, pattern="[!-~]")  # some printable ASCII
 _CODE = cs.str_schema(strict=True, pattern=r"^[!-~]+( [!-~]+)*$")
 _URI = cs.str_schema(strict=True, pattern=r"^[!-~]+$")
-_ID = cs.str_schema(strict=True, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
+# Up to 256 characters, not FHIR's 64: Epic's ids are longer (≈ 200 in its published
+# draftOrders) and the R4B models accept them, so they need not leave the fast path.
+_ID = cs.str_schema(strict=True, pattern=r"^[A-Za-z0-9\-.]{1,256}$")
 _BOOLEAN = cs.bool_schema(strict=True)
 _DECIMAL = cs.union_schema(
     [

@@ -9,6 +9,7 @@ empty. Error bodies are FHIR ``OperationOutcome`` resources (3.0-ballot recommen
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +37,36 @@ ACTION_TYPES = ("create", "update", "delete")
 LINK_TYPES = ("absolute", "smart")
 ERROR_SYSTEM = "urn:infusion-safety-cds:error"
 
+# Epic's feedback for acknowledgment reasons built in Epic (fhir.epic.com CDS Hooks tutorial,
+# "Feedback"): ``overrideReasons.extension`` holds the reason's category, display and title.
+# The category key doubles as the code system of the category code we store.
+EPIC_REASON_CATEGORY = "com.epic.cdshooks.feedback.overrideReason.reasonCategory"
+EPIC_REASON_DISPLAY = "com.epic.cdshooks.feedback.overrideReason.reasonDisplay"
+EPIC_REASON_TITLE = "com.epic.cdshooks.feedback.overrideReason.reasonTitle"
+
+# Epic's request extension naming the Epic workflow step that fired the hook; Epic sends its
+# own triggers (Enter Allergy, IP Admission…) as patient-view. Documented values (fhir.epic.com
+# CDS Hooks tutorial, "Epic Extensions"; others exist):
+EPIC_TRIGGER = "com.epic.cdshooks.request.bpa-trigger-action"
+EPIC_TRIGGERS = {
+    "5": "general OPA section",
+    "6": "enter problem",
+    "7": "enter diagnosis",
+    "18": "enter order",
+    "23": "sign orders",
+    "26": "IP admission",
+    "27": "IP discharge",
+    "29": "IP transfer",
+    "60": "open patient chart",
+}
+_TRIGGER_VALUE = re.compile(r"^[0-9]{1,6}$")
+
+log = logging.getLogger(__name__)
+
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-RELATIVE_REF = re.compile(r"^[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}$")
+# Epic's resource ids are opaque and longer than FHIR's 64 characters (≈ 200 in its published
+# draftOrders): references to orders and medications take ids up to 256 characters.
+RELATIVE_REF = re.compile(r"^[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,256}$")
 # Years 0002-9998: with its offset, every such date-time is also a UTC instant (0001 and 9999
 # are not always: 0001-01-01T00:00:00+03:00 is in year 0 in UTC).
 _YEAR = r"(000[2-9]|00[1-9]\d|0[1-9]\d{2}|[1-8]\d{3}|9[0-8]\d{2}|99[0-8]\d|999[0-8])"
@@ -219,6 +248,17 @@ class HookRequest:
     fhir_authorization: FhirAuthorization | None = None
     extension: Any = field(default=None, repr=False)
 
+    @property
+    def epic_trigger(self) -> str | None:
+        """Epic's ``bpa-trigger-action`` (a number as a string; ``"other"`` if it is not one),
+        or None when not sent. Safe to log: a workflow step, never patient data."""
+        if not isinstance(self.extension, Mapping) or EPIC_TRIGGER not in self.extension:
+            return None
+        value = self.extension[EPIC_TRIGGER]
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        return value if isinstance(value, str) and _TRIGGER_VALUE.match(value) else "other"
+
 
 def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
     """marshmallow's nested messages → {"context.patientId": ["…"]}."""
@@ -323,6 +363,14 @@ class FeedbackItemSchema(_In):
         fields.Nested(AcceptedSuggestionSchema), validate=validate.Length(min=1)
     )
     overrideReason = fields.Nested(OverrideReasonSchema)
+    # Epic's form (plural key, an object): read tolerantly by ``_override_reason``, never a 400.
+    overrideReasons = fields.Raw(
+        allow_none=True,
+        metadata={
+            "description": "Epic's form of overrideReason: {reason: Coding, userComment} or "
+            "{extension: {<Epic reason category, display, title>}, userComment}"
+        },
+    )
     outcomeTimestamp = fields.String(required=True, validate=_rfc3339)
 
     @validates_schema
@@ -340,14 +388,98 @@ class FeedbackSchema(_In):
 _FEEDBACK_IN = FeedbackSchema()
 
 
+_EPIC_CODING = CodingSchema()
+
+
 def load_feedback(body: Any) -> list[dict[str, Any]]:
-    """Validate a feedback body; return its items; raise ``InvalidRequest`` (400)."""
+    """Validate a feedback body; return its items; raise ``InvalidRequest`` (400).
+
+    Each item's override reason is returned in the spec's form (``overrideReason`` with a
+    ``reason`` Coding and ``userComment``) whatever form it came in — the spec's, or Epic's
+    ``overrideReasons`` object with a ``reason`` Coding or an ``extension`` naming an Epic
+    reason category. A form not understood is kept as "no coded reason" and logged by its
+    shape (key names only, never values); it is not an error.
+    """
     if not isinstance(body, Mapping):
         raise InvalidRequest("The request body must be a JSON object")
     try:
-        return _FEEDBACK_IN.load(body)["feedback"]
+        items: list[dict[str, Any]] = _FEEDBACK_IN.load(body)["feedback"]
     except ValidationError as exc:
         raise _invalid(_flatten(exc.messages), "feedback") from None
+    for index, item in enumerate(items):
+        if "overrideReasons" not in item:
+            continue
+        epic = item.pop("overrideReasons")
+        if item.get("overrideReason", {}).get("reason"):
+            continue  # the spec's form came too, with a coded reason: it wins
+        reason, comment = _override_reason(epic, index)
+        merged = dict(item.get("overrideReason") or {})
+        if reason is not None:
+            merged["reason"] = reason
+        if comment is not None and "userComment" not in merged:
+            merged["userComment"] = comment
+        if merged:
+            item["overrideReason"] = merged
+    return items
+
+
+def _override_reason(value: Any, index: int) -> tuple[dict[str, Any] | None, Any]:
+    """(reason Coding or None, userComment or None) from Epic's ``overrideReasons``."""
+    if value is None:
+        return None, None
+    if not isinstance(value, Mapping):
+        _unread(index, f"overrideReasons is a JSON {_json_type(value)}")
+        return None, None
+    comment = value.get("userComment")
+    comment = comment if isinstance(comment, str) else None
+    if "reason" in value:
+        try:
+            coding = _EPIC_CODING.load(value["reason"])
+        except ValidationError:
+            _unread(index, f"overrideReasons.reason {_shape(value['reason'])}")
+            return None, comment
+        return {k: coding[k] for k in ("system", "code", "display") if coding.get(k)}, comment
+    extension = value.get("extension")
+    if isinstance(extension, Mapping) and EPIC_REASON_CATEGORY in extension:
+        category = extension[EPIC_REASON_CATEGORY]
+        if isinstance(category, int) and not isinstance(category, bool):
+            category = str(category)
+        if isinstance(category, str) and 0 < len(category.strip()) <= 256:
+            reason = {"system": EPIC_REASON_CATEGORY, "code": category.strip()}
+            for key in (EPIC_REASON_DISPLAY, EPIC_REASON_TITLE):
+                shown = extension.get(key)
+                if isinstance(shown, str) and shown.strip():
+                    reason["display"] = shown.strip()
+                    break
+            return reason, comment
+        _unread(index, f"overrideReasons.extension {_shape(extension)}")
+        return None, comment
+    if set(value) - {"userComment"}:
+        _unread(index, f"overrideReasons {_shape(value)}")
+    return None, comment
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return {str: "string", list: "array", int: "number", float: "number"}.get(type(value), "value")
+
+
+def _shape(value: Any) -> str:
+    """A value's shape for a log line: its key names (printable, shortened), never its content."""
+    if not isinstance(value, Mapping):
+        return f"(a JSON {_json_type(value)})"
+    names = sorted("".join(c if c.isprintable() else "?" for c in str(k))[:60] for k in value)
+    more = f", +{len(names) - 8} more" if len(names) > 8 else ""
+    return "{" + ", ".join(names[:8]) + more + "}"
+
+
+def _unread(index: int, shape: str) -> None:
+    log.warning(
+        "feedback item %d: override reason not understood, stored without a coded reason: %s",
+        index,
+        shape,
+    )
 
 
 # --------------------------------------------------------------------------------------

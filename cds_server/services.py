@@ -1,7 +1,11 @@
 """The CDS services this server offers, declared as data (HAPI ``@CdsService`` style).
 
-One id may serve several hooks (CDS Hooks 2.0 "update stale guidance"): ``infusion-safety``
-answers both ``order-select`` and ``order-sign``, so calls are routed by id *and* hook.
+Every discovery entry has its own id (clients such as the CDS Hooks Sandbox and Epic key a
+service by its URL, so two entries sharing an id collapse into one): ``infusion-safety-select``
+(order-select) and ``infusion-safety-sign`` (order-sign). The former shared id
+``infusion-safety`` still answers both hooks for existing registrations but is deprecated and
+not listed, so calls are routed by id *and* hook. The order services form one *family*: the
+ordering-session de-duplication and snoozes never depend on which of these ids was called.
 Prefetch templates use only root-level context tokens (2.0 §prefetch-tokens); each key says
 whether the service can work without it. Ids and keys are stable identifiers: feedback and
 de-duplication depend on them, so never change their meaning.
@@ -77,6 +81,10 @@ class Service:
     title: str
     description: str
     prefetch: tuple[PrefetchSpec, ...] = PREFETCH
+    # The ids answering for the same guidance (ordering session, snoozes): the family name.
+    family: str = ""
+    # Deprecated ids answer but are not listed in discovery (ids there must be unique).
+    listed: bool = True
 
     def discovery(self, kb: KnowledgeBase) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -90,6 +98,11 @@ class Service:
             entry["prefetch"] = {p.key: p.template for p in self.prefetch}
         return entry
 
+
+ORDER_SELECT_ID = "infusion-safety-select"
+ORDER_SIGN_ID = "infusion-safety-sign"
+DEPRECATED_ORDER_ID = "infusion-safety"
+ORDER_FAMILY = "infusion-safety"
 
 _ORDER_DESCRIPTION = (
     "Checks draft infusion orders (monoclonal antibodies, bispecific T-cell engagers, taxanes "
@@ -110,28 +123,64 @@ SERVICES: tuple[Service, ...] = (
         ),
     ),
     Service(
-        id="infusion-safety",
+        id=ORDER_SELECT_ID,
+        hook="order-select",
+        title="Infusion reaction safety check (order-select)",
+        description=_ORDER_DESCRIPTION,
+        family=ORDER_FAMILY,
+    ),
+    Service(
+        id=ORDER_SIGN_ID,
+        hook="order-sign",
+        title="Infusion reaction safety check (order-sign)",
+        description=_ORDER_DESCRIPTION,
+        family=ORDER_FAMILY,
+    ),
+    # Deprecated: the former id shared by both order hooks (one discovery id for two entries
+    # is lost by clients that key services by URL). Kept answering for existing registrations.
+    Service(
+        id=DEPRECATED_ORDER_ID,
         hook="order-select",
         title="Infusion reaction safety check",
         description=_ORDER_DESCRIPTION,
+        family=ORDER_FAMILY,
+        listed=False,
     ),
     Service(
-        id="infusion-safety",
+        id=DEPRECATED_ORDER_ID,
         hook="order-sign",
         title="Infusion reaction safety check",
         description=_ORDER_DESCRIPTION,
+        family=ORDER_FAMILY,
+        listed=False,
     ),
 )
 
 
 def discovery(kb: KnowledgeBase) -> dict[str, Any]:
-    """The discovery document, sorted by id then hook (deterministic)."""
-    ordered = sorted(SERVICES, key=lambda s: (s.id, s.hook))
+    """The discovery document: listed services, sorted by id then hook (deterministic)."""
+    ordered = sorted((s for s in SERVICES if s.listed), key=lambda s: (s.id, s.hook))
     return {"services": [s.discovery(kb) for s in ordered]}
 
 
 def ids() -> frozenset[str]:
+    """Every id that answers, listed or deprecated."""
     return frozenset(s.id for s in SERVICES)
+
+
+def family(service_id: str) -> str:
+    """The family of ``service_id``: ids answering for the same guidance share it."""
+    for s in SERVICES:
+        if s.id == service_id:
+            return s.family or s.id
+    return service_id
+
+
+def deprecated(service_id: str) -> bool:
+    """Whether ``service_id`` answers only for existing registrations (not in discovery)."""
+    return any(s.id == service_id for s in SERVICES) and not any(
+        s.id == service_id and s.listed for s in SERVICES
+    )
 
 
 def require(service_id: str) -> None:

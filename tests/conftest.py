@@ -136,7 +136,10 @@ def load_fixture(rel: str) -> Any:
 
 
 def service_for(body: dict[str, Any]) -> str:
-    return "infusion-risk-summary" if body.get("hook") == "patient-view" else "infusion-safety"
+    """The listed service id for the request's hook (one discovery entry, one id)."""
+    return {"patient-view": "infusion-risk-summary", "order-select": "infusion-safety-select"}.get(
+        str(body.get("hook")), "infusion-safety-sign"
+    )
 
 
 def request_names() -> list[str]:

@@ -21,7 +21,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 PUBLIC_URL = "https://cds.example.org"
 DISCOVERY = f"{PUBLIC_URL}/cds-services"
-SIGN_AUD = f"{PUBLIC_URL}/cds-services/infusion-safety"
+SIGN_AUD = f"{PUBLIC_URL}/cds-services/infusion-safety-sign"
 EHR_ISS = "https://ehr.example.org"
 EHR_FHIR = "https://ehr.example.org/fhir"
 

@@ -30,8 +30,8 @@ from cds_server.trusted_clients import parse
 from tests import jwtkit as kit
 from tests.conftest import TOKEN, load_request
 
-SIGN = "/cds-services/infusion-safety"
-FEEDBACK = "/cds-services/infusion-safety/feedback"
+SIGN = "/cds-services/infusion-safety-sign"
+FEEDBACK = "/cds-services/infusion-safety-sign/feedback"
 
 # The CDS Hooks 2.0 spec's own example (HL7/cds-hooks@v2.0.1 input/pagecontent/index.md,
 # "Trusting CDS Clients" > Example): ES384, exp 1422568860 (2015).

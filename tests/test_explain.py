@@ -13,7 +13,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "data"
 
 def test_the_data_line_counts_read_and_unread_history_orders(kb: Any) -> None:
     text = explain_request(BENCH / "order-sign.json", kb)
-    assert text.splitlines()[0].startswith("Hook: order-sign (service infusion-safety)")
+    assert text.splitlines()[0].startswith("Hook: order-sign (service infusion-safety-sign)")
     assert (
         "Data: 4 draft order(s), 24 history order(s) (+36 no rule reads, not read), "
         "5 allergy record(s), weight 68.0 kg"

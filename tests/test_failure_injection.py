@@ -32,7 +32,7 @@ from tests.conftest import TOKEN, every_key, load_fixture, load_request
 from tests.fakefhir import Call
 from tests.loghygiene import assert_clean_logs
 
-SIGN = "/cds-services/infusion-safety"
+SIGN = "/cds-services/infusion-safety-sign"
 PATIENT = "patients/lymphoma-first-rituximab.json"
 
 CONNECT, READ, DEADLINE = 0.5, 0.5, 1.5

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
 from cds_server import protocol
+from tests.conftest import FIXTURES
 
 URL = "/cds-services/infusion-safety/feedback"
 ITEM = {"card": "c1", "outcome": "overridden", "outcomeTimestamp": "2026-11-21T10:05:31Z"}
@@ -55,3 +57,44 @@ def test_an_outcome_time_that_is_no_utc_instant_is_a_400(client: FlaskClient, st
     resp = client.post(URL, json={"feedback": [{**ITEM, "outcomeTimestamp": stamp}]})
     assert resp.status_code == 400, resp.get_data(as_text=True)
     assert resp.get_json()["resourceType"] == "OperationOutcome"
+
+
+EPIC = FIXTURES / "clients" / "epic"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in EPIC.glob("feedback-*.json")))
+def test_epic_feedback_fixtures_are_accepted(client: FlaskClient, name: str) -> None:
+    body = json.loads((EPIC / f"{name}.json").read_text())
+    assert client.post("/cds-services/infusion-safety-sign/feedback", json=body).status_code == 200
+
+
+def test_epic_override_reasons_read_in_the_spec_form() -> None:
+    body = json.loads((EPIC / "feedback-override-extension.json").read_text())
+    (item,) = protocol.load_feedback(body)
+    assert "overrideReasons" not in item
+    assert item["overrideReason"] == {
+        "reason": {
+            "system": protocol.EPIC_REASON_CATEGORY,
+            "code": "45",
+            "display": "Does not meet criteria",
+        },
+        "userComment": "User Entered Free Text",
+    }
+    body = json.loads((EPIC / "feedback-override-reason.json").read_text())
+    (item,) = protocol.load_feedback(body)
+    assert item["overrideReason"]["reason"] == {
+        "system": "urn:infusion-safety-cds:override-reason",
+        "code": "previously-tolerated",
+        "display": "Patient has tolerated this drug since the reaction",
+    }
+
+
+def test_the_spec_form_wins_over_epics_when_both_carry_a_reason() -> None:
+    ours = {"system": "urn:infusion-safety-cds:override-reason", "code": "not-applicable"}
+    item = {
+        **ITEM,
+        "overrideReason": {"reason": ours},
+        "overrideReasons": {"reason": {"system": "https://e.org/r", "code": "other"}},
+    }
+    (loaded,) = protocol.load_feedback({"feedback": [item]})
+    assert loaded["overrideReason"] == {"reason": ours}

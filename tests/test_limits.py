@@ -14,8 +14,8 @@ from flask import Flask
 from cds_server.limits import json_text_depth_exceeds
 from tests.conftest import load_request
 
-SIGN = "/cds-services/infusion-safety"
-FEEDBACK = "/cds-services/infusion-safety/feedback"
+SIGN = "/cds-services/infusion-safety-sign"
+FEEDBACK = "/cds-services/infusion-safety-sign/feedback"
 
 
 def _code(resp: Any) -> str:

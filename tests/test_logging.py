@@ -12,7 +12,7 @@ from cds_server import reasoning
 from tests.conftest import FHIR, TOKEN, load_fixture, load_request
 from tests.fakefhir import FakeFhir
 
-SIGN = "/cds-services/infusion-safety"
+SIGN = "/cds-services/infusion-safety-sign"
 SECRETS = (TOKEN, "pat-lym-001", "Avery", "Fictional-Testperson", "penicillin")
 
 
@@ -64,6 +64,6 @@ def test_no_token_or_patient_data_in_logs(
 
     text = _logged(caplog)
     assert "unhandled ValueError" in text
-    assert "call service=infusion-safety" in text
+    assert "call service=infusion-safety-sign" in text
     for secret in SECRETS:
         assert secret not in text, secret

@@ -82,8 +82,18 @@ def test_request_bodies_are_typed_per_hook(document: dict[str, Any]) -> None:
         ref = schemas[name]["properties"]["context"]["$ref"].rsplit("/", 1)[-1]
         required = {n for n, f in context().fields.items() if f.required}
         assert set(schemas[ref]["required"]) == required
-    body = document["paths"]["/cds-services/infusion-safety"]["post"]["requestBody"]
-    any_of = body["content"]["application/json"]["schema"]["anyOf"]
+    for service_id, name in (
+        ("infusion-safety-select", "OrderSelectRequest"),
+        ("infusion-safety-sign", "OrderSignRequest"),
+    ):
+        operation = document["paths"][f"/cds-services/{service_id}"]["post"]
+        ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.rsplit("/", 1)[-1] == name
+        assert "deprecated" not in operation
+    old = document["paths"]["/cds-services/infusion-safety"]["post"]
+    assert old["deprecated"] is True
+    assert document["paths"]["/cds-services/infusion-safety/feedback"]["post"]["deprecated"]
+    any_of = old["requestBody"]["content"]["application/json"]["schema"]["anyOf"]
     assert {r["$ref"].rsplit("/", 1)[-1] for r in any_of} == {
         "OrderSelectRequest",
         "OrderSignRequest",

@@ -22,7 +22,7 @@ from tests.conformance import check_response
 from tests.conftest import FHIR, TOKEN, every_key, load_fixture, load_request
 from tests.fakefhir import FakeFhir
 
-SIGN = "/cds-services/infusion-safety"
+SIGN = "/cds-services/infusion-safety-sign"
 PATIENT1 = "patients/lymphoma-first-rituximab.json"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -301,3 +302,73 @@ def test_sandbox_imports_nothing_from_the_clinical_layers() -> None:
                 names = [node.module or ""]
             for name in names:
                 assert not name.startswith(forbidden), f"{path.name} imports {name}"
+
+
+def _demo_config(monkeypatch: pytest.MonkeyPatch, cards_dir: Any, *args: str) -> dict[str, Any]:
+    from click.testing import CliRunner
+
+    from cds_server import cli
+
+    seen: dict[str, Any] = {}
+
+    def fake_run(self: Flask, host: str, port: int, **kw: Any) -> None:
+        key = self.config["SANDBOX_TEST_KEY"]
+        client = self.test_client()
+        seen["config"] = dict(self.config)
+        seen["status"] = {
+            base: client.get(
+                "/cds-services",
+                headers={"Authorization": f"Bearer {key.sign(base + '/cds-services')}"},
+            ).status_code
+            for base in (
+                "http://localhost:8099",
+                "http://127.0.0.1:8099",
+                "http://192.0.2.10:8099",
+                "https://cds-demo.example.org",
+            )
+        }
+
+    monkeypatch.setattr(Flask, "run", fake_run)
+    if cards_dir:
+        monkeypatch.setenv("CDS_CARDS_DIR", f'"{cards_dir}"')
+    result = CliRunner().invoke(cli.main, ["demo", "--auth", "--port", "8099", *args])
+    assert result.exit_code == 0, result.output
+    return seen
+
+
+def test_demo_auth_on_loopback_accepts_localhost_and_127_0_0_1(
+    monkeypatch: pytest.MonkeyPatch, cards_dir: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    seen = _demo_config(monkeypatch, cards_dir, "--host", "127.0.0.1")
+    assert seen["status"] == {
+        "http://localhost:8099": 200,
+        "http://127.0.0.1:8099": 200,  # the Sandbox opened at 127.0.0.1 is no longer refused
+        "http://192.0.2.10:8099": 401,
+        "https://cds-demo.example.org": 401,
+    }
+    assert "http://localhost:8099/cds-services" in caplog.text
+    assert "http://127.0.0.1:8099/cds-services" in caplog.text
+    assert "--public-url" in caplog.text
+
+
+def test_demo_public_url_is_the_only_audience(
+    monkeypatch: pytest.MonkeyPatch, cards_dir: Any
+) -> None:
+    seen = _demo_config(monkeypatch, cards_dir, "--public-url", "https://cds-demo.example.org/")
+    assert seen["config"]["PUBLIC_URL"] == "https://cds-demo.example.org"
+    assert seen["status"] == {
+        "http://localhost:8099": 401,
+        "http://127.0.0.1:8099": 401,
+        "http://192.0.2.10:8099": 401,
+        "https://cds-demo.example.org": 200,
+    }
+
+
+def test_demo_public_url_must_be_http(cards_dir: Any) -> None:
+    from click.testing import CliRunner
+
+    from cds_server import cli
+
+    result = CliRunner().invoke(cli.main, ["demo", "--public-url", "cds.example.org"])
+    assert result.exit_code == 2 and "http(s) URL" in result.output

@@ -230,7 +230,7 @@ def test_glofitamab_step_up_dose_accept_premedication_with_the_keyboard(
     sent = page.inner_text("#request-json")
     assert '"hook": "order-sign"' in sent and '"prefetch"' in sent and '"allergies"' in sent
     curl = page.inner_text("#curl")
-    assert curl.startswith(f"curl -sS -X POST '{base}/cds-services/infusion-safety'")
+    assert curl.startswith(f"curl -sS -X POST '{base}/cds-services/infusion-safety-sign'")
 
     premedication = card_with(page, "premedication missing")
     accept = premedication.get_by_role("button", name="Accept: Order acetaminophen", exact=False)
@@ -294,7 +294,7 @@ def test_carboplatin_reexposure_after_anaphylaxis_override_is_stored(
     critical.get_by_role("button", name="Override").click()
     critical.locator(".card-outcome", has_text="Feedback sent: HTTP 200").wait_for()
     log = page.inner_text("#feedback-log")
-    assert "/cds-services/infusion-safety/feedback — overridden — HTTP 200" in log
+    assert "/cds-services/infusion-safety-sign/feedback — overridden — HTTP 200" in log
 
     stored = row(report(app), "prior-reaction", "carboplatin")
     assert stored["issued"] == 1 and stored["overridden"] == 1

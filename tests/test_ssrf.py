@@ -22,7 +22,7 @@ from tests import jwtkit as kit
 from tests.conftest import TOKEN, every_key, fake_resolve, load_fixture, load_request
 from tests.fakefhir import FakeFhir
 
-SIGN = "/cds-services/infusion-safety"
+SIGN = "/cds-services/infusion-safety-sign"
 PATIENT = "patients/lymphoma-first-rituximab.json"
 
 

@@ -69,7 +69,7 @@ KID = "soak-es384"
 ACCESS_TOKEN = "soak-fhir-access-" + uuid.uuid4().hex  # must never reach a log
 # Fixtures that need a server we do not run (an https fhirServer) or are 412 by design.
 NOT_GOOD = {"order-sign-crd-style", "order-sign-operationoutcome-prefetch"}
-SIGN = "/cds-services/infusion-safety"
+SIGN = "/cds-services/infusion-safety-sign"
 
 
 # -- requests ------------------------------------------------------------------------------
@@ -90,7 +90,9 @@ class Call:
 
 
 def _service(body: dict[str, Any]) -> str:
-    return "infusion-risk-summary" if body.get("hook") == "patient-view" else "infusion-safety"
+    return {"patient-view": "infusion-risk-summary", "order-select": "infusion-safety-select"}.get(
+        str(body.get("hook")), "infusion-safety-sign"
+    )
 
 
 def _good_bodies() -> list[dict[str, Any]]:
@@ -223,7 +225,7 @@ class Mix:
                 "overrideReason": override,
                 "outcomeTimestamp": stamp,
             }
-        service = self.rng.choice(["infusion-safety", "infusion-risk-summary"])
+        service = self.rng.choice(["infusion-safety-sign", "infusion-risk-summary"])
         body = {"feedback": [item]}
         return Call(
             "feedback",

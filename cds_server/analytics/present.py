@@ -67,6 +67,7 @@ def drug_name(kb: KnowledgeBase, drug: str | None) -> str:
 
 
 def reason_name(kb: KnowledgeBase, reason: ReasonCount) -> str:
+    """Ours: the knowledge's display; a client's: the display it sent, else ``code (system)``."""
     if reason.code is None:
         return NO_REASON
     if reason.system == kb.policy.override_system:
@@ -74,16 +75,20 @@ def reason_name(kb: KnowledgeBase, reason: ReasonCount) -> str:
             return kb.policy.reason(reason.code).display
         except KeyError:
             return reason.code
+    if reason.display:
+        return reason.display
     return f"{reason.code} ({reason.system})"
 
 
 def reason_label(kb: KnowledgeBase, reason: ReasonCount) -> str:
-    """Short form for text and the chart: our code, or ``code (system)`` for a client's."""
+    """Short form for text and the chart: our code, or ``code "display" (system)`` for a
+    client's (Epic's reason categories are numbers: the display says what they are)."""
     if reason.code is None:
         return NO_REASON
     if reason.system == kb.policy.override_system:
         return reason.code
-    return f"{reason.code} ({reason.system})"
+    shown = f' "{reason.display}"' if reason.display else ""
+    return f"{reason.code}{shown} ({reason.system})"
 
 
 # -- JSON ------------------------------------------------------------------------------------

@@ -482,7 +482,8 @@ def medication_ref_key(reference: str | None) -> str | None:
     """``Medication/123``, ``https://x/fhir/Medication/123`` → ``Medication/123``."""
     if not reference:
         return None
-    match = re.search(r"(Medication/[A-Za-z0-9\-.]{1,64})(/_history/.*)?$", reference)
+    # Up to 256 characters: Epic's ids are longer than FHIR's 64.
+    match = re.search(r"(Medication/[A-Za-z0-9\-.]{1,256})(/_history/.*)?$", reference)
     return match.group(1) if match else None
 
 
@@ -491,6 +492,14 @@ def parse_medication(
 ) -> dict[str, Any] | None:
     """A Medication resource as checked JSON (for ``medicationReference`` resolution)."""
     return checked(resource, where, log, plain=plain)
+
+
+def _ordered_dose(dosage: JSON, path: str, read: _Reader) -> Quantity | None:
+    """The dose of Epic's ``ordered-dose`` extension (read only without a ``doseQuantity``)."""
+    for x, extension in enumerate(dosage.get("extension") or ()):
+        if isinstance(extension, Mapping) and extension.get("url") == EPIC_ORDERED_DOSE:
+            return read.quantity(extension.get("valueQuantity"), f"{path}.extension[{x}]")
+    return None
 
 
 def _route(route: JSON | None) -> str | None:
@@ -553,6 +562,10 @@ def _medication_terms(
 
 # The elements ``_medication_terms`` reads: the same objects give the same terms.
 _MEDICATION_ELEMENTS = ("medicationCodeableConcept", "medicationReference", "contained")
+# Epic's ordered dose, sent beside (or instead of) ``doseQuantity`` (fhir.epic.com CDS Hooks
+# tutorial, example request). Its ``…/admin-amount`` is the amount given (e.g. 2 tablets), not
+# the dose, and is not read.
+EPIC_ORDERED_DOSE = "https://open.epic.com/fhir/extensions/ordered-dose"
 
 
 def unchecked_medication_terms(
@@ -693,6 +706,8 @@ def parse_medication_request(
                 dose = read.quantity(dr.get("doseQuantity"), f"{path}.doseQuantity")
             if rate is None:
                 rate = read.rate(dr, path)
+        if dose is None:
+            dose = _ordered_dose(dosage, f"dosageInstruction[{d}]", read)
         timing = dosage.get("timing") or {}
         for e, event in enumerate(timing.get("event") or ()):
             moment = read.moment(event, f"dosageInstruction[{d}].timing.event[{e}]")
@@ -864,7 +879,7 @@ def birth_date(
 
 # MedicationAdministration statuses that record no dose given: they count for nothing.
 NOT_GIVEN = frozenset({"not-done", "entered-in-error"})
-_REQUEST_REF = re.compile(r"(?:^|/)(MedicationRequest/[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]*)?$")
+_REQUEST_REF = re.compile(r"(?:^|/)(MedicationRequest/[A-Za-z0-9\-.]{1,256})(?:/_history/[^/]*)?$")
 
 
 def request_ref_key(reference: Any) -> str | None:

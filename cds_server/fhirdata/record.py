@@ -51,7 +51,7 @@ from cds_server.model import (
 )
 
 _UNKNOWN = KeyData((), False, "unavailable")
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,256}$")  # Epic's ids are longer than FHIR's 64
 T = TypeVar("T")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,14 @@ def generate() -> TestKey:
 
 
 def demo_auth_overrides(
-    key: TestKey, folder: Path, public_url: str, extra_clients: Path | None = None
+    key: TestKey,
+    folder: Path,
+    public_url: str,
+    extra_clients: Path | None = None,
+    aliases: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Settings for a demo that verifies JWTs (``cds-server demo --auth``).
+    """Settings for a demo that verifies JWTs (``cds-server demo --auth``); ``aliases``: other
+    base URLs of the demo whose JWT audiences are accepted too.
 
     Writes ``folder/trusted-clients.yaml``: the clients of ``extra_clients`` (if given, e.g.
     the CDS Hooks Sandbox's public key) plus this key's public half for ``DEMO_ISS``.
@@ -92,5 +98,6 @@ def demo_auth_overrides(
         "AUTH_REQUIRED": True,
         "CLIENTS_FILE": str(path),
         "PUBLIC_URL": public_url.rstrip("/"),
+        "PUBLIC_URL_ALIASES": [a.rstrip("/") for a in aliases],
         "SANDBOX_TEST_KEY": key,
     }

@@ -6,7 +6,9 @@ instant, sorted accepted suggestion ids, override reason system and code, the se
 twice in one body, the same instant in another time-zone offset) is stored once, and one EHR's
 items never make another's look like duplicates. The free-text ``userComment`` is neither stored
 nor part of the key (it may contain patient data); only whether one was given is kept.
-Feedback for an unknown card uuid is stored with ``known_card`` false.
+Feedback for an unknown card uuid is stored with ``known_card`` false. Items arrive with their
+override reason in the spec's form whatever form the client used (``protocol.load_feedback``
+reads Epic's ``overrideReasons`` too).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from sqlalchemy import Engine, select
 from cds_server.knowledge.model import CardPolicy
 from cds_server.store import snooze
 from cds_server.store.engine import clean, insert_ignoring, writing
-from cds_server.store.tables import card_log, feedback
+from cds_server.store.tables import TEXT_ID, card_log, feedback
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,13 @@ def _accepted(item: Mapping[str, Any]) -> list[str]:
 
 def _reason(item: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return (item.get("overrideReason") or {}).get("reason")
+
+
+def _display(reason: Mapping[str, Any] | None) -> str | None:
+    shown = (reason or {}).get("display")
+    if not isinstance(shown, str) or not shown.strip():
+        return None
+    return clean(shown.strip())[:TEXT_ID]
 
 
 def item_key(item: Mapping[str, Any], caller_hash: str | None = None) -> str:
@@ -116,6 +125,7 @@ def record_feedback(
                     "accepted_suggestions": json.dumps(_accepted(item)),
                     "reason_system": clean(reason["system"]) if reason else None,
                     "reason_code": clean(reason["code"]) if reason else None,
+                    "reason_display": _display(reason),
                     "has_comment": bool(comment and str(comment).strip()),
                     "received_at": received_at,
                 },

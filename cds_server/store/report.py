@@ -4,7 +4,9 @@ Counts are of *cards* issued in the window ``[since, until)``, with whatever fee
 received. A card is *accepted* (or *overridden*) when at least one feedback item says so;
 *ignored* when it got no feedback at all (CDS Hooks: ignored cards produce no feedback). A
 card with both outcomes (feedback sent twice, differently) counts under both. Override
-reasons count cards per coded reason; an override without a coded reason is ``None``.
+reasons count cards per coded reason (system and code), with the display the client sent
+(the latest in alphabetical order if it sent several); an override without a coded reason is
+``None``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ class ReasonCount:
     system: str | None
     code: str | None
     cards: int
+    display: str | None = None  # as the client sent it (None: not sent, or stored before 0003)
+
+
+Reasons = dict[tuple[str | None, str | None], tuple[int, str | None]]  # → (cards, display)
 
 
 @dataclass(frozen=True)
@@ -63,15 +69,15 @@ def _rollup(
     rows: Iterable[ReportRow], key: Callable[[ReportRow], tuple[str | None, str | None]]
 ) -> tuple[ReportRow, ...]:
     counts: dict[tuple[str | None, str | None], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    reasons: dict[tuple[str | None, str | None], dict[tuple[str | None, str | None], int]] = (
-        defaultdict(lambda: defaultdict(int))
-    )
+    reasons: dict[tuple[str | None, str | None], Reasons] = defaultdict(dict)
     for row in rows:
         k = key(row)
         for i, n in enumerate((row.issued, row.accepted, row.overridden, row.ignored)):
             counts[k][i] += n
         for r in row.reasons:
-            reasons[k][(r.system, r.code)] += r.cards
+            cards, display = reasons[k].get((r.system, r.code), (0, None))
+            shown = max((d for d in (display, r.display) if d is not None), default=None)
+            reasons[k][(r.system, r.code)] = (cards + r.cards, shown)
     out = []
     for k in sorted(counts, key=lambda k: (k[0] or "", k[1] or "")):
         issued, accepted, overridden, ignored = counts[k]
@@ -83,13 +89,11 @@ def _rollup(
     return tuple(out)
 
 
-def _sorted_reasons(
-    counts: dict[tuple[str | None, str | None], int],
-) -> tuple[ReasonCount, ...]:
+def _sorted_reasons(counts: Reasons) -> tuple[ReasonCount, ...]:
     return tuple(
-        ReasonCount(system, code, n)
-        for (system, code), n in sorted(
-            counts.items(), key=lambda kv: (-kv[1], kv[0][1] or "", kv[0][0] or "")
+        ReasonCount(system, code, n, display)
+        for (system, code), (n, display) in sorted(
+            counts.items(), key=lambda kv: (-kv[1][0], kv[0][1] or "", kv[0][0] or "")
         )
     )
 
@@ -123,6 +127,7 @@ def build_report(engine: Engine, since: datetime, until: datetime) -> Report:
             feedback.c.reason_system,
             feedback.c.reason_code,
             func.count(distinct(card_log.c.card_uuid)).label("cards"),
+            func.max(feedback.c.reason_display).label("display"),
         )
         .join(feedback, feedback.c.card_uuid == card_log.c.card_uuid)
         .where(in_window, feedback.c.outcome == "overridden")
@@ -139,11 +144,9 @@ def build_report(engine: Engine, since: datetime, until: datetime) -> Report:
         count_rows = connection.execute(counts).all()
         reason_rows = connection.execute(reasons).all()
         totals = connection.execute(items).one()
-    by_group: dict[tuple[str, str | None], dict[tuple[str | None, str | None], int]] = defaultdict(
-        dict
-    )
+    by_group: dict[tuple[str, str | None], Reasons] = defaultdict(dict)
     for r in reason_rows:
-        by_group[(r.rule, r.drug_id)][(r.reason_system, r.reason_code)] = int(r.cards)
+        by_group[(r.rule, r.drug_id)][(r.reason_system, r.reason_code)] = (int(r.cards), r.display)
     rows = tuple(
         ReportRow(
             rule=r.rule,

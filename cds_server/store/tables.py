@@ -7,7 +7,8 @@ override comments are not stored either (only whether one was given).
 * ``card_log``  — every card issued: uuid, service, hook, hookInstance, rule (``source.topic``
   code), drug, indicator, suggestion uuids, time, knowledge version, hashes.
 * ``feedback``  — every distinct feedback item (``item_key`` unique: idempotent), whether its
-  card was known, the outcome, accepted suggestions and the coded override reason.
+  card was known, the outcome, accepted suggestions and the coded override reason (system,
+  code and display).
 * ``snooze``    — suppression windows created by snoozing override reasons.
 """
 
@@ -102,6 +103,8 @@ feedback = Table(
     Column("accepted_suggestions", Text(), nullable=False),  # JSON array of suggestion uuids
     Column("reason_system", String(2048), nullable=True),
     Column("reason_code", String(TEXT_ID), nullable=True),
+    # As the client sent it (Epic's reason categories have no other name); NULL before 0003.
+    Column("reason_display", String(TEXT_ID), nullable=True),
     Column("has_comment", Boolean(), nullable=False),
     Column("received_at", UtcDateTime(), nullable=False),
     Index("ix_feedback_card_uuid", "card_uuid"),

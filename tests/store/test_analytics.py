@@ -49,10 +49,13 @@ def test_fixture_feedback_is_in_the_json_report(store_app: Flask) -> None:
     data = resp.get_json()
     obi = row(data, "byRuleAndDrug", rule="premedication", drug="obinutuzumab")
     assert (obi["issued"], obi["accepted"], obi["overridden"], obi["ignored"]) == (1, 1, 1, 0)
-    reasons = {(r["code"], r["system"]): r["cards"] for r in obi["overrideReasons"]}
-    assert reasons == {
-        ("previously-tolerated", "https://example.org/override-reasons"): 1,
-        (None, None): 1,
+    reasons = {(r["code"], r["system"]): (r["cards"], r["display"]) for r in obi["overrideReasons"]}
+    assert reasons == {  # a client's reason: the display it sent
+        ("previously-tolerated", "https://example.org/override-reasons"): (
+            1,
+            "Previously tolerated",
+        ),
+        (None, None): (1, "no coded reason"),
     }
     pac = row(data, "byRuleAndDrug", rule="premedication", drug="paclitaxel")
     assert (pac["issued"], pac["accepted"], pac["overridden"], pac["ignored"]) == (1, 0, 0, 1)
@@ -156,7 +159,8 @@ def test_cli_report_text_and_json(
     text = result.output
     assert "premedication / obinutuzumab" in text
     assert re.search(r"premedication / obinutuzumab\s+1\s+1\s+1\s+0", text), text
-    assert "previously-tolerated (https://example.org/override-reasons) 1" in text
+    shown = 'previously-tolerated "Previously tolerated" (https://example.org/override-reasons) 1'
+    assert shown in text
     assert "no coded reason 1" in text
     assert re.search(r"premedication / paclitaxel\s+1\s+0\s+0\s+1", text), text
     result = runner.invoke(cli.main, ["report", "--json", "--since", "2020-01-01"])

@@ -16,11 +16,11 @@ from cds_server.auth import Caller
 from cds_server.store import get_store
 from cds_server.trusted_clients import TrustedClient
 from tests import jwtkit as kit
-from tests.conftest import load_request
+from tests.conftest import load_request, service_for
 from tests.store.conftest import HASH_KEY, rows
 from tests.store.flows import card_for, overridden, topics, with_session
 
-SIGN = "/cds-services/infusion-safety"
+SIGN = "/cds-services/infusion-safety-sign"
 RITUXIMAB = "order-sign-rituximab"  # rate-titration warning for pat-lym-001
 OTHER_ISS = "https://other-ehr.example.net"
 
@@ -47,7 +47,8 @@ def _token(aud: str, caller: str, tenant: str | None) -> dict[str, str]:
 def _call(
     client: FlaskClient, body: dict[str, Any], caller: str = "ehr", tenant: str | None = None
 ) -> list[dict[str, Any]]:
-    resp = client.post(SIGN, json=body, headers=_token(kit.SIGN_AUD, caller, tenant))
+    path = f"/cds-services/{service_for(body)}"  # order-select has its own id
+    resp = client.post(path, json=body, headers=_token(kit.PUBLIC_URL + path, caller, tenant))
     assert resp.status_code == 200, resp.get_json()
     return resp.get_json()["cards"]  # type: ignore[no-any-return]
 

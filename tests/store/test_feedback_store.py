@@ -28,7 +28,7 @@ def test_card_log_records_every_card_without_patient_ids(store_app: Flask, raw: 
     assert [r["card_uuid"] for r in logged] == [c["uuid"] for c in cards]
     row, card = logged[0], cards[0]
     assert (row["service_id"], row["hook"], row["hook_instance"]) == (
-        "infusion-safety",
+        "infusion-safety-sign",
         "order-sign",
         body["hookInstance"],
     )
