@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 from cds_server.knowledge.model import KnowledgeBase, Prerequisite
 from cds_server.model import Finding, Indicator, RecognisedOrder, Situation
-from cds_server.reasoning.dosing import ADMINISTERED, IN_FORCE, applies, position, step_labels
+from cds_server.reasoning.course import ADMINISTERED
+from cds_server.reasoning.dosing import IN_FORCE, applies, position, step_labels
 from cds_server.reasoning.orders import target_orders
 
 TOPIC = "pretreatment"
