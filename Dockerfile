@@ -7,16 +7,17 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    CDS_CARDS_DIR=/app/cards
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin cds
 
-COPY pyproject.toml README.md ./
+# The wheel is the product: the build copies cards/ and the fixtures into the package.
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY cds_server ./cds_server
 COPY cards ./cards
-RUN pip install . && rm -rf /app/cds_server /app/build
+COPY fixtures ./fixtures
+RUN pip install . && cd / && rm -rf /app
 
 # Card log, feedback and snooze: SQLite (WAL) on a volume, schema migrated at start; its
 # patient-hash key is generated next to it. For several instances use PostgreSQL instead:
