@@ -17,13 +17,14 @@ COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY cds_server ./cds_server
 COPY cards ./cards
 COPY fixtures ./fixtures
-RUN pip install . && cd / && rm -rf /app
+RUN pip install . && find /app -mindepth 1 -delete
 
-# Card log, feedback and snooze: SQLite (WAL) on a volume, schema migrated at start; its
-# patient-hash key is generated next to it. For several instances use PostgreSQL instead:
-# CDS_DATABASE_URL=postgresql://user@host/db and a shared CDS_PATIENT_HASH_KEY.
+# The data folder: card log, feedback and snooze in SQLite (WAL), schema migrated at start,
+# and the patient-hash key generated next to it; keep the volume and back it up as one. For
+# several instances use PostgreSQL instead: CDS_DATABASE_URL=postgresql://user@host/db and a
+# shared CDS_PATIENT_HASH_KEY.
 RUN mkdir -p /var/lib/cds-server && chown cds:cds /var/lib/cds-server
-ENV CDS_DATABASE_URL=sqlite:////var/lib/cds-server/cds-server.sqlite3
+ENV CDS_DATA_DIR=/var/lib/cds-server
 VOLUME /var/lib/cds-server
 
 USER cds

@@ -11,6 +11,10 @@ This is the only module that reads the environment. Order of precedence (last wi
 5. ``overrides`` (set by the command line, e.g. ``--public-url`` or the demo profile).
 
 ``check()`` validates the result so a bad setting stops the service at start-up.
+
+The **data folder** (``--data-dir`` / ``CDS_DATA_DIR``, else ``./instance`` of the working
+directory) is Flask's instance folder: the SQLite database, its patient-hash key and the
+optional ``config.py``. It is never inside the installed package or its virtualenv.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from typing import Any
 from flask import Config
 
 MiB = 1024 * 1024
+DATA_DIR_ENV = "CDS_DATA_DIR"
+DEFAULT_DATA_DIR = "instance"  # relative to the working directory
 
 DEFAULTS: dict[str, Any] = {
-    # Knowledge folder (cards/*.yaml); None = the folder shipped with the source tree.
+    # Knowledge folder (cards/*.yaml); None = the one shipped (in the wheel, or the checkout's).
     "CARDS_DIR": None,
     # Largest accepted request body, in bytes (Flask enforces it; larger → 413).
     "MAX_CONTENT_LENGTH": 8 * MiB,
@@ -56,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
     # -- sandbox page (cds_server/sandbox) ---------------------------------------------------
     # Serve /sandbox outside demo mode too (always on in demo mode). No test key outside it.
     "SANDBOX_ENABLED": False,
-    # Fixture patients offered by the page; None = fixtures/fhir of the source tree (if any).
+    # Fixture patients offered by the page; None = the fixtures/fhir shipped with the package.
     "SANDBOX_FIXTURES_DIR": None,
     # -- persistence (cds_server/store): card log, feedback, snooze ------------------------
     # SQLAlchemy URL; None = SQLite file instance/cds-server.sqlite3 (in memory when TESTING).
@@ -103,6 +109,18 @@ DEFAULTS: dict[str, Any] = {
 }
 
 HTTP_POLICIES = ("never", "loopback", "always")
+
+
+def given_data_dir(explicit: str | os.PathLike[str] | None = None) -> str | None:
+    """The data folder given (``--data-dir``), else ``CDS_DATA_DIR``, as an absolute path; None
+    if neither is set."""
+    chosen = explicit or os.environ.get(DATA_DIR_ENV) or None
+    return os.path.abspath(chosen) if chosen else None
+
+
+def data_dir(explicit: str | os.PathLike[str] | None = None) -> str:
+    """The data folder: ``given_data_dir`` or ``./instance`` of the working directory."""
+    return given_data_dir(explicit) or os.path.abspath(DEFAULT_DATA_DIR)
 
 
 class ConfigError(ValueError):
