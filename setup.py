@@ -30,7 +30,9 @@ class BuildWithBundledData(build_py):
         for folder in BUNDLED:
             source = ROOT / folder
             if not source.is_dir():
-                raise SystemExit(f"{folder}/ is missing from {ROOT}: a wheel without it would not run")
+                raise SystemExit(
+                    f"{folder}/ is missing from {ROOT}: a wheel without it would not run"
+                )
             target = Path(self.build_lib) / TARGET / folder
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(
