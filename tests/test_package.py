@@ -19,6 +19,7 @@ import sys
 import sysconfig
 import tarfile
 import time
+import tomllib
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -27,7 +28,6 @@ from typing import Any
 
 import pytest
 
-from cds_server import __version__
 from cds_server.knowledge.loader import load_knowledge
 from cds_server.sandbox.fixtures import load_fixtures
 from tests.conftest import ROOT
@@ -112,7 +112,8 @@ def test_the_sdist_holds_every_file_of_the_project(dist: dict[str, Path]) -> Non
             for p in (ROOT / top).rglob("*")
             if p.is_file() and "__pycache__" not in p.parts
         }
-    assert {"tests/test_package.py", "cards/policy.yaml", "setup.py", "MANIFEST.in"} <= names
+    shipped = {"tests/test_package.py", "cards/policy.yaml", "setup.py", "MANIFEST.in", "LICENSE"}
+    assert shipped | {"SECURITY.md", "CHANGELOG.md"} <= names
     assert not expected - names, f"missing from the sdist: {sorted(expected - names)[:20]}"
     assert not {n for n in names if n.endswith((".sqlite3", "patient-hash.key"))}
 
@@ -139,6 +140,7 @@ def test_the_wheel_carries_knowledge_fixtures_examples_and_migrations(
     }
     assert migrations and migrations <= names
     assert "cds_server/py.typed" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
 
 def test_the_installed_wheel_runs_outside_the_tree(installed: dict[str, Path]) -> None:
@@ -156,7 +158,9 @@ def test_the_installed_wheel_runs_outside_the_tree(installed: dict[str, Path]) -
         assert Path(line).resolve().is_relative_to(venv), f"{line} is not from the wheel"
     fixtures = Path(where[2])
 
-    assert _in_venv(installed, installed["cds"], "--version").strip().endswith(__version__)
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    printed = _in_venv(installed, installed["cds"], "--version").strip()
+    assert printed == f"cds-server, version {version}"
     coverage = _in_venv(installed, installed["cds"], "check-cards")
     kb = load_knowledge()  # the checkout's cards/: the wheel must hold the same knowledge
     for drug in kb.drugs:
