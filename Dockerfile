@@ -29,7 +29,8 @@ VOLUME /var/lib/cds-server
 
 USER cds
 EXPOSE 8080
-# Discovery answers 401 without a client JWT: an HTTP answer (200 or 401) means it is up.
+# Liveness: /healthz answers 200 without authentication and leaves no access-log line. For
+# readiness (database, Redis) point the orchestrator's probe at /readyz (README, "Operating it").
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
-    CMD python -c "import http.client as h; c = h.HTTPConnection('127.0.0.1', 8080, timeout=3); c.request('GET', '/cds-services'); raise SystemExit(c.getresponse().status not in (200, 401))"
+    CMD python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/healthz', timeout=3)"
 CMD ["cds-server", "serve", "--host", "0.0.0.0", "--port", "8080", "--workers", "2"]

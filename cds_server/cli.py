@@ -132,6 +132,21 @@ def demo(
         app.run(host=host, port=port, debug=False, use_reloader=False)
 
 
+def quiet_probes_logger() -> type:
+    """gunicorn's logger class without access-log lines for liveness probes (``/healthz``:
+    every few seconds from each orchestrator, they would bury the calls)."""
+    from gunicorn.glogging import Logger
+
+    from cds_server.ops import HEALTH_PATHS
+
+    class QuietProbesLogger(Logger):  # type: ignore[misc]
+        def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+            if environ.get("PATH_INFO") not in HEALTH_PATHS:
+                super().access(resp, req, environ, request_time)
+
+    return QuietProbesLogger
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
@@ -189,6 +204,7 @@ def serve(
                 "timeout": 30,
                 "graceful_timeout": 10,
                 "accesslog": "-",
+                "logger_class": quiet_probes_logger(),
                 "errorlog": "-",
                 "loglevel": str(app.config["LOG_LEVEL"]).lower(),
                 "proc_name": "cds-server",
