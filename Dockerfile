@@ -13,7 +13,7 @@ WORKDIR /app
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin cds
 
 # The wheel is the product: the build copies cards/ and the fixtures into the package.
-COPY pyproject.toml setup.py MANIFEST.in README.md ./
+COPY pyproject.toml setup.py MANIFEST.in README.md LICENSE ./
 COPY cds_server ./cds_server
 COPY cards ./cards
 COPY fixtures ./fixtures

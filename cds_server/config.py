@@ -3,7 +3,7 @@
 This is the only module that reads the environment. Order of precedence (last wins):
 
 1. ``DEFAULTS`` below;
-2. ``instance/config.py`` (Flask instance folder; optional) — skipped when a test config is given;
+2. ``config.py`` in the data folder (optional) — skipped when a test config is given;
 3. ``CDS_<KEY>`` environment variables via ``Config.from_prefixed_env("CDS")`` (values are
    parsed as JSON when possible: ``CDS_FHIR_READ_TIMEOUT=3``, ``CDS_FHIR_ALLOW_HTTP='"loopback"'``
    or simply ``CDS_FHIR_ALLOW_HTTP=loopback``) — skipped when a test config is given;
@@ -65,13 +65,13 @@ DEFAULTS: dict[str, Any] = {
     # Fixture patients offered by the page; None = the fixtures/fhir shipped with the package.
     "SANDBOX_FIXTURES_DIR": None,
     # -- persistence (cds_server/store): card log, feedback, snooze ------------------------
-    # SQLAlchemy URL; None = SQLite file instance/cds-server.sqlite3 (in memory when TESTING).
+    # SQLAlchemy URL; None = SQLite file cds-server.sqlite3 in the data folder (memory if TESTING).
     # PostgreSQL: postgresql://user@host/db (driven by psycopg 3).
     "DATABASE_URL": None,
     # Upgrade the schema (Alembic) when the app starts; false = run `cds-server db upgrade`.
     "DATABASE_AUTO_UPGRADE": True,
     # HMAC-SHA256 key for patient/encounter hashes (>= 32 characters). None = generated once
-    # into patient-hash.key next to the SQLite file (instance/ by default), ephemeral for
+    # into patient-hash.key next to the SQLite file (the data folder by default), ephemeral for
     # in-memory SQLite; required for any other database (every instance must share it).
     "PATIENT_HASH_KEY": None,
     # Same rule + drug + patient already shown in this ordering session (same encounter or
