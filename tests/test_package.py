@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -251,3 +253,46 @@ def test_the_installed_demo_serves_discovery_the_sandbox_patients_and_cards(
 def test_build_leaves_no_copy_in_the_source_package(dist: dict[str, Path]) -> None:
     """The checkout's cards/ stays the only source: the build never writes into cds_server/."""
     assert not (ROOT / "cds_server" / "bundled").exists()
+
+
+def test_the_docker_build_context_builds_the_same_wheel(tmp_path: Path) -> None:
+    """The files the Dockerfile copies before ``pip install .`` (and .dockerignore lets through)
+    are enough to build a wheel that carries the licence, the knowledge and the fixtures."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    build_stage = dockerfile.split("RUN pip install .", 1)[0]
+    sources = [
+        source
+        for line in re.findall(r"^COPY (.+)$", build_stage, re.MULTILINE)
+        for source in line.split()[:-1]
+    ]
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    context = tmp_path / "context"
+    context.mkdir()
+    for source in sources:
+        assert source not in ignored, f"{source} is copied but .dockerignore drops it"
+        if (ROOT / source).is_dir():
+            shutil.copytree(
+                ROOT / source, context / source, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            shutil.copy(ROOT / source, context / source)
+    out = tmp_path / "wheel"
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    _run(
+        [*pip, "-w", out, context],
+        timeout=BUILD_TIMEOUT,
+        env=_clean_env(),
+    )
+    (wheel,) = out.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    for folder in ("cards", "fixtures/fhir", "fixtures/trusted-clients"):
+        files = [p for p in (ROOT / folder).rglob("*") if p.is_file()]
+        assert files
+        for path in files:
+            assert f"cds_server/bundled/{path.relative_to(ROOT)}" in names
