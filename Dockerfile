@@ -7,29 +7,32 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    CDS_CARDS_DIR=/app/cards
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin cds
 
-COPY pyproject.toml README.md ./
+# The wheel is the product: the build copies cards/ and the fixtures into the package.
+COPY pyproject.toml setup.py MANIFEST.in README.md LICENSE ./
 COPY cds_server ./cds_server
 COPY cards ./cards
-RUN pip install . && rm -rf /app/cds_server /app/build
+COPY fixtures ./fixtures
+RUN pip install . && find /app -mindepth 1 -delete
 
-# Card log, feedback and snooze: SQLite (WAL) on a volume, schema migrated at start; its
-# patient-hash key is generated next to it. For several instances use PostgreSQL instead:
-# CDS_DATABASE_URL=postgresql://user@host/db and a shared CDS_PATIENT_HASH_KEY.
+# The data folder: card log, feedback and snooze in SQLite (WAL), schema migrated at start,
+# and the patient-hash key generated next to it; keep the volume and back it up as one. For
+# several instances use PostgreSQL instead: CDS_DATABASE_URL=postgresql://user@host/db and a
+# shared CDS_PATIENT_HASH_KEY.
 RUN mkdir -p /var/lib/cds-server && chown cds:cds /var/lib/cds-server
-ENV CDS_DATABASE_URL=sqlite:////var/lib/cds-server/cds-server.sqlite3
+ENV CDS_DATA_DIR=/var/lib/cds-server
 VOLUME /var/lib/cds-server
 
 USER cds
 EXPOSE 8080
-# Discovery answers 401 without a client JWT: an HTTP answer (200 or 401) means it is up.
+# Liveness: /healthz answers 200 without authentication and leaves no access-log line. For
+# readiness (database, Redis) point the orchestrator's probe at /readyz (README, "Operating it").
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
-    CMD python -c "import http.client as h; c = h.HTTPConnection('127.0.0.1', 8080, timeout=3); c.request('GET', '/cds-services'); raise SystemExit(c.getresponse().status not in (200, 401))"
+    CMD python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/healthz', timeout=3)"
 # Workers: 1, or 2 once CDS_AUTH_CACHE=redis://… is set (several workers need the shared
 # JWT replay cache; `serve` refuses more than 1 without it); CDS_WORKERS=n to choose.
 CMD ["cds-server", "serve", "--host", "0.0.0.0", "--port", "8080"]

@@ -8,6 +8,7 @@ app's ``FhirTransport`` (its FHIR request threads and kept-alive connections, pe
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,9 +38,13 @@ def create_app(
     test_config: Mapping[str, Any] | None = None,
     *,
     overrides: Mapping[str, Any] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
 ) -> Flask:
-    """Build the app. Raises ``KnowledgeError`` or ``ConfigError`` at once if either is bad."""
-    app = Flask(__name__, instance_relative_config=True)
+    """Build the app. Raises ``KnowledgeError`` or ``ConfigError`` at once if either is bad.
+
+    ``data_dir`` (default ``CDS_DATA_DIR``, else ``./instance``) is the instance folder.
+    """
+    app = Flask(__name__, instance_path=config.data_dir(data_dir), instance_relative_config=True)
     config.load(app.config, test_config, overrides, instance_path=app.instance_path)
     kb = load_knowledge(app.config["CARDS_DIR"])
     app.extensions[EXTENSION] = Runtime(kb=kb, fhir=FhirSettings.from_config(app.config))
@@ -57,11 +62,12 @@ def create_app(
             max_age=600,
         )
 
-    from cds_server import analytics, api, openapi, sandbox
+    from cds_server import analytics, api, openapi, ops, sandbox
 
     app.register_blueprint(api.bp)
     app.register_blueprint(analytics.bp)
     app.register_blueprint(openapi.bp)  # GET /openapi.json (public: no data in it)
+    ops.init_app(app)  # GET /healthz, GET /readyz (public: probes)
     sandbox.init_app(app)  # /sandbox: demo mode, or SANDBOX_ENABLED
     return app
 

@@ -44,12 +44,12 @@ def _load_kb(cards: Path | None) -> Any:
         raise click.ClickException(str(exc)) from None
 
 
-def _create_app(overrides: dict[str, Any]) -> Any:
+def _create_app(overrides: dict[str, Any], data_dir: Path | None = None) -> Any:
     from cds_server.app import create_app
     from cds_server.knowledge.loader import KnowledgeError
 
     try:
-        return create_app(overrides=overrides)
+        return create_app(overrides=overrides, data_dir=data_dir)
     except (KnowledgeError, config.ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -59,6 +59,14 @@ cards_option = click.option(
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
     help="Knowledge folder (default: CDS_CARDS_DIR or the bundled cards/).",
+)
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Data folder: SQLite database, patient-hash key, optional config.py "
+    "(default: CDS_DATA_DIR, else ./instance of the working directory).",
 )
 
 
@@ -111,8 +119,14 @@ def demo_base_urls(host: str, port: int, public_url: str | None) -> tuple[str, l
     "http://192.0.2.10:8080. Default: http://localhost:PORT, with http://127.0.0.1:PORT "
     "accepted too when listening on loopback.",
 )
+@data_dir_option
 def demo(
-    host: str, port: int, require_auth: bool, clients: Path | None, public_url: str | None
+    host: str,
+    port: int,
+    require_auth: bool,
+    clients: Path | None,
+    public_url: str | None,
+    data_dir: Path | None,
 ) -> None:
     """Run the service locally for trying it out: NO authentication, demo settings."""
     import tempfile
@@ -127,8 +141,9 @@ def demo(
         if require_auth:  # the test key's public half goes into a temporary clients file
             key = testkey.generate()
             overrides.update(testkey.demo_auth_overrides(key, Path(folder), base, clients, aliases))
-        app = _create_app(overrides)
+        app = _create_app(overrides, data_dir)
         _setup_logging(app.config["LOG_LEVEL"])
+        log.warning("Data folder (database, patient-hash key): %s", app.instance_path)
         if not require_auth:
             log.warning(
                 "*** DEMO MODE: no authentication, http FHIR servers allowed on loopback only. "
@@ -148,6 +163,21 @@ def demo(
         log.warning("Discovery: curl %s/cds-services", base)
         log.warning("Sandbox page: %s/sandbox/", base)
         app.run(host=host, port=port, debug=False, use_reloader=False)
+
+
+def quiet_probes_logger() -> type:
+    """gunicorn's logger class without access-log lines for liveness probes (``/healthz``:
+    every few seconds from each orchestrator, they would bury the calls)."""
+    from gunicorn.glogging import Logger
+
+    from cds_server.ops import HEALTH_PATHS
+
+    class QuietProbesLogger(Logger):  # type: ignore[misc]
+        def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+            if environ.get("PATH_INFO") not in HEALTH_PATHS:
+                super().access(resp, req, environ, request_time)
+
+    return QuietProbesLogger
 
 
 @main.command()
@@ -173,6 +203,7 @@ def demo(
     default=None,
     help="Trusted-clients YAML file (default: CDS_CLIENTS_FILE). Required: see the README.",
 )
+@data_dir_option
 def serve(
     host: str,
     port: int,
@@ -180,19 +211,22 @@ def serve(
     threads: int,
     public_url: str | None,
     clients: Path | None,
+    data_dir: Path | None,
 ) -> None:
     """Production entry point: gunicorn with threaded workers (put TLS in front of it).
 
-    Authentication is always on: it refuses to start without a trusted-clients file.
+    Authentication is always on: it refuses to start without a trusted-clients file. It needs
+    a data folder (--data-dir or CDS_DATA_DIR) unless CDS_DATABASE_URL names the database.
     """
     from gunicorn.app.base import BaseApplication
 
+    _require_data_location(data_dir)
     overrides: dict[str, Any] = {"AUTH_REQUIRED": True, "DEMO": False}
     if public_url:
         overrides["PUBLIC_URL"] = public_url.rstrip("/")
     if clients:
         overrides["CLIENTS_FILE"] = str(clients)
-    app = _create_app(overrides)
+    app = _create_app(overrides, data_dir)
     _setup_logging(app.config["LOG_LEVEL"])
     shared = app.config["AUTH_CACHE"] != "memory"
     if workers is None:
@@ -216,6 +250,7 @@ def serve(
                 "timeout": 30,
                 "graceful_timeout": 10,
                 "accesslog": "-",
+                "logger_class": quiet_probes_logger(),
                 # The path without its query string: a token sent there must not be logged.
                 "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s '
                 '"%(f)s" "%(a)s"',
@@ -238,6 +273,22 @@ def serve(
     _Server().run()
 
 
+def _require_data_location(data_dir: Path | None) -> None:
+    """``serve`` keeps data only where the operator said: a data folder or a database URL."""
+    if config.given_data_dir(data_dir):
+        return
+    try:
+        database_url = config.load().get("DATABASE_URL")
+    except config.ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not database_url:
+        raise click.UsageError(
+            "serve needs to know where to keep its data: give --data-dir DIR or CDS_DATA_DIR "
+            "(SQLite database and patient-hash key; keep the folder, back it up), or "
+            "CDS_DATABASE_URL (e.g. postgresql://…) with CDS_PATIENT_HASH_KEY"
+        )
+
+
 @main.command("check-cards")
 @cards_option
 def check_cards(cards: Path | None) -> None:
@@ -257,17 +308,14 @@ def explain(request_file: Path, cards: Path | None) -> None:
     click.echo(explain_request(request_file, _load_kb(cards)))
 
 
-def _open_store(upgrade: bool = True) -> Any:
-    """The store the app would use (same config and instance folder), without the app.
+def _open_store(data_dir: Path | None, upgrade: bool = True) -> Any:
+    """The store the app would use (same config and data folder), without the app.
 
     ``upgrade=False`` (the ``db`` commands): no migration and no hash key needed.
     """
-    from flask import Flask
-
-    from cds_server import app as app_module
     from cds_server.store import db as store_db
 
-    instance = Flask(app_module.__name__, instance_relative_config=True).instance_path
+    instance = config.data_dir(data_dir)
     try:
         cfg = config.load(instance_path=instance)
         store = store_db.build_store(cfg, instance, with_key=upgrade)
@@ -282,7 +330,8 @@ def _open_store(upgrade: bool = True) -> Any:
 @click.option("--since", default=None, help="Start (2026-11-01 or ISO time; default: 30 days ago).")
 @click.option("--until", default=None, help="End, exclusive (default: now).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON of GET /analytics/report.")
-def report(since: str | None, until: str | None, as_json: bool) -> None:
+@data_dir_option
+def report(since: str | None, until: str | None, as_json: bool, data_dir: Path | None) -> None:
     """Cards issued, accepted, overridden (with reasons) and ignored, per rule and drug."""
     import json
     from datetime import UTC, datetime
@@ -295,7 +344,7 @@ def report(since: str | None, until: str | None, as_json: bool) -> None:
     except InvalidRequest as exc:
         raise click.BadParameter("; ".join(m for ms in exc.fields.values() for m in ms)) from None
     kb = _load_kb(None)
-    cards_store = _open_store()
+    cards_store = _open_store(data_dir)
     try:
         result = cards_store.report(start, end)
     finally:
@@ -308,16 +357,17 @@ def report(since: str | None, until: str | None, as_json: bool) -> None:
 
 @main.group()
 def db() -> None:
-    """The database: schema migrations (CDS_DATABASE_URL; default SQLite in instance/)."""
+    """The database: schema migrations (CDS_DATABASE_URL; default SQLite in the data folder)."""
 
 
 @db.command("upgrade")
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
-def db_upgrade(revision: str) -> None:
+@data_dir_option
+def db_upgrade(revision: str, data_dir: Path | None) -> None:
     """Migrate the schema to the newest (or the given) revision."""
     from cds_server.store import db as store_db
 
-    engine = _open_store(upgrade=False).engine
+    engine = _open_store(data_dir, upgrade=False).engine
     try:
         now = store_db.upgrade(engine, revision)
     finally:
@@ -329,11 +379,12 @@ def db_upgrade(revision: str) -> None:
 
 
 @db.command("current")
-def db_current() -> None:
+@data_dir_option
+def db_current(data_dir: Path | None) -> None:
     """Show the database's schema revision and the newest one shipped."""
     from cds_server.store import db as store_db
 
-    engine = _open_store(upgrade=False).engine
+    engine = _open_store(data_dir, upgrade=False).engine
     try:
         current = store_db.current_revision(engine)
     finally:

@@ -3,7 +3,7 @@
 This is the only module that reads the environment. Order of precedence (last wins):
 
 1. ``DEFAULTS`` below;
-2. ``instance/config.py`` (Flask instance folder; optional) — skipped when a test config is given;
+2. ``config.py`` in the data folder (optional) — skipped when a test config is given;
 3. ``CDS_<KEY>`` environment variables via ``Config.from_prefixed_env("CDS")`` (values are
    parsed as JSON when possible: ``CDS_FHIR_READ_TIMEOUT=3``, ``CDS_FHIR_ALLOW_HTTP='"loopback"'``
    or simply ``CDS_FHIR_ALLOW_HTTP=loopback``) — skipped when a test config is given;
@@ -11,6 +11,10 @@ This is the only module that reads the environment. Order of precedence (last wi
 5. ``overrides`` (set by the command line, e.g. ``--public-url`` or the demo profile).
 
 ``check()`` validates the result so a bad setting stops the service at start-up.
+
+The **data folder** (``--data-dir`` / ``CDS_DATA_DIR``, else ``./instance`` of the working
+directory) is Flask's instance folder: the SQLite database, its patient-hash key and the
+optional ``config.py``. It is never inside the installed package or its virtualenv.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from typing import Any
 from flask import Config
 
 MiB = 1024 * 1024
+DATA_DIR_ENV = "CDS_DATA_DIR"
+DEFAULT_DATA_DIR = "instance"  # relative to the working directory
 
 DEFAULTS: dict[str, Any] = {
-    # Knowledge folder (cards/*.yaml); None = the folder shipped with the source tree.
+    # Knowledge folder (cards/*.yaml); None = the one shipped (in the wheel, or the checkout's).
     "CARDS_DIR": None,
     # Largest accepted request body, in bytes (Flask enforces it; larger → 413).
     "MAX_CONTENT_LENGTH": 8 * MiB,
@@ -59,10 +65,10 @@ DEFAULTS: dict[str, Any] = {
     # -- sandbox page (cds_server/sandbox) ---------------------------------------------------
     # Serve /sandbox outside demo mode too (always on in demo mode). No test key outside it.
     "SANDBOX_ENABLED": False,
-    # Fixture patients offered by the page; None = fixtures/fhir of the source tree (if any).
+    # Fixture patients offered by the page; None = the fixtures/fhir shipped with the package.
     "SANDBOX_FIXTURES_DIR": None,
     # -- persistence (cds_server/store): card log, feedback, snooze ------------------------
-    # SQLAlchemy URL; None = SQLite file instance/cds-server.sqlite3 (in memory when TESTING).
+    # SQLAlchemy URL; None = SQLite file cds-server.sqlite3 in the data folder (memory if TESTING).
     # PostgreSQL: postgresql://user@host/db (driven by psycopg 3).
     "DATABASE_URL": None,
     # Deadline, in seconds, of each database operation of a hook call or a feedback POST (the
@@ -77,7 +83,7 @@ DEFAULTS: dict[str, Any] = {
     # Upgrade the schema (Alembic) when the app starts; false = run `cds-server db upgrade`.
     "DATABASE_AUTO_UPGRADE": True,
     # HMAC-SHA256 key for patient/encounter hashes (>= 32 characters). None = generated once
-    # into patient-hash.key next to the SQLite file (instance/ by default), ephemeral for
+    # into patient-hash.key next to the SQLite file (the data folder by default), ephemeral for
     # in-memory SQLite; required for any other database (every instance must share it).
     "PATIENT_HASH_KEY": None,
     # Same rule + drug + patient already shown in this ordering session (same encounter or
@@ -121,6 +127,18 @@ DEFAULTS: dict[str, Any] = {
 }
 
 HTTP_POLICIES = ("never", "loopback", "always")
+
+
+def given_data_dir(explicit: str | os.PathLike[str] | None = None) -> str | None:
+    """The data folder given (``--data-dir``), else ``CDS_DATA_DIR``, as an absolute path; None
+    if neither is set."""
+    chosen = explicit or os.environ.get(DATA_DIR_ENV) or None
+    return os.path.abspath(chosen) if chosen else None
+
+
+def data_dir(explicit: str | os.PathLike[str] | None = None) -> str:
+    """The data folder: ``given_data_dir`` or ``./instance`` of the working directory."""
+    return given_data_dir(explicit) or os.path.abspath(DEFAULT_DATA_DIR)
 
 
 class ConfigError(ValueError):

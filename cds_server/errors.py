@@ -25,6 +25,8 @@ Messages name fields, keys and problems, never values: a value may be patient da
     │                                                         resources)
     ├── StoreUnavailable          503  store-unavailable     (feedback not durably stored: retry)
     ├── AuthUnavailable           503  auth-unavailable      (replay/JWKS cache unreachable: retry)
+    ├── NotReady                  503  not-ready             (GET /readyz: the failed checks in
+    │                                                         ``fields``)
     └── FhirUnavailable           502  fhir-unavailable      (internal: the FHIR server failed;
                                                               prefetch turns it into 412 or a
                                                               warning, so it should never escape)
@@ -124,6 +126,13 @@ class AuthUnavailable(CdsError):
 
     status = 503
     code = "auth-unavailable"
+
+
+class NotReady(CdsError):
+    """A readiness check failed (``GET /readyz``); ``fields`` maps each failed check to why."""
+
+    status = 503
+    code = "not-ready"
 
 
 class FhirUnavailable(CdsError):

@@ -67,7 +67,8 @@ ERRORS: dict[int, str] = {
     413: "Request body larger than the configured limit, or more draft orders or prefetch "
     "resources than the service processes",
     500: "Unexpected failure (never caused by client input); logged without data",
-    503: "A dependency (database, shared authentication cache) is unavailable: retry",
+    503: "A dependency (database, shared authentication cache) is unavailable: retry (at "
+    "/readyz: one issue per failed check, its name in expression)",
 }
 
 # -- CDS Hooks 2.0 response rules, added to the output schemas ------------------------------
@@ -283,6 +284,45 @@ def _analytics(path: str, media: str, summary: str) -> dict[str, Any]:
     }
 
 
+def _probes(spec: APISpec) -> None:
+    """``/healthz`` and ``/readyz`` (cds_server/ops.py): no authentication."""
+    status = {"type": "object", "properties": {"status": {"type": "string"}}}
+    ready = {
+        "type": "object",
+        "required": ["status", "checks"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ready"]},
+            "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+            "knowledgeVersion": {"type": "string"},
+        },
+    }
+    for path, operation_id, summary, body, errors in (
+        ("/healthz", "healthz", "Liveness: the process answers", status, (405, 500)),
+        (
+            "/readyz",
+            "readyz",
+            "Readiness: knowledge loaded, database and shared cache (if configured) reachable; "
+            "503 names the failed checks",
+            ready,
+            (405, 500, 503),
+        ),
+    ):
+        spec.path(
+            path=path,
+            operations={
+                "get": {
+                    "operationId": operation_id,
+                    "summary": summary,
+                    "tags": ["operations"],
+                    "responses": {
+                        "200": {"description": summary, "content": {JSON: {"schema": body}}},
+                        **_errors(*errors),
+                    },
+                }
+            },
+        )
+
+
 def _refine(spec: dict[str, Any]) -> None:
     """Add the CDS Hooks 2.0 required fields and value sets to the output schemas."""
     schemas = spec["components"]["schemas"]
@@ -389,6 +429,7 @@ def build(version: str = __version__) -> dict[str, Any]:
         ("/analytics/report.html", "text/html", "The same report as an HTML page"),
     ):
         spec.path(path=path, operations={"get": _analytics(path, media, summary)})
+    _probes(spec)
     spec.path(
         path="/openapi.json",
         operations={

@@ -186,3 +186,87 @@ def test_the_docker_image_command_starts(
     result, seen = _serve(cli_runner, monkeypatch, *argv[2:])
     assert result.exit_code == 0, result.output
     assert seen["workers"] == 1
+
+
+# -- where data goes: --data-dir / CDS_DATA_DIR, ./instance for the demo, required by serve ----
+
+
+def _apps_run_nothing(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Flask's and gunicorn's ``run`` replaced: they only record the app."""
+    from gunicorn.app.base import BaseApplication
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(Flask, "run", lambda self, **kw: seen.update(app=self))
+    monkeypatch.setattr(BaseApplication, "run", lambda self: seen.update(app=self.load()))
+    return seen
+
+
+def _store_files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()} & {"cds-server.sqlite3", "patient-hash.key"}
+
+
+@pytest.fixture
+def no_data_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No CDS_DATABASE_URL (conftest sets one) nor CDS_DATA_DIR; an empty working directory."""
+    monkeypatch.delenv("CDS_DATABASE_URL")
+    monkeypatch.delenv("CDS_DATA_DIR", raising=False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
+def test_demo_keeps_its_data_in_instance_of_the_working_directory(
+    cli_runner: CliRunner, monkeypatch: pytest.MonkeyPatch, no_data_location: Path
+) -> None:
+    seen = _apps_run_nothing(monkeypatch)
+    result = cli_runner.invoke(cli.main, ["demo"])
+    assert result.exit_code == 0, result.output
+    assert seen["app"].instance_path == str(no_data_location / "instance")
+    assert _store_files(no_data_location / "instance") == {"cds-server.sqlite3", "patient-hash.key"}
+
+
+def test_data_dir_option_and_environment_choose_the_data_folder(
+    cli_runner: CliRunner, monkeypatch: pytest.MonkeyPatch, no_data_location: Path, tmp_path: Path
+) -> None:
+    seen = _apps_run_nothing(monkeypatch)
+    result = cli_runner.invoke(cli.main, ["demo", "--data-dir", str(tmp_path / "given")])
+    assert result.exit_code == 0, result.output
+    assert seen["app"].instance_path == str(tmp_path / "given")
+    assert _store_files(tmp_path / "given") == {"cds-server.sqlite3", "patient-hash.key"}
+    monkeypatch.setenv("CDS_DATA_DIR", str(tmp_path / "from-env"))
+    result = cli_runner.invoke(cli.main, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert str(tmp_path / "from-env" / "cds-server.sqlite3") in result.output
+    assert not (no_data_location / "instance").exists()
+
+
+def test_serve_refuses_to_start_without_a_data_folder_or_database_url(
+    cli_runner: CliRunner, monkeypatch: pytest.MonkeyPatch, no_data_location: Path, tmp_path: Path
+) -> None:
+    seen = _apps_run_nothing(monkeypatch)
+    production = [
+        "serve",
+        "--workers",
+        "1",
+        "--public-url",
+        "https://cds.example.org",
+        "--clients",
+        str(ROOT / "fixtures" / "trusted-clients" / "sandbox.yaml"),
+    ]
+    result = cli_runner.invoke(cli.main, production)
+    assert result.exit_code == 2
+    assert "--data-dir DIR or CDS_DATA_DIR" in result.output
+    assert "CDS_DATABASE_URL" in result.output
+    assert "app" not in seen and not (no_data_location / "instance").exists()
+
+    result = cli_runner.invoke(cli.main, [*production, "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert seen.pop("app").instance_path == str(tmp_path / "data")
+    assert _store_files(tmp_path / "data") == {"cds-server.sqlite3", "patient-hash.key"}
+
+    monkeypatch.setenv("CDS_DATABASE_URL", f"sqlite:///{tmp_path / 'by-url.sqlite3'}")
+    result = cli_runner.invoke(cli.main, production)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "by-url.sqlite3").exists()
+    assert not (no_data_location / "instance").exists()

@@ -53,10 +53,11 @@ from cds_server.knowledge.model import (
 )
 from cds_server.knowledge.schema import FORMAT, SCHEMAS, flatten_errors
 from cds_server.model import ATC, NDC, RXNORM, SNOMED, Coding, Quantity
+from cds_server.shipped import shipped_path
 
 SYSTEM_URIS = {"rxnorm": RXNORM, "atc": ATC, "snomed": SNOMED, "ndc": NDC}
 SUBDIRS = {"drugs": "drug", "classes": "class", "agents": "agent", "protocols": "protocol"}
-DEFAULT_CARDS_DIR = Path(__file__).resolve().parents[2] / "cards"
+DEFAULT_CARDS_DIR = shipped_path("cards")  # in the wheel, else the checkout's top-level cards/
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Fictional fixture patients offered by the sandbox page (read-only, loaded once).
 
-Two sources under the fixtures folder (``fixtures/fhir`` in the source tree):
+Two sources under the fixtures folder (``fixtures/fhir``, shipped in the wheel too):
 
 * ``patients/*.json`` — each patient's resources as a FHIR ``collection`` Bundle;
 * ``scenarios/*.request.json`` — complete hook requests: the patient's resources are taken
@@ -24,9 +24,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from cds_server.shipped import shipped_path
+
 log = logging.getLogger(__name__)
 
-DEFAULT_FIXTURES_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "fhir"
+DEFAULT_FIXTURES_DIR = shipped_path("fixtures/fhir")  # in the wheel, else the checkout's
 SCENARIO_ANCHOR = date(2026, 11, 21)  # the "today" of fixtures/fhir/scenarios (see its README)
 _ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?=$|T)")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,100}$")
