@@ -3,7 +3,9 @@
 ``coverage_rows`` returns the data; ``format_coverage`` renders it as the plain-text table
 that ``cds-server check-cards`` prints. A cell shows the evidence levels of the facts in
 that section: ``V`` (verified), ``S`` (secondary), ``U`` (unverified); a mixed section
-shows its best and worst level (``V/U``); ``—`` means nothing is known.
+shows its best and worst level (``V/U``); ``—`` means nothing is known. ``restart`` is the
+restart-after-delay table; ``course`` the course alerts and label precautions (allergy risks,
+avoided agents).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ DRUG_COLUMNS: tuple[str, ...] = (
     "premed",
     "rates",
     "step-up",
+    "restart",
+    "course",
     "monitoring",
     "prereq",
     "toci",
@@ -105,6 +109,15 @@ def _drug_row(drug: Drug) -> CoverageRow:
         ("premed", evidence_cell(premed)),
         ("rates", evidence_cell(r.provenance for r in drug.rate_schedules)),
         ("step-up", evidence_cell(s.provenance for s in drug.step_up)),
+        ("restart", evidence_cell(r.provenance for r in drug.restart)),
+        (
+            "course",
+            evidence_cell(
+                [a.provenance for a in drug.course_alerts]
+                + [a.provenance for a in drug.allergy_risks]
+                + [a.provenance for a in drug.avoided_agents]
+            ),
+        ),
         ("monitoring", evidence_cell(m.provenance for m in drug.monitoring)),
         ("prereq", evidence_cell(p.provenance for p in drug.prerequisites)),
         ("toci", evidence_cell(t.provenance for t in drug.tocilizumab)),

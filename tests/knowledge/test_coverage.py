@@ -137,3 +137,12 @@ def test_format_coverage_lists_everything_and_the_version(kb: KnowledgeBase) -> 
         f"{len(kb.protocols)} protocols; knowledge version {kb.version}"
     )
     assert "V verified" in text
+
+
+def test_restart_tables_and_course_facts_have_their_columns(kb) -> None:
+    rows = {r.id: r for r in coverage_rows(kb) if r.kind == "drug"}
+    assert rows["teclistamab"].cell("restart") == "V"
+    assert rows["elranatamab"].cell("restart") == "V/S"
+    assert rows["glofitamab"].cell("restart") == "—"  # table not found: not encoded
+    assert rows["carboplatin"].cell("course") == "V"
+    assert rows["lisocabtagene-maraleucel"].cell("course") == "S"
