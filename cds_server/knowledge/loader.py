@@ -491,20 +491,18 @@ def _build_policy(d: Mapping[str, Any], problems: list[Problem]) -> CardPolicy:
         ),
         override_system=d["override_reason_system"],
         override_reasons=tuple(
-            OverrideReason(t["code"], _snooze_display(t), t.get("snooze_days"))
+            OverrideReason(
+                t["code"],
+                t["display"],
+                t.get("snooze_days"),
+                t.get("offered_when"),
+                t.get("hl7_non_adherence"),
+            )
             for t in d["override_reasons"]
         ),
         publisher=d["publisher"],
         publisher_url=d.get("publisher_url"),
     )
-
-
-def _snooze_display(reason: Mapping[str, Any]) -> str:
-    """The display shown on cards: a snoozing reason says so, as opioid-cds' choices do."""
-    days = reason.get("snooze_days")
-    if not days:
-        return str(reason["display"])
-    return f"{reason['display']} — snooze {days} day{'s' if days != 1 else ''} unless critical"
 
 
 _BUILDERS = {

@@ -47,6 +47,7 @@ def merge(findings: Sequence[Finding]) -> list[Finding]:
             actions=old.actions + f.actions,
             unknowns=old.unknowns + tuple(u for u in f.unknowns if u not in old.unknowns),
             table=old.table or f.table,
+            override_reasons=tuple(dict.fromkeys(old.override_reasons + f.override_reasons)),
         )
     return list(merged.values())
 
@@ -160,10 +161,17 @@ def card(
     if suggestions:
         out["suggestions"] = suggestions
         out["selectionBehavior"] = "any"
-    reasons = [policy.reason(code) for code in topic.override_reasons]
+    # The reasons reasoning chose for this card (``reasoning.reasons``), else the topic's; a
+    # snoozing reason says so only where it would snooze this card (never a critical one).
+    codes = finding.override_reasons or topic.override_reasons
+    reasons = [policy.reason(code) for code in codes]
     if reasons:
         out["overrideReasons"] = [
-            {"system": policy.override_system, "code": r.code, "display": r.display}
+            {
+                "system": policy.override_system,
+                "code": r.code,
+                "display": r.shown(finding.indicator),
+            }
             for r in reasons
         ]
     links = _links(finding)
