@@ -56,9 +56,9 @@ def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
 
 
 def describe_agent(entry: PremedAgent, kb: KnowledgeBase, *, alternatives: bool = True) -> str:
-    """ "diphenhydramine 50 mg intravenous, 30 to 60 minutes before; or cetirizine (the dose is
-    for diphenhydramine)" from a knowledge entry. The dose, route and timing are the entry's
-    agent's: an alternative's own dose is in the label text, never implied to be the same."""
+    """ "diphenhydramine 50 mg intravenous, 30 to 60 minutes before; or cetirizine at its own
+    dose" from a knowledge entry. The dose, route and timing are the entry's agent's: an
+    alternative's own dose is in the label text, never implied to be the same."""
     name = kb.agents[entry.agent].name if entry.agent else ROLE_NAMES[entry.role]
     parts = [name]
     if entry.dose is not None:
@@ -71,8 +71,29 @@ def describe_agent(entry: PremedAgent, kb: KnowledgeBase, *, alternatives: bool 
     others = [kb.agents[a].name for a in entry.alternatives] if alternatives else []
     if others:
         text += f"; or {', '.join(others)}"
-        text += f" (the dose is for {name})" if entry.dose is not None else ""
+        if entry.dose is not None:
+            text += " at its own dose" if len(others) == 1 else " at their own doses"
     return text
+
+
+PROTOCOL_DOSE = "dose per institutional protocol"
+
+
+def order_label(entry: PremedAgent, kb: KnowledgeBase) -> str:
+    """A one-click order's label: the dose we pre-fill (a verified one), or says plainly that
+    the dose follows the institution's protocol. Evidence flags stay in the detail."""
+    assert entry.agent is not None
+    parts = [kb.agents[entry.agent].name]
+    low, high = prefilled_dose(entry)
+    if low is not None and high is not None:
+        amount = fmt_number(low.value)
+        if high.value != low.value:
+            amount += f"–{fmt_number(high.value)}"
+        parts.append(f"{amount} {low.unit}")
+    if entry.route:
+        parts.append(entry.route)
+    label = f"Order {' '.join(parts)}, {entry.timing}"
+    return label if low is not None else f"{label} — {PROTOCOL_DOSE}"
 
 
 def _flag(provenance: Provenance) -> str:
@@ -169,7 +190,7 @@ def _for_order(
         citations.extend(x.provenance.citations())
     actions = tuple(
         ProposedMedication(
-            label=f"Order {describe_agent(agent, kb, alternatives=False)}",
+            label=order_label(agent, kb),
             agent_name=kb.agents[agent.agent].name if agent.agent else ROLE_NAMES[role],
             coding=_rxnorm(agent, kb),
             dose_low=prefilled_dose(agent)[0],

@@ -65,7 +65,7 @@ def gate_critical(finding: Finding) -> Finding:
 
 def summary_text(finding: Finding) -> str:
     """ "Drug: headline", cut to fewer than 140 characters."""
-    text = f"{finding.drug_name}: {finding.headline}"
+    text = markdown.prose(f"{finding.drug_name}: {finding.headline}")
     if len(text) >= SUMMARY_LIMIT:
         text = text[: SUMMARY_LIMIT - 2].rstrip() + "…"
     return text
@@ -86,16 +86,21 @@ def _weaker(a: Citation, b: Citation) -> bool:
     return order[a.evidence] > order[b.evidence]
 
 
+def _text(text: str) -> str:
+    """Knowledge and patient text as card Markdown: cleaned for prose, escaped as Markdown."""
+    return markdown.escape(markdown.prose(text))
+
+
 def detail_text(finding: Finding, warnings: Sequence[str]) -> str:
     """The Markdown detail: points, table, what could not be checked, and sources."""
-    parts = [markdown.escape("\n".join(finding.points))] if finding.points else []
+    parts = [_text("\n".join(finding.points))] if finding.points else []
     if finding.table:
         parts.append(markdown.table(finding.table))
     if finding.unknowns:
-        parts.append("**Could not check:** " + markdown.escape("; ".join(finding.unknowns)) + ".")
+        parts.append("**Could not check:** " + _text("; ".join(finding.unknowns)) + ".")
     if warnings:
         # Parse and prefetch warnings name resource types, positions and keys, never values.
-        shown = [markdown.escape(w) for w in warnings[:_MAX_WARNINGS]]
+        shown = [_text(w) for w in warnings[:_MAX_WARNINGS]]
         more = len(warnings) - len(shown)
         tail = f"\n- … and {more} more" if more > 0 else ""
         parts.append("**Data not read:**\n" + "\n".join(f"- {w}" for w in shown) + tail)

@@ -98,9 +98,21 @@ def test_critical_without_any_verified_fact_is_lowered(kb):
     assert kept["indicator"] == "critical"
 
 
-def test_html_in_patient_or_knowledge_text_is_escaped(kb):
-    [card] = render(kb, [finding(points=("- <script>alert(1)</script> & <b>x</b>",))])
-    assert "<script>" not in card["detail"] and "&lt;script&gt;" in card["detail"]
+def test_html_in_patient_or_knowledge_text_is_escaped_as_markdown(kb):
+    points = ("- <script>alert(1)</script> & <b>x</b> &amp; [a](https://evil.example) < 30 kg",)
+    [card] = render(kb, [finding(points=points)])
+    detail = card["detail"]
+    assert "\\<script>alert(1)\\</script>" in detail and "\\<b>" in detail
+    assert "\\&amp;" in detail and "[a\\](https" in detail
+    # what cannot become markup is left as written: no HTML entities in the text
+    assert "& \\<b>" in detail and "< 30 kg" in detail and "&lt;" not in detail
+
+
+def test_semantic_tags_and_empty_parentheses_are_removed(kb):
+    points = ("- Anaphylaxis (disorder), Hives (finding), Severe (qualifier value); code ()",)
+    [card] = render(kb, [finding(points=points, headline="Urticaria (disorder) on record")])
+    assert "- Anaphylaxis, Hives, Severe; code" in card["detail"]
+    assert card["summary"] == "Rituximab: Urticaria on record"
 
 
 def test_suggestions_are_valid_fhir_r4_with_uuids(kb):

@@ -6,6 +6,7 @@ Each test reads every card the service gives for ``fixtures/fhir/requests/*.json
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from cds_server import pipeline
 from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import Situation
+from cds_server.render.markdown import SEMANTIC_TAG
 from tests.conftest import service_for
 from tests.render.every_response import every_card, every_response, request_of
 
@@ -110,6 +112,73 @@ def test_allergy_record_reason_only_on_cards_that_name_an_allergy(
 ) -> None:
     for where, card in every_card(make_app):
         if "allergy-record-incorrect" in _reasons(card):
-            assert "allergy record" in card.get("detail", "").casefold() or (
-                "reaction record" in card.get("detail", "").casefold()
-            ), where
+            detail = card.get("detail", "").casefold()
+            assert "allergy record" in detail or "on record" in detail, where
+
+
+# -- clean text ------------------------------------------------------------------------------
+
+HTML_ENTITY = re.compile(r"&(?:#\d+|#x[0-9a-f]+|[a-z]+);", re.IGNORECASE)
+NESTED = re.compile(r"\([^()]*\([^()]*\)[^()]*\)")
+
+
+def _texts(card: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what, text) for every text a prescriber reads on a card."""
+    out = [("summary", card["summary"]), ("detail", card.get("detail", ""))]
+    out += [("suggestion label", s["label"]) for s in card.get("suggestions", ())]
+    out += [("link label", link["label"]) for link in card.get("links", ())]
+    out += [("override reason", r["display"]) for r in card.get("overrideReasons", ())]
+    return out
+
+
+def test_no_html_entities_semantic_tags_or_empty_parentheses(
+    make_app: Callable[..., Flask],
+) -> None:
+    wrong = []
+    for where, card in every_card(make_app):
+        for what, text in _texts(card):
+            for problem, found in (
+                ("HTML entity", HTML_ENTITY.search(text)),
+                ("semantic tag", SEMANTIC_TAG.search(text)),
+                ("empty parentheses", re.search(r"\(\s*\)", text)),
+            ):
+                if found:
+                    wrong.append(f"{where}: {what}: {problem} {found.group(0)!r}")
+    assert not wrong, "\n".join(wrong[:30])
+
+
+def test_no_brackets_inside_brackets_in_prose(make_app: Callable[..., Flask]) -> None:
+    wrong = []
+    for where, card in every_card(make_app):
+        prose = card.get("detail", "").split("**Sources:**")[0]
+        lines = [line for line in prose.split("\n") if not line.startswith("|")]
+        for text in [card["summary"], *lines, *(s["label"] for s in card.get("suggestions", ()))]:
+            if NESTED.search(text):
+                wrong.append(f"{where}: {text[:160]!r}")
+    assert not wrong, "\n".join(wrong[:30])
+
+
+def test_no_evidence_flag_in_an_order_label(make_app: Callable[..., Flask]) -> None:
+    flagged_details = 0
+    for where, card in every_card(make_app):
+        for s in card.get("suggestions", ()):
+            assert "[unverified]" not in s["label"] and "[secondary]" not in s["label"], where
+        flagged_details += "[unverified]" in card.get("detail", "")
+    assert flagged_details  # the detail still says so
+
+
+def test_every_summary_names_the_drug_and_the_fact(
+    make_app: Callable[..., Flask], kb: KnowledgeBase
+) -> None:
+    names = {d.display for d in kb.drugs.values()} | {
+        "Planned infusions",
+        "Unidentified order",
+        "Unreadable draft order",
+    }
+    for where, card in every_card(make_app):
+        drug, _, fact = card["summary"].partition(": ")
+        assert drug in names, where
+        assert len(fact) >= 12, where
+        assert "related drug or its class" not in fact, where
+        if drug == "Planned infusions":
+            assert any(name in fact for name in names), where
