@@ -265,7 +265,7 @@ def guidance_label(guidance: ReactionGuidance) -> str:
     if not grades:
         return label
     if grades == "any":
-        return f"{label} (any grade)"
+        return "After a reaction of any grade" if guidance.kind == "after-severe" else label
     if grades[0].isdigit():
         return f"{label} (grade {grades})"
     if guidance.kind == "after-severe" and grades.casefold() == "severe":
@@ -362,10 +362,10 @@ def _finding(
         points.append(f"- {guidance_label(guidance)}: {guidance.text}")
         citations.extend(guidance.provenance.citations())
     table: tuple[tuple[str, ...], ...] = ()
+    sched_points: list[str] = []
     actions: tuple[ProposedServiceRequest, ...] = ()
     if definite:
         table, sched_points, sched_unknowns = _schedule(situation, recognised, kb)
-        points.extend(sched_points)
         unknowns.extend(sched_unknowns)
         actions = (
             ProposedServiceRequest(
@@ -384,6 +384,7 @@ def _finding(
         headline=headline,
         points=tuple(points),
         table=table,
+        table_notes=tuple(sched_points),
         citations=tuple(citations),
         actions=actions,
         unknowns=tuple(unknowns),

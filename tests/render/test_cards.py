@@ -16,7 +16,7 @@ from cds_server.model import (
     ProposedServiceRequest,
     Quantity,
 )
-from cds_server.render.cards import render_cards
+from cds_server.render.cards import render_cards, within_budget
 from tests.reasoning.builders import order
 
 VERIFIED = Citation("Label", "https://example.org/label", "2026", "verified")
@@ -199,3 +199,52 @@ def test_suggested_resources_are_checked_plain_first_then_by_the_model() -> None
     missing = {k: v for k, v in plain.items() if k != "status"}
     with pytest.raises(InvalidSuggestion):
         _validated(MedicationRequest, missing)
+
+
+def test_budget_leaves_out_whole_conditional_notes_first():
+    points = [
+        "- **Missing:** diphenhydramine 50 mg.",
+        "- Label: " + "l" * 300 + ".",
+        "- Consider, if rheumatoid arthritis: " + "c" * 300 + ".",
+        "- Also, if treated under the EU SmPC: " + "e" * 300 + ".",
+    ]
+    kept = within_budget(points, 0, budget=500)
+    assert kept[:2] == points[:2]  # whole points, never a part of one
+    assert kept[2] == "- 2 more notes left out to keep this card short (see the sources)."
+    assert len(kept) == 3
+    assert within_budget(points[:2], 0, budget=500) == points[:2]
+
+
+def test_budget_keeps_the_first_point_and_what_changes_the_action():
+    points = [
+        "- Reaction on record: " + "r" * 400,
+        "- **Do not give by standard infusion.**",
+        "- Tier lowered: a later dose was completed.",
+        "- Desensitization outcomes: " + "d" * 400,
+    ]
+    kept = within_budget(points, 0, budget=600)
+    assert kept == [
+        *points[:3],
+        "- 1 more note left out to keep this card short (see the sources).",
+    ]
+
+
+def test_sources_are_listed_once_strongest_first(kb):
+    lee_a = Citation(
+        "Lee, Matulonis, Castells. Carboplatin 12-step. Gynecol Oncol 2004", None, None, "verified"
+    )
+    lee_b = Citation(
+        "Lee CW, Matulonis UA, Castells MC. Carboplatin 12-step. Gynecol Oncol 2004",
+        None,
+        None,
+        "secondary",
+    )
+    site = Citation("Patient site", "https://example.org/p", None, "unverified")
+    same_url = Citation("Patient site, other wording", "https://example.org/p/", None, "unverified")
+    [card] = render(kb, [finding(citations=(site, lee_a, same_url, lee_b, VERIFIED))])
+    sources = card["detail"].split("**Sources:**\n")[1].split("\n")
+    assert sources == [
+        "- [Label — 2026](https://example.org/label) *(verified)*",
+        "- Lee CW, Matulonis UA, Castells MC. Carboplatin 12-step. Gynecol Oncol 2004 *(secondary)*",
+        "- [Patient site](https://example.org/p) *(unverified)*",
+    ]

@@ -16,6 +16,7 @@ from cds_server import pipeline
 from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import Situation
+from cds_server.render.cards import DETAIL_BUDGET, MAX_SOURCES, TABLE_HEADING
 from cds_server.render.markdown import SEMANTIC_TAG
 from tests.conftest import service_for
 from tests.render.every_response import every_card, every_response, request_of
@@ -182,3 +183,45 @@ def test_every_summary_names_the_drug_and_the_fact(
         assert "related drug or its class" not in fact, where
         if drug == "Planned infusions":
             assert any(name in fact for name in names), where
+
+
+# -- detail budget and sources -----------------------------------------------------------------
+
+LINK = re.compile(r"\[((?:[^\]\\]|\\.)*)\]\(([^)]*)\)")
+EVIDENCE = {"verified": 0, "secondary": 1, "unverified": 2}
+
+
+def _prose_and_sources(card: dict[str, Any]) -> tuple[str, list[str]]:
+    detail = card.get("detail", "")
+    prose, _, sources = detail.partition("\n\n**Sources:**\n")
+    # a table and the lines presenting it (under TABLE_HEADING) are outside the budget
+    paragraphs = [p for p in prose.split("\n\n") if not p.startswith((TABLE_HEADING, "|"))]
+    prose = "\n\n".join(paragraphs)
+    return prose, [line for line in sources.split("\n") if line]
+
+
+def test_detail_budget_before_the_sources(make_app: Callable[..., Flask]) -> None:
+    trimmed = 0
+    for where, card in every_card(make_app):
+        prose, _ = _prose_and_sources(card)
+        assert len(prose) <= DETAIL_BUDGET, f"{where}: {len(prose)} characters\n{prose}"
+        trimmed += "left out to keep this card short" in prose
+    assert trimmed  # some cards needed it
+
+
+def test_sources_once_each_few_strongest_first_linked_only_with_a_url(
+    make_app: Callable[..., Flask],
+) -> None:
+    for where, card in every_card(make_app):
+        _, lines = _prose_and_sources(card)
+        listed = [line for line in lines if not line.startswith("- and ")]
+        assert len(listed) <= MAX_SOURCES, where
+        ranks = [EVIDENCE[re.search(r"\*\((\w+)", line).group(1)] for line in listed]
+        assert ranks == sorted(ranks), where
+        urls = [m.group(2) for line in listed for m in LINK.finditer(line)]
+        assert all(u.startswith("https://") for u in urls), where
+        assert len(urls) == len(set(urls)), where
+        titles = [re.sub(r"\W+", " ", LINK.sub(r"\1", line)).casefold() for line in listed]
+        assert len(titles) == len(set(titles)), where
+        for link in card.get("links", ()):
+            assert link["url"].startswith("https://"), where
