@@ -245,6 +245,7 @@ def test_sources_are_listed_once_strongest_first(kb):
     sources = card["detail"].split("**Sources:**\n")[1].split("\n")
     assert sources == [
         "- [Label — 2026](https://example.org/label) *(verified)*",
-        "- Lee CW, Matulonis UA, Castells MC. Carboplatin 12-step. Gynecol Oncol 2004 *(secondary)*",
+        "- Lee CW, Matulonis UA, Castells MC. Carboplatin 12-step. Gynecol Oncol 2004"
+        " *(secondary)*",
         "- [Patient site](https://example.org/p) *(unverified)*",
     ]
