@@ -432,6 +432,11 @@ def _build_agent(ctx: _FileContext, d: Mapping[str, Any]) -> Agent:
             for i, w in enumerate(d.get("weight_based_dosing", ()))
         ),
         source_file=ctx.name,
+        marketed=d["market_status"]["marketed"] if "market_status" in d else True,
+        market_status=(
+            ctx.provenance(d["market_status"], "market_status") if "market_status" in d else None
+        ),
+        market_text=d["market_status"]["text"] if "market_status" in d else None,
     )
 
 

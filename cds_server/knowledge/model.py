@@ -415,6 +415,11 @@ class Agent:
     identity: Identity
     weight_based_dosing: tuple[WeightBasedDosing, ...]
     source_file: str
+    # False when the agent is no longer marketed (``market_status``): never suggested, but an
+    # order for it still covers its role.
+    marketed: bool = True
+    market_status: Provenance | None = None
+    market_text: str | None = None
 
 
 @dataclass(frozen=True)

@@ -347,8 +347,15 @@ class ClassFileSchema(_FileHeader):
     cross_reactivity = fields.List(fields.Nested(CrossReactivitySchema))
 
 
+class MarketStatusSchema(ProvenanceFields):
+    marketed = fields.Boolean(required=True)
+    text = fields.String(required=True, validate=NON_EMPTY)
+
+
 class AgentFileSchema(_FileHeader):
     roles = fields.List(fields.String(validate=ROLES), required=True, validate=NON_EMPTY)
+    # Not marketed (in the jurisdiction): never suggested; still counts when already ordered.
+    market_status = fields.Nested(MarketStatusSchema)
     identity = fields.Nested(IdentitySchema, required=True)
     weight_based_dosing = fields.List(fields.Nested(WeightBasedDosingSchema))
 

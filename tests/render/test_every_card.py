@@ -225,3 +225,33 @@ def test_sources_once_each_few_strongest_first_linked_only_with_a_url(
         assert len(titles) == len(set(titles)), where
         for link in card.get("links", ()):
             assert link["url"].startswith("https://"), where
+
+
+# -- suggestions -----------------------------------------------------------------------------
+
+
+def test_every_suggested_medication_carries_a_dose_or_says_protocol(
+    make_app: Callable[..., Flask], kb: KnowledgeBase
+) -> None:
+    unmarketed = {a.name for a in kb.agents.values() if not a.marketed}
+    assert "ranitidine" in unmarketed
+    protocol = dosed = 0
+    for where, card in every_card(make_app):
+        for s in card.get("suggestions", ()):
+            resource = s["actions"][0].get("resource", {})
+            if (
+                resource.get("resourceType") != "MedicationRequest"
+                or s["actions"][0]["type"] != "create"
+            ):
+                continue
+            dosage = resource["dosageInstruction"][0]
+            has_dose = any(
+                "doseQuantity" in dr or "doseRange" in dr for dr in dosage.get("doseAndRate", ())
+            )
+            says_protocol = "per institutional protocol" in s["label"]
+            assert has_dose != says_protocol, f"{where}: {s['label']}"
+            protocol += says_protocol
+            dosed += has_dose
+            name = resource["medicationCodeableConcept"]["text"]
+            assert name not in unmarketed and not any(u in s["label"] for u in unmarketed), where
+    assert protocol and dosed
