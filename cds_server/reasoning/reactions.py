@@ -69,6 +69,13 @@ def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
     return out
 
 
+def assess(situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBase) -> Finding | None:
+    """The prior-reaction finding for one order (draft or planned), or None without a record:
+    what order-sign says, for the patient-view summary to say the same."""
+    matches = relevant_allergies(situation, recognised, kb)
+    return _finding(situation, recognised, matches, kb) if matches else None
+
+
 def is_severe(allergy: RecognisedAllergy, kb: KnowledgeBase) -> bool:
     """Severe per the knowledge's definition (criticality, severity, manifestation)."""
     a = allergy.allergy
