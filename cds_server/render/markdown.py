@@ -29,7 +29,7 @@ SEMANTIC_TAG = re.compile(
 _EMPTY_PARENS = re.compile(r"\s*\(\s*\)")
 # Brackets inside brackets ("(first treatment dose (1.5 mg/kg, day 7))") read as one level.
 _NESTED = re.compile(r"\(([^()]*?)\s*\(([^()]*)\)([^()]*)\)")
-_SPACES = re.compile(r"[ \t]{2,}")
+_SPACES = re.compile(r"(?<=\S)[ \t]{2,}")  # inside a line: an indent stays
 
 
 def escape(text: str) -> str:

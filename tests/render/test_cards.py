@@ -249,3 +249,8 @@ def test_sources_are_listed_once_strongest_first(kb):
         " *(secondary)*",
         "- [Patient site](https://example.org/p) *(unverified)*",
     ]
+
+
+def test_sub_bullets_keep_their_indent(kb):
+    [card] = render(kb, [finding(points=("- A point", "  - its sub-point  with  spaces"))])
+    assert card["detail"].startswith("- A point\n  - its sub-point with spaces")
