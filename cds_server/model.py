@@ -294,9 +294,10 @@ class Finding:
 
     ``topic`` names the rule (stable; used for feedback and de-duplication).
     ``points`` are Markdown paragraphs or bullets built from knowledge text;
-    ``table`` is an optional header row plus rows. ``unknowns`` lists what the rule
-    could not check. ``critical_eligible`` is True only when every fact that drove
-    a critical indicator is verified.
+    ``table`` is an optional header row plus rows, ``table_notes`` the lines that present it
+    (what it was computed from; shown with it, outside the detail budget). ``unknowns``
+    lists what the rule could not check. ``critical_eligible`` is True only when every fact
+    that drove a critical indicator is verified.
     """
 
     topic: str
@@ -306,6 +307,7 @@ class Finding:
     headline: str
     points: tuple[str, ...] = ()
     table: tuple[tuple[str, ...], ...] = ()
+    table_notes: tuple[str, ...] = ()
     citations: tuple[Citation, ...] = ()
     actions: tuple[ProposedAction, ...] = ()
     unknowns: tuple[str, ...] = ()

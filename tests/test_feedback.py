@@ -85,7 +85,7 @@ def test_epic_override_reasons_read_in_the_spec_form() -> None:
     assert item["overrideReason"]["reason"] == {
         "system": "urn:infusion-safety-cds:override-reason",
         "code": "previously-tolerated",
-        "display": "Patient has tolerated this drug since the reaction",
+        "display": "Patient has tolerated this drug before (since any reaction on record)",
     }
 
 

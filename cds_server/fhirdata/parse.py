@@ -98,8 +98,9 @@ class ParseLog:
 
     def skip(self, rtype: str, where: str, exc: ValidationError) -> None:
         paths = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
-        shown = ", ".join(paths[:5]) + (" …" if len(paths) > 5 else "")
-        self.warnings.append(f"{rtype} {where} skipped: invalid FHIR R4 ({shown})")
+        shown = ", ".join(p for p in paths[:5] if p) + (" …" if len(paths) > 5 else "")
+        at = f" ({shown})" if shown else ""  # a whole-resource error has no path to name
+        self.warnings.append(f"{rtype} {where} skipped: invalid FHIR R4{at}")
 
 
 def _repair(resource: Mapping[str, Any]) -> dict[str, Any]:

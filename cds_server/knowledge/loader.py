@@ -433,6 +433,11 @@ def _build_agent(ctx: _FileContext, d: Mapping[str, Any]) -> Agent:
             for i, w in enumerate(d.get("weight_based_dosing", ()))
         ),
         source_file=ctx.name,
+        marketed=d["market_status"]["marketed"] if "market_status" in d else True,
+        market_status=(
+            ctx.provenance(d["market_status"], "market_status") if "market_status" in d else None
+        ),
+        market_text=d["market_status"]["text"] if "market_status" in d else None,
     )
 
 
@@ -492,20 +497,18 @@ def _build_policy(d: Mapping[str, Any], problems: list[Problem]) -> CardPolicy:
         ),
         override_system=d["override_reason_system"],
         override_reasons=tuple(
-            OverrideReason(t["code"], _snooze_display(t), t.get("snooze_days"))
+            OverrideReason(
+                t["code"],
+                t["display"],
+                t.get("snooze_days"),
+                t.get("offered_when"),
+                t.get("hl7_non_adherence"),
+            )
             for t in d["override_reasons"]
         ),
         publisher=d["publisher"],
         publisher_url=d.get("publisher_url"),
     )
-
-
-def _snooze_display(reason: Mapping[str, Any]) -> str:
-    """The display shown on cards: a snoozing reason says so, as opioid-cds' choices do."""
-    days = reason.get("snooze_days")
-    if not days:
-        return str(reason["display"])
-    return f"{reason['display']} — snooze {days} day{'s' if days != 1 else ''} unless critical"
 
 
 _BUILDERS = {

@@ -415,6 +415,11 @@ class Agent:
     identity: Identity
     weight_based_dosing: tuple[WeightBasedDosing, ...]
     source_file: str
+    # False when the agent is no longer marketed (``market_status``): never suggested, but an
+    # order for it still covers its role.
+    marketed: bool = True
+    market_status: Provenance | None = None
+    market_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -448,12 +453,23 @@ class OverrideReason:
     """A coded override reason offered on cards.
 
     ``snooze_days``: choosing it suppresses the same rule for the same patient and drug for
-    that many days (never a critical card); ``None`` = no snooze.
+    that many days (never a critical card); ``None`` = no snooze. ``offered_when``: a
+    condition the card's patient must meet for the reason to be offered (``None`` = always).
+    ``hl7_non_adherence``: the fitting code of HL7's non-adherence-reason-codes, if any.
     """
 
     code: str
     display: str
     snooze_days: int | None = None
+    offered_when: str | None = None
+    hl7_non_adherence: str | None = None
+
+    def shown(self, indicator: str) -> str:
+        """The display on a card: a reason that would snooze this card says for how long."""
+        if not self.snooze_days or indicator == "critical":
+            return self.display
+        days = self.snooze_days
+        return f"{self.display} — snooze {days} day{'s' if days != 1 else ''}"
 
 
 @dataclass(frozen=True)

@@ -347,8 +347,15 @@ class ClassFileSchema(_FileHeader):
     cross_reactivity = fields.List(fields.Nested(CrossReactivitySchema))
 
 
+class MarketStatusSchema(ProvenanceFields):
+    marketed = fields.Boolean(required=True)
+    text = fields.String(required=True, validate=NON_EMPTY)
+
+
 class AgentFileSchema(_FileHeader):
     roles = fields.List(fields.String(validate=ROLES), required=True, validate=NON_EMPTY)
+    # Not marketed (in the jurisdiction): never suggested; still counts when already ordered.
+    market_status = fields.Nested(MarketStatusSchema)
     identity = fields.Nested(IdentitySchema, required=True)
     weight_based_dosing = fields.List(fields.Nested(WeightBasedDosingSchema))
 
@@ -380,8 +387,56 @@ class TopicSchema(CodeDisplaySchema):
     override_reasons = fields.List(fields.String(validate=ID), load_default=list)
 
 
+# Codes of HL7's CodeSystem non-adherence-reason-codes (CDS Hooks 3.0 ballot,
+# http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes): an override reason may
+# name the one that fits it, so that override reports compare across services.
+HL7_NON_ADHERENCE = validate.OneOf(
+    [
+        "cds-not-applicable",
+        "patient-ineligible",
+        "indication-order-exists",
+        "action-completed",
+        "action-unsuccessful",
+        "action-performed-no-adverse-effect",
+        "action-not-priority",
+        "cds-suboptimal-context",
+        "limited-time",
+        "wrong-time-workflow",
+        "inappropriate-recipient",
+        "need-more-info",
+        "recipient-disagrees-evidence",
+        "does-not-align-latest-evidence",
+        "expert-contradicts",
+        "policy-contradicts",
+        "recipient-does-not-trust",
+        "recipient-concerns-outcomes",
+        "risk-benefit-ratio",
+        "mitigate-risk-negative-outcome",
+        "likely-negative-health-outcomes",
+        "patient-contraindication",
+        "does-not-align-preferences",
+        "patient-fears-discomfort",
+        "patient-does-not-want-change",
+        "cultural-religious-reason",
+        "prefers-alternative",
+        "patient-refuses",
+        "not-convenient-feasible",
+        "inadequate-support",
+        "service-not-available",
+        "implementation-challenges",
+        "too-costly-uncovered",
+        "recipient-does-not-understand",
+        "comorbidity-disability",
+    ]
+)
+# When a reason can be true for a card (checked per card by reasoning/reasons.py).
+REASON_CONDITIONS = validate.OneOf(["prior-reaction-or-dose"])
+
+
 class OverrideReasonSchema(CodeDisplaySchema):
     snooze_days = fields.Integer(strict=True, validate=validate.Range(min=1, max=365))
+    offered_when = fields.String(validate=REASON_CONDITIONS)
+    hl7_non_adherence = fields.String(validate=HL7_NON_ADHERENCE)
 
 
 class ReactionCodeSchema(ProvenanceFields):

@@ -14,6 +14,7 @@ from cds_server.reasoning import (
     premedication,
     pretreatment,
     reactions,
+    reasons,
     summary,
     titration,
     treatment_course,
@@ -35,11 +36,12 @@ RULES = (
 
 
 def run(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
-    """Run every rule in ``RULES`` order and return their findings, after precedence."""
+    """Run every rule in ``RULES`` order and return their findings, after precedence, each
+    with the override reasons that fit it (``reasons.fit``)."""
     findings: list[Finding] = []
     for rule in RULES:
         findings.extend(rule.evaluate(situation, kb))
-    return apply_precedence(findings)
+    return reasons.fit(apply_precedence(findings), situation, kb)
 
 
 def apply_precedence(findings: list[Finding]) -> list[Finding]:

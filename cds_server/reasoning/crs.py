@@ -94,7 +94,7 @@ def _for_order(
     action = ProposedMedication(
         label=f"Order tocilizumab {fmt_qty(dose)} IV as needed for CRS"
         if dose
-        else "Order tocilizumab as needed for CRS",
+        else "Order tocilizumab as needed for CRS — dose by weight per institutional protocol",
         agent_name=agent.name,
         coding=code,
         dose_low=dose,

@@ -20,6 +20,7 @@ from cds_server.reasoning.orders import target_orders
 
 TOPIC = "label-precaution"
 _IGNORED = frozenset({"entered-in-error", "refuted"})
+_NO_ALLERGY_REASONS = ("benefit-outweighs-risk", "not-applicable")
 _WORDS = re.compile(r"[\W_]+")
 
 
@@ -52,6 +53,7 @@ def _finding(
     citations: list[Citation] = []
     indicators: list[Indicator] = []
     headlines: list[str] = []
+    allergy_named = False
     allergies = [a for a in situation.record.allergies if a.verification_status not in _IGNORED]
     pos = position(situation, recognised, kb) if drug.allergy_risks else None
     for risk in drug.allergy_risks:
@@ -61,6 +63,7 @@ def _finding(
         named = [a for a in allergies if any(t in _names(a) for t in terms)]
         if not named:
             continue
+        allergy_named = True
         for allergy in named:
             what = allergy.texts[0] if allergy.texts else "an allergy record"
             kind = f" ({', '.join(allergy.category)})" if allergy.category else ""
@@ -94,5 +97,7 @@ def _finding(
         headline="; ".join(dict.fromkeys(headlines)),
         points=tuple(points),
         citations=tuple(citations),
+        # "Allergy record incorrect" fits only a card that names an allergy record.
+        override_reasons=() if allergy_named else _NO_ALLERGY_REASONS,
         order_ref=recognised.order.ref,
     )

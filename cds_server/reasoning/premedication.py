@@ -56,10 +56,12 @@ def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
 
 
 def describe_agent(entry: PremedAgent, kb: KnowledgeBase, *, alternatives: bool = True) -> str:
-    """ "diphenhydramine 50 mg intravenous, 30 to 60 minutes before; or cetirizine (the dose is
-    for diphenhydramine)" from a knowledge entry. The dose, route and timing are the entry's
-    agent's: an alternative's own dose is in the label text, never implied to be the same."""
+    """ "diphenhydramine 50 mg intravenous, 30 to 60 minutes before; or cetirizine at its own
+    dose" from a knowledge entry. The dose, route and timing are the entry's agent's: an
+    alternative's own dose is in the label text, never implied to be the same."""
     name = kb.agents[entry.agent].name if entry.agent else ROLE_NAMES[entry.role]
+    if entry.agent and not kb.agents[entry.agent].marketed:
+        name += " (no longer marketed)"
     parts = [name]
     if entry.dose is not None:
         d = entry.dose
@@ -68,11 +70,46 @@ def describe_agent(entry: PremedAgent, kb: KnowledgeBase, *, alternatives: bool 
     if entry.route:
         parts.append(entry.route)
     text = " ".join(parts) + f", {entry.timing}{_flag(entry.provenance)}"
-    others = [kb.agents[a].name for a in entry.alternatives] if alternatives else []
+    others = (
+        [kb.agents[a].name for a in entry.alternatives if kb.agents[a].marketed]
+        if alternatives
+        else []
+    )
     if others:
         text += f"; or {', '.join(others)}"
-        text += f" (the dose is for {name})" if entry.dose is not None else ""
+        if entry.dose is not None:
+            text += " at its own dose" if len(others) == 1 else " at their own doses"
     return text
+
+
+PROTOCOL_DOSE = "dose per institutional protocol"
+
+
+def suggested_agent(entry: PremedAgent, kb: KnowledgeBase) -> str | None:
+    """The agent a one-click order names: the entry's own, else (when it is no longer
+    marketed) the first marketed alternative; None when there is none to suggest."""
+    for agent_id in (entry.agent, *entry.alternatives):
+        if agent_id and kb.agents[agent_id].marketed:
+            return agent_id
+    return None
+
+
+def order_label(entry: PremedAgent, kb: KnowledgeBase) -> str:
+    """A one-click order's label: the dose we pre-fill (a verified one), or says plainly that
+    the dose follows the institution's protocol. Evidence flags stay in the detail."""
+    agent_id = suggested_agent(entry, kb)
+    assert agent_id is not None
+    parts = [kb.agents[agent_id].name]
+    low, high = prefilled_dose(entry) if agent_id == entry.agent else (None, None)
+    if low is not None and high is not None:
+        amount = fmt_number(low.value)
+        if high.value != low.value:
+            amount += f"–{fmt_number(high.value)}"
+        parts.append(f"{amount} {low.unit}")
+    if entry.route:
+        parts.append(entry.route)
+    label = f"Order {' '.join(parts)}, {entry.timing}"
+    return label if low is not None else f"{label} — {PROTOCOL_DOSE}"
 
 
 def _flag(provenance: Provenance) -> str:
@@ -169,18 +206,21 @@ def _for_order(
         citations.extend(x.provenance.citations())
     actions = tuple(
         ProposedMedication(
-            label=f"Order {describe_agent(agent, kb, alternatives=False)}",
-            agent_name=kb.agents[agent.agent].name if agent.agent else ROLE_NAMES[role],
-            coding=_rxnorm(agent, kb),
-            dose_low=prefilled_dose(agent)[0],
-            dose_high=prefilled_dose(agent)[1],
+            label=order_label(agent, kb),
+            agent_name=kb.agents[chosen].name,
+            coding=_rxnorm(chosen, kb),
+            # the entry's dose is its own agent's: a substitute's dose follows the protocol
+            dose_low=prefilled_dose(agent)[0] if chosen == agent.agent else None,
+            dose_high=prefilled_dose(agent)[1] if chosen == agent.agent else None,
             route=agent.route,
             timing_text=f"{agent.timing} ({drug.name})",
             recommended=agent.required and agent.provenance.evidence == "verified",
             for_order_ref=recognised.order.ref,
         )
         for role, (agent, _) in missing.items()
-        if agent.agent  # a class-only label ("an H2 antagonist") is listed, not ordered
+        # a class-only label ("an H2 antagonist") is listed, not ordered; an agent no longer
+        # marketed is never suggested (a marketed alternative is, when the label names one)
+        if agent.agent and (chosen := suggested_agent(agent, kb))
     )
     names = ", ".join(ROLE_NAMES[r] for r in missing)
     return Finding(
@@ -197,11 +237,9 @@ def _for_order(
     )
 
 
-def _rxnorm(agent: PremedAgent, kb: KnowledgeBase) -> Coding | None:
+def _rxnorm(agent_id: str, kb: KnowledgeBase) -> Coding | None:
     """The agent's verified RxNorm ingredient coding, if the knowledge has one."""
-    if not agent.agent:
-        return None
-    for entry in kb.agents[agent.agent].identity.codes:
+    for entry in kb.agents[agent_id].identity.codes:
         if (
             entry.tty == "IN"
             and entry.provenance.evidence == "verified"

@@ -69,6 +69,13 @@ def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
     return out
 
 
+def assess(situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBase) -> Finding | None:
+    """The prior-reaction finding for one order (draft or planned), or None without a record:
+    what order-sign says, for the patient-view summary to say the same."""
+    matches = relevant_allergies(situation, recognised, kb)
+    return _finding(situation, recognised, matches, kb) if matches else None
+
+
 def is_severe(allergy: RecognisedAllergy, kb: KnowledgeBase) -> bool:
     """Severe per the knowledge's definition (criticality, severity, manifestation)."""
     a = allergy.allergy
@@ -211,6 +218,9 @@ def _plan_in_drafts(situation: Situation, drug_id: str, kb: KnowledgeBase) -> bo
 
 
 def describe(match: Match) -> str:
+    """One line per allergy record, without nested brackets: "Reaction to this drug on record
+    (2026-09-12): rituximab — Anaphylaxis; severity severe; criticality high; active,
+    confirmed."."""
     a = match.allergy.allergy
     what = {
         "same-agent": "this drug",
@@ -226,14 +236,48 @@ def describe(match: Match) -> str:
         bits.append(f"severity {', '.join(dict.fromkeys(severities))}")
     if a.criticality:
         bits.append(f"criticality {a.criticality}")
-    if a.clinical_status:
-        bits.append(f"status {a.clinical_status}")
-    if a.verification_status:
-        bits.append(a.verification_status)
-    when = f" recorded {a.recorded.date().isoformat()}" if a.recorded else ""
-    detail = f" ({'; '.join(bits)})" if bits else ""
+    status = [s for s in (a.clinical_status, a.verification_status) if s]
+    if status:
+        bits.append(", ".join(status))
+    when = f" ({a.recorded.date().isoformat()})" if a.recorded else ""
+    detail = f" — {'; '.join(bits)}" if bits else ""
     name = a.texts[0] if a.texts else match.allergy.target_id
-    return f"Reaction record for {what}{when}: {name}{detail}."
+    return f"Reaction to {what} on record{when}: {name}{detail}."
+
+
+def related_name(match: Match, kb: KnowledgeBase) -> str:
+    """What a class or cross-reactive record names: "paclitaxel", "platinum compounds"."""
+    target = match.allergy.target_id
+    if match.allergy.target_kind == "drug" and target in kb.drugs:
+        return kb.drugs[target].name
+    if match.allergy.target_kind == "class" and target in kb.classes:
+        return kb.classes[target].name
+    return target
+
+
+# Reaction guidance as a card names it (knowledge ``kind`` → words for a prescriber).
+_KIND_WORDS = {
+    "after-severe": "After a severe reaction",
+    "contraindication": "Contraindication",
+    "desensitization": "Desensitization",
+    "rechallenge": "Rechallenge",
+    "management": "Management",
+}
+
+
+def guidance_label(guidance: ReactionGuidance) -> str:
+    """ "After a severe reaction (grade 3-4)": the kind and the grades, one level of brackets."""
+    label = _KIND_WORDS.get(guidance.kind, guidance.kind.replace("-", " ").capitalize())
+    grades = (guidance.grades or "").replace("(", "").replace(")", "").strip()
+    if not grades:
+        return label
+    if grades == "any":
+        return "After a reaction of any grade" if guidance.kind == "after-severe" else label
+    if grades[0].isdigit():
+        return f"{label} (grade {grades})"
+    if guidance.kind == "after-severe" and grades.casefold() == "severe":
+        return label
+    return f"{label} ({grades})"
 
 
 def _finding(
@@ -311,7 +355,10 @@ def _finding(
             )
     else:
         indicator = "warning"
-        headline = "reaction recorded to a related drug or its class"
+        related = ", ".join(dict.fromkeys(related_name(m, kb) for m in matches))
+        kinds = {m.relation for m in matches}
+        why = "its class" if kinds == {"class"} else "cross-reactive, same class"
+        headline = f"reaction on record to {related} ({why})"
         for m in matches:
             for text, prov in m.statements:
                 points.append(f"- Cross-reactivity: {text} ({prov.evidence})")
@@ -319,18 +366,13 @@ def _finding(
         if all(m.tolerated_since for m in matches):
             indicator = "info"
     for guidance in _guidance(drug, severe=bool(definite)):
-        grades = (
-            " (any grade)"
-            if guidance.grades == "any"
-            else (f" (grade {guidance.grades})" if guidance.grades else "")
-        )
-        points.append(f"- {guidance.kind.capitalize()}{grades}: {guidance.text}")
+        points.append(f"- {guidance_label(guidance)}: {guidance.text}")
         citations.extend(guidance.provenance.citations())
     table: tuple[tuple[str, ...], ...] = ()
+    sched_points: list[str] = []
     actions: tuple[ProposedServiceRequest, ...] = ()
     if definite:
         table, sched_points, sched_unknowns = _schedule(situation, recognised, kb)
-        points.extend(sched_points)
         unknowns.extend(sched_unknowns)
         actions = (
             ProposedServiceRequest(
@@ -349,6 +391,7 @@ def _finding(
         headline=headline,
         points=tuple(points),
         table=table,
+        table_notes=tuple(sched_points),
         citations=tuple(citations),
         actions=actions,
         unknowns=tuple(unknowns),

@@ -4,17 +4,19 @@ When: the chart is opened (patient-view) and the patient has infusion orders in 
 (active or on hold) for knowledge-base drugs, and for at least one of them the next dose
 needs hospitalization, proximity or dose-specific observation, or the patient has a
 reaction recorded to that drug or its class.
-Then: one concise ``info`` card listing, per drug, what the next dose needs and the known
-reactions. Nothing when nothing applies.
+Then: one concise card listing, per drug, what the next dose needs and the known reactions.
+Its indicator is ``info`` for what the next dose needs, and for a reaction on record the
+indicator the prior-reaction rule gives the same order at order-sign (a documented anaphylaxis
+to a planned carboplatin dose is ``critical`` on both). Nothing when nothing applies.
 """
 
 from __future__ import annotations
 
 from cds_server.knowledge.model import KnowledgeBase
-from cds_server.model import Citation, Finding, RecognisedOrder, Situation
+from cds_server.model import Citation, Finding, Indicator, RecognisedOrder, Situation
 from cds_server.reasoning.dosing import IN_FORCE, fmt_qty, position, step_labels
 from cds_server.reasoning.monitoring import applicable, dose_specific
-from cds_server.reasoning.reactions import describe, relevant_allergies
+from cds_server.reasoning.reactions import assess, describe, relevant_allergies
 
 TOPIC = "patient-summary"
 
@@ -31,6 +33,7 @@ def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
     short: list[str] = []
     citations: list[Citation] = []
     unknowns: list[str] = []
+    indicators: list[Indicator] = ["info"]
     for drug_id, recognised in sorted(planned.items()):
         drug = kb.drug(drug_id)
         pos = position(situation, recognised, kb)
@@ -49,10 +52,15 @@ def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
             citations.extend(req.provenance.citations())
         if undecided:
             unknowns.append(f"which {drug.name} dose is next")
+        reaction = assess(situation, recognised, kb)
+        if reaction is not None:
+            indicators.append(reaction.indicator)
+            citations.extend(reaction.citations)
         for match in relevant_allergies(situation, recognised, kb):
             severity = "severe " if match.severe else ""
             lines.append(f"- **{drug.display}** (planned): {describe(match)}")
-            if match.severe and match.relation == "same-agent" and not match.tolerated_since:
+            critical = reaction is not None and reaction.indicator == "critical"
+            if critical and match.severe and match.relation == "same-agent":
                 lines.append(
                     f"  - Do not give {drug.name} by standard infusion: discuss rapid "
                     "desensitization with allergy/immunology before the next dose."
@@ -66,7 +74,7 @@ def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
             topic=TOPIC,
             drug_id="patient",
             drug_name="Planned infusions",
-            indicator="info",
+            indicator=min(indicators, key=("critical", "warning", "info").index),
             headline="; ".join(dict.fromkeys(short)) or "upcoming infusion risks",
             points=tuple(lines),
             citations=tuple(citations),

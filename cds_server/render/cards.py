@@ -11,6 +11,7 @@ backs the finding is verified; otherwise it is lowered to ``warning``.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -47,6 +48,8 @@ def merge(findings: Sequence[Finding]) -> list[Finding]:
             actions=old.actions + f.actions,
             unknowns=old.unknowns + tuple(u for u in f.unknowns if u not in old.unknowns),
             table=old.table or f.table,
+            table_notes=old.table_notes if old.table else f.table_notes,
+            override_reasons=tuple(dict.fromkeys(old.override_reasons + f.override_reasons)),
         )
     return list(merged.values())
 
@@ -64,49 +67,141 @@ def gate_critical(finding: Finding) -> Finding:
 
 def summary_text(finding: Finding) -> str:
     """ "Drug: headline", cut to fewer than 140 characters."""
-    text = f"{finding.drug_name}: {finding.headline}"
+    text = markdown.prose(f"{finding.drug_name}: {finding.headline}")
     if len(text) >= SUMMARY_LIMIT:
         text = text[: SUMMARY_LIMIT - 2].rstrip() + "…"
     return text
 
 
+# Detail budget: characters a prescriber reads at signing before the Sources block, not
+# counting a table (cards/README.md, "How our cards read", says why 700).
+DETAIL_BUDGET = 700
+MAX_SOURCES = 4
+TABLE_HEADING = "**Schedule:**"
+_EVIDENCE_RANK = {"verified": 0, "secondary": 1, "unverified": 2}
+# Points shown only when a condition the service cannot check holds: dropped first.
+_CONDITIONAL = re.compile(r"^- (?:Consider, if|Also, if|May be eligible if)\b")
+# Points that change what the prescriber does: never dropped.
+_KEPT = re.compile(r"\*\*|^- (?:Tier lowered|Shown as a warning|Contraindication)")
+# A bibliographic title ("Lee CW, Matulonis UA…", "Castells et al. …2008") keyed by its first
+# author and year, so one paper cited in two wordings is listed once.
+_AUTHOR = re.compile(r"^([A-Z][A-Za-z-]+)(?:,| et al\b| [A-Z]{1,3}\b)")
+_YEAR = re.compile(r"\b(19|20)\d{2}\b")
+
+
+def _source_keys(c: Citation) -> set[str]:
+    keys = {"title:" + re.sub(r"\W+", " ", c.title).strip().casefold()}
+    if c.url:
+        keys.add("url:" + c.url.rstrip("/").casefold())
+    author, year = _AUTHOR.match(c.title), _YEAR.search(c.title)
+    if author and year:
+        keys.add(f"paper:{author.group(1).casefold()}:{year.group(0)}")
+    return keys
+
+
 def _unique(citations: Sequence[Citation]) -> list[Citation]:
-    seen: dict[tuple[str, str | None], Citation] = {}
+    """Each source once (same URL, title or first author and year), strongest evidence first;
+    a source cited at two levels shows the weaker one: never overstate."""
+    kept: list[tuple[set[str], Citation]] = []
     for c in citations:
-        key = (c.title, c.url)
-        # Keep the weakest evidence level seen for the same source: never overstate.
-        if key not in seen or _weaker(c, seen[key]):
-            seen[key] = c
-    return list(seen.values())
+        keys = _source_keys(c)
+        for i, (seen, old) in enumerate(kept):
+            if seen & keys:
+                kept[i] = (seen | keys, c if _weaker(c, old) else old)
+                break
+        else:
+            kept.append((keys, c))
+    return sorted((c for _, c in kept), key=lambda c: _EVIDENCE_RANK[c.evidence])
 
 
 def _weaker(a: Citation, b: Citation) -> bool:
-    order = {"verified": 0, "secondary": 1, "unverified": 2}
-    return order[a.evidence] > order[b.evidence]
+    return _EVIDENCE_RANK[a.evidence] > _EVIDENCE_RANK[b.evidence]
+
+
+def _text(text: str) -> str:
+    """Knowledge and patient text as card Markdown: cleaned for prose, escaped as Markdown."""
+    return markdown.escape(markdown.prose(text))
+
+
+def _groups(points: Sequence[str]) -> list[str]:
+    """Points with their sub-bullets ("  - …") attached, one string per point."""
+    groups: list[str] = []
+    for line in "\n".join(points).split("\n"):
+        if groups and line.startswith("  "):
+            groups[-1] += "\n" + line
+        else:
+            groups.append(line)
+    return groups
+
+
+def within_budget(points: Sequence[str], other: int, budget: int = DETAIL_BUDGET) -> list[str]:
+    """The points that fit ``budget`` with ``other`` characters of the rest of the prose.
+
+    Whole points are left out, never part of one: conditional notes first, then other points
+    from the last, never the first point or one that changes what to do (bold, a lowered
+    tier). A last line says how many were left out.
+    """
+    groups = _groups(points)
+
+    def size(kept: list[str], dropped: int) -> int:
+        note = len(_left_out(dropped)) + 1 if dropped else 0
+        return other + sum(len(g) + 1 for g in kept) + note
+
+    kept, dropped = list(groups), 0
+    order = [i for i in reversed(range(len(groups))) if _CONDITIONAL.match(groups[i])]
+    order += [
+        i for i in reversed(range(1, len(groups))) if i not in order and not _KEPT.search(groups[i])
+    ]
+    gone: set[int] = set()
+    for i in order:
+        if size(kept, dropped) <= budget:
+            break
+        gone.add(i)
+        dropped += 1
+        kept = [g for j, g in enumerate(groups) if j not in gone]
+    return kept + ([_left_out(dropped)] if dropped else [])
+
+
+def _left_out(n: int) -> str:
+    notes = f"{n} more note{'s' if n != 1 else ''}"
+    return f"- {notes} left out to keep this card short (see the sources)."
+
+
+def _source_line(c: Citation) -> str:
+    title = markdown.prose(" — ".join(b for b in (c.title, c.label_version) if b))
+    tag = c.evidence + (f", {c.jurisdiction}" if c.jurisdiction else "")
+    if c.url and c.url.startswith("https://"):
+        label = markdown.escape(title).replace("[", "\\[").replace("]", "\\]")
+        return f"- [{label}]({c.url}) *({tag})*"
+    return f"- {markdown.escape(title)} *({tag})*"
 
 
 def detail_text(finding: Finding, warnings: Sequence[str]) -> str:
-    """The Markdown detail: points, table, what could not be checked, and sources."""
-    parts = [markdown.escape("\n".join(finding.points))] if finding.points else []
-    if finding.table:
-        parts.append(markdown.table(finding.table))
+    """The Markdown detail: points (within the budget), table, what could not be checked,
+    and the sources (each once, strongest evidence first, at most ``MAX_SOURCES``)."""
+    tail = []
     if finding.unknowns:
-        parts.append("**Could not check:** " + markdown.escape("; ".join(finding.unknowns)) + ".")
+        tail.append("**Could not check:** " + _text("; ".join(finding.unknowns)) + ".")
     if warnings:
         # Parse and prefetch warnings name resource types, positions and keys, never values.
-        shown = [markdown.escape(w) for w in warnings[:_MAX_WARNINGS]]
+        shown = [_text(w) for w in warnings[:_MAX_WARNINGS]]
         more = len(warnings) - len(shown)
-        tail = f"\n- … and {more} more" if more > 0 else ""
-        parts.append("**Data not read:**\n" + "\n".join(f"- {w}" for w in shown) + tail)
-    sources = []
-    for c in _unique(finding.citations):
-        bits = [c.title]
-        if c.label_version:
-            bits.append(c.label_version)
-        tag = c.evidence + (f", {c.jurisdiction}" if c.jurisdiction else "")
-        sources.append(f"- {markdown.escape(' — '.join(bits))} *({tag})*")
+        more_line = f"\n- … and {more} more" if more > 0 else ""
+        tail.append("**Data not read:**\n" + "\n".join(f"- {w}" for w in shown) + more_line)
+    other = sum(len(t) + 2 for t in tail)
+    points = within_budget([_text(p) for p in finding.points], other) if finding.points else []
+    parts = ["\n".join(points)] if points else []
+    if finding.table_notes:  # with the table, outside the budget
+        parts.append(TABLE_HEADING + "\n" + _text("\n".join(finding.table_notes)))
+    if finding.table:
+        parts.append(markdown.table(finding.table))
+    parts.extend(tail)
+    sources = _unique(finding.citations)
     if sources:
-        parts.append("**Sources:**\n" + "\n".join(sources))
+        lines = [_source_line(c) for c in sources[:MAX_SOURCES]]
+        if len(sources) > MAX_SOURCES:
+            lines.append(f"- and {len(sources) - MAX_SOURCES} more")
+        parts.append("**Sources:**\n" + "\n".join(lines))
     return "\n\n".join(parts)
 
 
@@ -160,10 +255,17 @@ def card(
     if suggestions:
         out["suggestions"] = suggestions
         out["selectionBehavior"] = "any"
-    reasons = [policy.reason(code) for code in topic.override_reasons]
+    # The reasons reasoning chose for this card (``reasoning.reasons``), else the topic's; a
+    # snoozing reason says so only where it would snooze this card (never a critical one).
+    codes = finding.override_reasons or topic.override_reasons
+    reasons = [policy.reason(code) for code in codes]
     if reasons:
         out["overrideReasons"] = [
-            {"system": policy.override_system, "code": r.code, "display": r.display}
+            {
+                "system": policy.override_system,
+                "code": r.code,
+                "display": r.shown(finding.indicator),
+            }
             for r in reasons
         ]
     links = _links(finding)

@@ -35,13 +35,51 @@ def test_which_reasons_snooze(kb: KnowledgeBase) -> None:
         assert days[code] is None, code
 
 
-def test_display_says_so(kb: KnowledgeBase) -> None:
+def test_display_says_so_where_it_snoozes(kb: KnowledgeBase) -> None:
     tolerated = kb.policy.reason("previously-tolerated")
-    assert tolerated.display.endswith("— snooze 90 days unless critical")
-    assert kb.policy.reason("premedication-ordered-elsewhere").display.endswith(
-        "— snooze 1 day unless critical"
+    assert tolerated.shown("warning").endswith("— snooze 90 days")
+    assert tolerated.shown("info").endswith("— snooze 90 days")
+    assert tolerated.shown("critical") == tolerated.display  # a critical card never snoozes
+    assert "snooze" not in tolerated.display
+    assert (
+        kb.policy.reason("premedication-ordered-elsewhere")
+        .shown("warning")
+        .endswith("— snooze 1 day")
     )
-    assert "snooze" not in kb.policy.reason("not-applicable").display
+    assert "snooze" not in kb.policy.reason("not-applicable").shown("warning")
+
+
+def test_hl7_non_adherence_mapping(kb: KnowledgeBase) -> None:
+    """Pinned: each reason's HL7 CDS Hooks 3.0 non-adherence code (none where none fits)."""
+    assert {r.code: r.hl7_non_adherence for r in kb.policy.override_reasons} == {
+        "previously-tolerated": "action-performed-no-adverse-effect",
+        "premedication-ordered-elsewhere": "indication-order-exists",
+        "desensitization-planned": "indication-order-exists",
+        "allergy-record-incorrect": "cds-not-applicable",
+        "rate-per-institutional-protocol": "policy-contradicts",
+        "admission-arranged": "indication-order-exists",
+        "pretreatment-given-elsewhere": "action-completed",
+        "tocilizumab-available": "action-completed",
+        "doses-given-elsewhere": None,
+        "benefit-outweighs-risk": "risk-benefit-ratio",
+        "not-applicable": "cds-not-applicable",
+    }
+
+
+def test_invented_hl7_code_is_refused(cards: Path) -> None:
+    def change(d: dict[str, Any]) -> None:
+        d["override_reasons"][0]["hl7_non_adherence"] = "patient-tolerated"
+
+    edit(cards, "policy.yaml", change)
+    assert has(problems_of(cards), "policy.yaml", "override_reasons.0.hl7_non_adherence", "")
+
+
+def test_unknown_offer_condition_is_refused(cards: Path) -> None:
+    def change(d: dict[str, Any]) -> None:
+        d["override_reasons"][0]["offered_when"] = "always-true"
+
+    edit(cards, "policy.yaml", change)
+    assert has(problems_of(cards), "policy.yaml", "override_reasons.0.offered_when", "")
 
 
 @pytest.mark.parametrize("bad", [0, -3, 400, "90", 1.5])

@@ -180,7 +180,7 @@ def test_an_entrys_dose_is_never_shown_as_its_alternatives_dose(kb):
     [steroid] = [a for a in kb.drug("obinutuzumab").premedication[0].agents if a.not_covered_by]
     text = premedication.describe_agent(steroid, kb)
     assert text.startswith("dexamethasone 20 mg intravenous, completed at least 1 hour before")
-    assert text.endswith("; or methylprednisolone (the dose is for dexamethasone)")
+    assert text.endswith("; or methylprednisolone at its own dose")
     alone = premedication.describe_agent(steroid, kb, alternatives=False)
     assert "methylprednisolone" not in alone
     s = _obinutuzumab_first_dose_with("acetaminophen", "diphenhydramine")
@@ -193,4 +193,34 @@ def test_an_entrys_dose_is_never_shown_as_its_alternatives_dose(kb):
         for a in r.agents
         if a.role == "h1-antihistamine" and a.dose is None
     ][:1]
-    assert "(the dose is for" not in premedication.describe_agent(undosed, kb)
+    assert "own dose" not in premedication.describe_agent(undosed, kb)
+
+
+def test_an_agent_no_longer_marketed_is_never_suggested(kb):
+    """Elotuzumab's label names ranitidine 50 mg IV; ranitidine left the US market in 2020."""
+    assert kb.agents["ranitidine"].marketed is False
+    s = situation([("elotuzumab", order("MedicationRequest/e", dose=700))])
+    [f] = premedication.evaluate(s, kb)
+    assert "ranitidine" not in roles(f)
+    [h2] = [a for a in f.actions if a.agent_name == "famotidine"]
+    assert h2.dose_low is None and h2.label.endswith("— dose per institutional protocol")
+    [missing] = [p for p in f.points if p.startswith("- **Missing:** ranitidine")]
+    assert "ranitidine (no longer marketed) 50 mg" in missing
+
+
+def test_an_ordered_agent_no_longer_marketed_still_covers_its_role(kb):
+    ranitidine = order("MedicationRequest/rn", text="ranitidine 50 mg IV")
+    s = situation(
+        [("elotuzumab", order("MedicationRequest/e", dose=700))],
+        agents=[(ranitidine, "ranitidine")],
+    )
+    [f] = premedication.evaluate(s, kb)
+    assert "famotidine" not in roles(f)
+    assert any("H2 antagonist" in p for p in f.points if p.startswith("- Already ordered"))
+
+
+def test_paclitaxel_alternatives_leave_out_ranitidine(kb):
+    s = situation([("paclitaxel", order("MedicationRequest/p", dose=300))])
+    [f] = premedication.evaluate(s, kb)
+    [h2] = [p for p in f.points if "cimetidine" in p and p.startswith("- **Missing:**")]
+    assert "ranitidine" not in h2 and h2.endswith("; or famotidine at its own dose")

@@ -31,6 +31,29 @@ def test_known_reaction_to_planned_drug_is_summarised(kb):
     [f] = summary.evaluate(s, kb)
     assert "severe reaction on record" in f.headline
     assert any("Do not give carboplatin by standard infusion" in p for p in f.points)
+    assert f.indicator == "critical"
+
+
+def test_summary_indicator_is_the_order_sign_indicator_for_the_same_fact(kb):
+    """The same anaphylaxis to a planned dose: critical on order-sign and on patient-view; a
+    dose tolerated since lowers both to warning, and the summary no longer says do not give."""
+    for tolerated, want in ((False, "critical"), (True, "warning")):
+        history = [*given("carboplatin", 2, dose=600)]
+        if tolerated:
+            history += given("carboplatin", 1, dose=600, start_days_ago=5)
+        record = [allergy("carboplatin", anaphylaxis=True)]
+        sign = situation(
+            [("carboplatin", order("MedicationRequest/c", dose=600))],
+            history=history,
+            allergies=record,
+        )
+        [reaction] = [f for f in run(sign, kb) if f.topic == "prior-reaction"]
+        view = situation(
+            history=[*history, planned("carboplatin", 600)], allergies=record, hook="patient-view"
+        )
+        [f] = summary.evaluate(view, kb)
+        assert reaction.indicator == f.indicator == want
+        assert any("Do not give" in p for p in f.points) is (want == "critical")
 
 
 def test_nothing_applies_gives_no_card(kb):

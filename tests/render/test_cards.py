@@ -16,7 +16,7 @@ from cds_server.model import (
     ProposedServiceRequest,
     Quantity,
 )
-from cds_server.render.cards import render_cards
+from cds_server.render.cards import render_cards, within_budget
 from tests.reasoning.builders import order
 
 VERIFIED = Citation("Label", "https://example.org/label", "2026", "verified")
@@ -98,9 +98,21 @@ def test_critical_without_any_verified_fact_is_lowered(kb):
     assert kept["indicator"] == "critical"
 
 
-def test_html_in_patient_or_knowledge_text_is_escaped(kb):
-    [card] = render(kb, [finding(points=("- <script>alert(1)</script> & <b>x</b>",))])
-    assert "<script>" not in card["detail"] and "&lt;script&gt;" in card["detail"]
+def test_html_in_patient_or_knowledge_text_is_escaped_as_markdown(kb):
+    points = ("- <script>alert(1)</script> & <b>x</b> &amp; [a](https://evil.example) < 30 kg",)
+    [card] = render(kb, [finding(points=points)])
+    detail = card["detail"]
+    assert "\\<script>alert(1)\\</script>" in detail and "\\<b>" in detail
+    assert "\\&amp;" in detail and "[a\\](https" in detail
+    # what cannot become markup is left as written: no HTML entities in the text
+    assert "& \\<b>" in detail and "< 30 kg" in detail and "&lt;" not in detail
+
+
+def test_semantic_tags_and_empty_parentheses_are_removed(kb):
+    points = ("- Anaphylaxis (disorder), Hives (finding), Severe (qualifier value); code ()",)
+    [card] = render(kb, [finding(points=points, headline="Urticaria (disorder) on record")])
+    assert "- Anaphylaxis, Hives, Severe; code" in card["detail"]
+    assert card["summary"] == "Rituximab: Urticaria on record"
 
 
 def test_suggestions_are_valid_fhir_r4_with_uuids(kb):
@@ -187,3 +199,58 @@ def test_suggested_resources_are_checked_plain_first_then_by_the_model() -> None
     missing = {k: v for k, v in plain.items() if k != "status"}
     with pytest.raises(InvalidSuggestion):
         _validated(MedicationRequest, missing)
+
+
+def test_budget_leaves_out_whole_conditional_notes_first():
+    points = [
+        "- **Missing:** diphenhydramine 50 mg.",
+        "- Label: " + "l" * 300 + ".",
+        "- Consider, if rheumatoid arthritis: " + "c" * 300 + ".",
+        "- Also, if treated under the EU SmPC: " + "e" * 300 + ".",
+    ]
+    kept = within_budget(points, 0, budget=500)
+    assert kept[:2] == points[:2]  # whole points, never a part of one
+    assert kept[2] == "- 2 more notes left out to keep this card short (see the sources)."
+    assert len(kept) == 3
+    assert within_budget(points[:2], 0, budget=500) == points[:2]
+
+
+def test_budget_keeps_the_first_point_and_what_changes_the_action():
+    points = [
+        "- Reaction on record: " + "r" * 400,
+        "- **Do not give by standard infusion.**",
+        "- Tier lowered: a later dose was completed.",
+        "- Desensitization outcomes: " + "d" * 400,
+    ]
+    kept = within_budget(points, 0, budget=600)
+    assert kept == [
+        *points[:3],
+        "- 1 more note left out to keep this card short (see the sources).",
+    ]
+
+
+def test_sources_are_listed_once_strongest_first(kb):
+    lee_a = Citation(
+        "Lee, Matulonis, Castells. Carboplatin 12-step. Gynecol Oncol 2004", None, None, "verified"
+    )
+    lee_b = Citation(
+        "Lee CW, Matulonis UA, Castells MC. Carboplatin 12-step. Gynecol Oncol 2004",
+        None,
+        None,
+        "secondary",
+    )
+    site = Citation("Patient site", "https://example.org/p", None, "unverified")
+    same_url = Citation("Patient site, other wording", "https://example.org/p/", None, "unverified")
+    [card] = render(kb, [finding(citations=(site, lee_a, same_url, lee_b, VERIFIED))])
+    sources = card["detail"].split("**Sources:**\n")[1].split("\n")
+    assert sources == [
+        "- [Label — 2026](https://example.org/label) *(verified)*",
+        "- Lee CW, Matulonis UA, Castells MC. Carboplatin 12-step. Gynecol Oncol 2004"
+        " *(secondary)*",
+        "- [Patient site](https://example.org/p) *(unverified)*",
+    ]
+
+
+def test_sub_bullets_keep_their_indent(kb):
+    [card] = render(kb, [finding(points=("- A point", "  - its sub-point  with  spaces"))])
+    assert card["detail"].startswith("- A point\n  - its sub-point with spaces")

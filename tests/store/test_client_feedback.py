@@ -20,6 +20,16 @@ from tests.store.conftest import rows
 from tests.store.flows import OUR_REASONS, call, card_for, iso, post_feedback, topics, with_session
 
 RITUXIMAB = "order-sign-rituximab"  # rate-titration warning for pat-lym-001
+# A later rituximab infusion (a dose given before): its rate card offers "previously tolerated".
+LATER = FIXTURES / "scenarios" / "rituximab-later-rate-above.request.json"
+
+
+def _request(name: str) -> dict[str, Any]:
+    if name == RITUXIMAB:
+        return load_request(RITUXIMAB)
+    return json.loads(LATER.read_text(encoding="utf-8"))
+
+
 EPIC = FIXTURES / "clients" / "epic"
 COMMENT = "User Entered Free Text"
 
@@ -33,8 +43,10 @@ def epic_feedback(name: str, card: str) -> dict[str, Any]:
     return item
 
 
-def rate_titration_card(app: Flask, service: str | None = None) -> dict[str, Any]:
-    body = load_request(RITUXIMAB)
+def rate_titration_card(
+    app: Flask, service: str | None = None, name: str = RITUXIMAB
+) -> dict[str, Any]:
+    body = _request(name)
     if service is None:
         cards = call(app.test_client(), body)
     else:
@@ -44,9 +56,9 @@ def rate_titration_card(app: Flask, service: str | None = None) -> dict[str, Any
     return card_for(cards, "rate-titration")
 
 
-def shown_later(app: Flask) -> list[tuple[str, str]]:
+def shown_later(app: Flask, name: str = RITUXIMAB) -> list[tuple[str, str]]:
     """The same order in another ordering session (no de-duplication, snoozes apply)."""
-    body = with_session(load_request(RITUXIMAB), encounter="enc-later")
+    body = with_session(_request(name), encounter="enc-later")
     return topics(call(app.test_client(), body))
 
 
@@ -71,7 +83,7 @@ def no_comment_anywhere(raw: sa.Engine) -> None:
 def test_epic_reason_of_ours_is_stored_and_snoozes(
     store_app: Flask, raw: sa.Engine, issued_by: str, posted_to: str
 ) -> None:
-    card = rate_titration_card(store_app, issued_by)
+    card = rate_titration_card(store_app, issued_by, name=str(LATER))
     offered = {(r["system"], r["code"]) for r in card["overrideReasons"]}
     assert (OUR_REASONS, "previously-tolerated") in offered
     item = epic_feedback("feedback-override-reason", card["uuid"])
@@ -79,11 +91,11 @@ def test_epic_reason_of_ours_is_stored_and_snoozes(
     assert stored_reason(raw) == (
         OUR_REASONS,
         "previously-tolerated",
-        "Patient has tolerated this drug since the reaction",
+        "Patient has tolerated this drug before (since any reaction on record)",
         True,
     )
     assert [s["reason_code"] for s in rows(raw, "snooze")] == ["previously-tolerated"]
-    assert ("rate-titration", "warning") not in shown_later(store_app)
+    assert ("rate-titration", "warning") not in shown_later(store_app, name=str(LATER))
     no_comment_anywhere(raw)
 
 

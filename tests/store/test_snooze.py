@@ -55,7 +55,10 @@ def test_snoozed_rule_is_not_shown_again_for_that_patient_and_drug(
     store_app: Flask, raw: sa.Engine
 ) -> None:
     card = override_first_card(store_app, RITUXIMAB, "rate-titration", "previously-tolerated")
-    assert any(r["code"] == "previously-tolerated" for r in card["overrideReasons"])
+    # This first-infusion card does not offer it (no reaction or dose on record: issue 18), but
+    # the store snoozes on any snoozing reason of the card's rule, as the card log keeps no
+    # per-card list of offered reasons (follow-up for the feedback store).
+    assert "previously-tolerated" not in {r["code"] for r in card["overrideReasons"]}
     assert later_call(store_app, RITUXIMAB) == []
     [snooze] = rows(raw, "snooze")
     assert (snooze["rule"], snooze["drug_id"], snooze["reason_code"]) == (

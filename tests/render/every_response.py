@@ -1,0 +1,61 @@
+"""Every card the service gives for the fixture requests and the clinical scenarios.
+
+Each fixture request (``fixtures/fhir/requests/*.json``, posted as the file's text) and each
+scenario request (dates moved to today and posted as the scenario tests post it, keeping the
+literal ``1e400``) goes through the Flask test client of a fresh app, so no card is held back
+as a repeat of another call. The answers are computed once per test session.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from flask import Flask
+
+from tests.conformance import check_response
+from tests.conftest import REQUESTS, service_for
+from tests.scenarios.test_scenarios import load_scenario, request_text, scenario_names
+
+Response = dict[str, Any]
+_CACHE: dict[str, Response] = {}
+_BODIES: dict[str, dict[str, Any]] = {}
+
+
+def _post(app: Flask, body_text: str, hook_body: dict[str, Any]) -> Response:
+    resp = app.test_client().post(
+        f"/cds-services/{service_for(hook_body)}",
+        data=body_text,
+        content_type="application/json",
+    )
+    assert resp.status_code == 200, resp.get_data(as_text=True)[:500]
+    result = resp.get_json()
+    assert check_response(result) == [], check_response(result)
+    return result
+
+
+def every_response(make_app: Callable[..., Flask]) -> dict[str, Response]:
+    """``{"requests/<name>" | "scenarios/<name>": response}`` for every fixture and scenario."""
+    if not _CACHE:
+        for path in sorted(REQUESTS.glob("*.json")):
+            text = path.read_text()
+            _BODIES[f"requests/{path.stem}"] = json.loads(text)
+            _CACHE[f"requests/{path.stem}"] = _post(make_app(), text, json.loads(text))
+        for name in scenario_names():
+            body, _ = load_scenario(name)
+            _BODIES[f"scenarios/{name}"] = body
+            _CACHE[f"scenarios/{name}"] = _post(make_app(), request_text(body), body)
+    return _CACHE
+
+
+def request_of(where: str) -> dict[str, Any]:
+    """The request body (as a dict) behind ``every_response``'s ``where``."""
+    return _BODIES[where]
+
+
+def every_card(make_app: Callable[..., Flask]) -> Iterator[tuple[str, Response]]:
+    """(where, card) for every card of every response."""
+    for where, response in every_response(make_app).items():
+        for i, card in enumerate(response["cards"]):
+            yield f"{where} card {i} ({card['summary']})", card
