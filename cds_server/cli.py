@@ -218,9 +218,25 @@ def serve(
     Authentication is always on: it refuses to start without a trusted-clients file. It needs
     a data folder (--data-dir or CDS_DATA_DIR) unless CDS_DATABASE_URL names the database.
     """
-    from gunicorn.app.base import BaseApplication
+    from cds_server import metrics
 
     _require_data_location(data_dir)
+    # Before the app is built: workers then share their counts (GET /metrics sums them).
+    with metrics.shared_between_workers():
+        _serve(host, port, workers, threads, public_url, clients, data_dir)
+
+
+def _serve(
+    host: str,
+    port: int,
+    workers: int | None,
+    threads: int,
+    public_url: str | None,
+    clients: Path | None,
+    data_dir: Path | None,
+) -> None:
+    from gunicorn.app.base import BaseApplication
+
     overrides: dict[str, Any] = {"AUTH_REQUIRED": True, "DEMO": False}
     if public_url:
         overrides["PUBLIC_URL"] = public_url.rstrip("/")
@@ -257,6 +273,7 @@ def serve(
                 "errorlog": "-",
                 "loglevel": str(app.config["LOG_LEVEL"]).lower(),
                 "proc_name": "cds-server",
+                "child_exit": _child_exit,
             }
             if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25.1
                 options["control_socket_disable"] = True  # no socket in $HOME
@@ -271,6 +288,13 @@ def serve(
 
     settle_heap()  # full GC passes over start-up objects caused 0.1 s pauses (bench/README.md)
     _Server().run()
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    """gunicorn's ``child_exit`` hook (in the arbiter): a stopped worker's metrics files."""
+    from cds_server import metrics
+
+    metrics.mark_worker_dead(worker.pid)
 
 
 def _require_data_location(data_dir: Path | None) -> None:
