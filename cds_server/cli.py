@@ -172,7 +172,7 @@ def quiet_probes_logger() -> type:
 
     from cds_server.ops import HEALTH_PATHS
 
-    class QuietProbesLogger(Logger):  # type: ignore[misc]
+    class QuietProbesLogger(Logger):
         def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
             if environ.get("PATH_INFO") not in HEALTH_PATHS:
                 super().access(resp, req, environ, request_time)
@@ -256,7 +256,7 @@ def _serve(
             "CDS_AUTH_CACHE=redis://host:6379/0, or run one worker (--workers 1) per instance."
         )
 
-    class _Server(BaseApplication):  # type: ignore[misc]
+    class _Server(BaseApplication):
         def load_config(self) -> None:
             options = {
                 "bind": f"{host}:{port}",
