@@ -28,11 +28,10 @@ DEMO_OVERRIDES: dict[str, Any] = {
 }
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, str(level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _setup_logging(level: str, log_format: str = "text") -> None:
+    from cds_server import logformat
+
+    logformat.setup(level, log_format)
 
 
 def _load_kb(cards: Path | None) -> Any:
@@ -165,17 +164,38 @@ def demo(
         app.run(host=host, port=port, debug=False, use_reloader=False)
 
 
-def quiet_probes_logger() -> type:
+def quiet_probes_logger(log_format: str = "text") -> type:
     """gunicorn's logger class without access-log lines for liveness probes (``/healthz``:
-    every few seconds from each orchestrator, they would bury the calls)."""
+    every few seconds from each orchestrator, they would bury the calls); with ``json``, its
+    error and access logs as JSON lines (``logformat``)."""
     from gunicorn.glogging import Logger
 
+    from cds_server import logformat
     from cds_server.ops import HEALTH_PATHS
 
     class QuietProbesLogger(Logger):
         def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
-            if environ.get("PATH_INFO") not in HEALTH_PATHS:
+            if environ.get("PATH_INFO") in HEALTH_PATHS:
+                return
+            if log_format != "json":
                 super().access(resp, req, environ, request_time)
+                return
+            if not self.access_log_enabled:
+                return
+            fields = logformat.access_fields(self.atoms(resp, req, environ, request_time))
+            self.access_log.info(
+                "%s %s %s",
+                fields["method"],
+                fields["path"],
+                fields["status"],
+                extra={logformat.ACCESS_FIELD: fields},
+            )
+
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            if log_format == "json":
+                for handler in (*self.error_log.handlers, *self.access_log.handlers):
+                    handler.setFormatter(logformat.JsonFormatter())
 
     return QuietProbesLogger
 
@@ -203,6 +223,15 @@ def quiet_probes_logger() -> type:
     default=None,
     help="Trusted-clients YAML file (default: CDS_CLIENTS_FILE). Required: see the README.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="CDS_LOG_FORMAT",
+    help="Logs of the app and gunicorn's access log: plain text, or one JSON object a line "
+    "(CDS_LOG_FORMAT).",
+)
 @data_dir_option
 def serve(
     host: str,
@@ -211,6 +240,7 @@ def serve(
     threads: int,
     public_url: str | None,
     clients: Path | None,
+    log_format: str,
     data_dir: Path | None,
 ) -> None:
     """Production entry point: gunicorn with threaded workers (put TLS in front of it).
@@ -223,7 +253,7 @@ def serve(
     _require_data_location(data_dir)
     # Before the app is built: workers then share their counts (GET /metrics sums them).
     with metrics.shared_between_workers():
-        _serve(host, port, workers, threads, public_url, clients, data_dir)
+        _serve(host, port, workers, threads, public_url, clients, data_dir, log_format)
 
 
 def _serve(
@@ -234,6 +264,7 @@ def _serve(
     public_url: str | None,
     clients: Path | None,
     data_dir: Path | None,
+    log_format: str = "text",
 ) -> None:
     from gunicorn.app.base import BaseApplication
 
@@ -242,8 +273,11 @@ def _serve(
         overrides["PUBLIC_URL"] = public_url.rstrip("/")
     if clients:
         overrides["CLIENTS_FILE"] = str(clients)
+    _setup_logging("INFO", log_format)  # start-up errors in the chosen format too
     app = _create_app(overrides, data_dir)
-    _setup_logging(app.config["LOG_LEVEL"])
+    logging.getLogger().setLevel(
+        getattr(logging, str(app.config["LOG_LEVEL"]).upper(), logging.INFO)
+    )
     shared = app.config["AUTH_CACHE"] != "memory"
     if workers is None:
         workers = SERVE_WORKERS if shared else 1
@@ -266,7 +300,7 @@ def _serve(
                 "timeout": 30,
                 "graceful_timeout": 10,
                 "accesslog": "-",
-                "logger_class": quiet_probes_logger(),
+                "logger_class": quiet_probes_logger(log_format),
                 # The path without its query string: a token sent there must not be logged.
                 "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s '
                 '"%(f)s" "%(a)s"',
