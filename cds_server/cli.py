@@ -292,13 +292,21 @@ def _serve(
 
     class _Server(BaseApplication):
         def load_config(self) -> None:
-            options = {
+            # Defaults GUNICORN_CMD_ARGS may change (e.g. --timeout 60 --keep-alive 5).
+            for key, value in SERVE_DEFAULTS.items():
+                self.cfg.set(key, value)
+            for key, value in gunicorn_env_settings(self.cfg).items():
+                if key in SERVE_OWNS:
+                    log.warning(
+                        "GUNICORN_CMD_ARGS: %s is set by cds-server serve; ignored there", key
+                    )
+                    continue
+                self.cfg.set(key, value)
+            owned = {
                 "bind": f"{host}:{port}",
                 "workers": workers,
                 "worker_class": "gthread",
                 "threads": threads,
-                "timeout": 30,
-                "graceful_timeout": 10,
                 "accesslog": "-",
                 "logger_class": quiet_probes_logger(log_format),
                 # The path without its query string: a token sent there must not be logged.
@@ -306,12 +314,11 @@ def _serve(
                 '"%(f)s" "%(a)s"',
                 "errorlog": "-",
                 "loglevel": str(app.config["LOG_LEVEL"]).lower(),
-                "proc_name": "cds-server",
                 "child_exit": _child_exit,
             }
             if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25.1
-                options["control_socket_disable"] = True  # no socket in $HOME
-            for key, value in options.items():
+                owned["control_socket_disable"] = True  # no socket in $HOME
+            for key, value in owned.items():
                 self.cfg.set(key, value)
 
         def load(self) -> Any:
@@ -322,6 +329,48 @@ def _serve(
 
     settle_heap()  # full GC passes over start-up objects caused 0.1 s pauses (bench/README.md)
     _Server().run()
+
+
+# gunicorn settings serve chooses, GUNICORN_CMD_ARGS may change them.
+SERVE_DEFAULTS: dict[str, Any] = {"timeout": 30, "graceful_timeout": 10, "proc_name": "cds-server"}
+# Settings serve always sets (its own options, the token-safe access log, the metrics hook,
+# the app itself): GUNICORN_CMD_ARGS cannot change them.
+SERVE_OWNS = frozenset(
+    {
+        "bind",
+        "workers",
+        "worker_class",
+        "threads",
+        "accesslog",
+        "logger_class",
+        "access_log_format",
+        "errorlog",
+        "loglevel",
+        "child_exit",
+        "control_socket_disable",
+        "config",
+        "wsgi_app",
+        "preload_app",
+        "daemon",
+        "reload",
+        "logconfig",
+        "logconfig_dict",
+        "logconfig_json",
+    }
+)
+
+
+def gunicorn_env_settings(cfg: Any) -> dict[str, Any]:
+    """The settings given in ``GUNICORN_CMD_ARGS``, parsed as gunicorn's own command does
+    (gunicorn's ``BaseApplication`` does not read it); a bad value stops ``serve``."""
+    arguments = cfg.get_cmd_args_from_env()
+    if not arguments:
+        return {}
+    try:
+        parsed = cfg.parser().parse_args(arguments)
+    except SystemExit:  # argparse already printed why
+        raise click.ClickException("GUNICORN_CMD_ARGS: invalid gunicorn options") from None
+    return {k.lower(): v for k, v in vars(parsed).items() if v is not None and k != "args"}
 
 
 def _child_exit(server: Any, worker: Any) -> None:
