@@ -43,11 +43,10 @@ from prometheus_client import (
     values,
 )
 
-from cds_server import admin, services
+from cds_server import admin, config, services
 from cds_server.fhirdata.client import FetchResult, FhirClient, FhirSettings, FhirTransport
 from cds_server.knowledge.model import KnowledgeBase
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNKNOWN = "unknown"
 # Hook calls wait on FHIR servers (deadline FHIR_DEADLINE, 4 s by default).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -128,7 +127,7 @@ _ENDPOINTS = {
 def use_multiprocess(folder: str) -> None:
     """Share metrics between worker processes through files in ``folder`` (an empty folder
     owned by the caller, removed when the server stops). Call before the workers start."""
-    os.environ[MULTIPROC_ENV] = folder
+    config.set_metrics_dir(folder)
     # The value class is chosen when prometheus_client is imported; metrics' label children
     # (created on first use, in the workers) take the one in place then.
     values.ValueClass = values.get_value_class()
@@ -140,30 +139,27 @@ def shared_between_workers() -> Iterator[str]:
     empty (the library requires a folder wiped between runs), removed at exit by the process
     that made it (never by a forked worker leaving through here); the previous mode restored."""
     owner = os.getpid()
-    previous = os.environ.get(MULTIPROC_ENV), values.ValueClass
+    previous = config.metrics_dir(), values.ValueClass
     folder = tempfile.mkdtemp(prefix="cds-metrics-")
     use_multiprocess(folder)
     try:
         yield folder
     finally:
         if os.getpid() == owner:
-            if previous[0] is None:
-                os.environ.pop(MULTIPROC_ENV, None)
-            else:
-                os.environ[MULTIPROC_ENV] = previous[0]
+            config.set_metrics_dir(previous[0])
             values.ValueClass = previous[1]
             shutil.rmtree(folder, ignore_errors=True)
 
 
 def mark_worker_dead(pid: int) -> None:
     """gunicorn's ``child_exit`` hook: a stopped worker's live values no longer count."""
-    if os.environ.get(MULTIPROC_ENV):
+    if config.metrics_dir():
         multiprocess.mark_process_dead(pid)
 
 
 def exposition() -> bytes:
     """The metrics in Prometheus' text format: of every worker in multiprocess mode."""
-    if os.environ.get(MULTIPROC_ENV):
+    if config.metrics_dir():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
