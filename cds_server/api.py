@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 from werkzeug.exceptions import NotFound as WzNotFound
 
-from cds_server import auth, limits, pipeline, protocol, services, store
+from cds_server import auth, limits, metrics, pipeline, protocol, services, store
 from cds_server.errors import (
     BadRequest,
     CdsError,
@@ -113,13 +113,16 @@ def call_service(service_id: str) -> Response:
         kb=runtime.kb,
         settings=auth.fhir_settings(runtime.fhir),  # only the caller's trusted fhirServers
         now=now,
-        client_factory=runtime.transport.client,
+        client_factory=metrics.counted_client_factory(
+            runtime.transport, service_id, body.get("hook")
+        ),
         history=cards_store,
         caller=auth.caller_namespace(),
     )
     cards_store.log_cards(
         result.situation.call, result.issued, issued_at=now, knowledge_version=runtime.kb.version
     )
+    metrics.record_call(service_id, result.service.hook, result.response["cards"], runtime.kb)
     trigger = result.request.epic_trigger
     log.info(
         "call service=%s hook=%s%s hookInstance=%s cards=%d held=%d fetched=%s warnings=%d ms=%.0f",
@@ -149,6 +152,9 @@ def feedback(service_id: str) -> Response:
         policy=_runtime().kb.policy,
         received_at=datetime.now(UTC),
         caller=auth.caller_namespace(),
+    )
+    metrics.record_feedback(
+        service_id, stored.stored, stored.duplicates, stored.unknown_cards, stored.snoozes
     )
     log.info(
         "feedback service=%s items=%d outcomes=%s stored=%d duplicates=%d unknown_cards=%d "

@@ -62,12 +62,13 @@ def create_app(
             max_age=600,
         )
 
-    from cds_server import analytics, api, openapi, ops, sandbox
+    from cds_server import analytics, api, metrics, openapi, ops, sandbox
 
     app.register_blueprint(api.bp)
     app.register_blueprint(analytics.bp)
     app.register_blueprint(openapi.bp)  # GET /openapi.json (public: no data in it)
     ops.init_app(app)  # GET /healthz, GET /readyz (public: probes)
+    metrics.init_app(app)  # GET /metrics (admin token, like analytics); counts CDS requests
     sandbox.init_app(app)  # /sandbox: demo mode, or SANDBOX_ENABLED
     return app
 

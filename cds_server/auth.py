@@ -60,6 +60,39 @@ JwksFetcher = Callable[[str], Mapping[str, Any]]
 class AuthFailure(Exception):
     """Why a token was refused (log-safe text; never shown to the client)."""
 
+    @property
+    def reason(self) -> str:
+        """A fixed code for the metrics (the text may carry client-chosen values)."""
+        text = str(self)
+        return next((code for start, code in FAILURE_REASONS if text.startswith(start)), "other")
+
+
+# Message prefix -> reason code of ``AuthFailure`` (``cds_auth_failures_total{reason}``).
+FAILURE_REASONS: tuple[tuple[str, str], ...] = (
+    ("no bearer token", "no_token"),
+    ("not a compact JWT", "malformed"),
+    ("malformed JWT", "malformed"),
+    ("invalid JWT", "malformed"),
+    ("algorithm", "algorithm"),
+    ("no kid", "header"),
+    ("typ is not", "header"),
+    ("missing claim", "claims"),
+    ("claim ", "claims"),
+    ("jti is not", "claims"),
+    ("unknown iss", "untrusted_issuer"),
+    ("tenant", "tenant"),
+    ("unknown kid", "unknown_key"),
+    ("key ", "unknown_key"),
+    ("jku", "unknown_key"),
+    ("aud ", "audience"),
+    ("bad signature", "signature"),
+    ("replayed jti", "replay"),
+    ("expired", "expired"),
+    ("exp is further", "lifetime"),
+    ("iat is", "time"),
+    ("not yet valid", "time"),
+)
+
 
 def _safe(value: Any, limit: int = 80) -> str:
     """A client-chosen value, printable and short, for a log line."""
@@ -281,6 +314,7 @@ def authenticate() -> None:
     if any(name.lower() in QUERY_TOKEN_NAMES for name in request.args):
         # A token in the URL ends up in access logs and proxies' logs: never accepted.
         log.warning("authentication refused on %s: a token in the query string", request.method)
+        g.cds_auth_failure = "token_in_url"
         raise Unauthorized("Send the JWT in the Authorization header, never in the URL")
     verifier: Verifier = current_app.extensions[EXTENSION]
     rule = request.url_rule.rule if request.url_rule is not None else ""
@@ -289,6 +323,7 @@ def authenticate() -> None:
     try:
         g.cds_caller = verifier.verify(_bearer(request.headers.get("Authorization")), audiences)
     except AuthFailure as failure:
+        g.cds_auth_failure = failure.reason
         log.warning(
             "authentication failed on %s %s: %s (%s)",
             request.method,
@@ -299,6 +334,7 @@ def authenticate() -> None:
         raise Unauthorized("Authentication failed") from None
     except CacheUnavailable as exc:
         log.error("authentication could not be checked: %s", exc)
+        g.cds_auth_failure = "cache_unavailable"
         raise AuthUnavailable("Authentication is temporarily unavailable; retry") from None
 
 

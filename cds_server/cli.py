@@ -28,11 +28,10 @@ DEMO_OVERRIDES: dict[str, Any] = {
 }
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, str(level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _setup_logging(level: str, log_format: str = "text") -> None:
+    from cds_server import logformat
+
+    logformat.setup(level, log_format)
 
 
 def _load_kb(cards: Path | None) -> Any:
@@ -165,17 +164,38 @@ def demo(
         app.run(host=host, port=port, debug=False, use_reloader=False)
 
 
-def quiet_probes_logger() -> type:
+def quiet_probes_logger(log_format: str = "text") -> type:
     """gunicorn's logger class without access-log lines for liveness probes (``/healthz``:
-    every few seconds from each orchestrator, they would bury the calls)."""
+    every few seconds from each orchestrator, they would bury the calls); with ``json``, its
+    error and access logs as JSON lines (``logformat``)."""
     from gunicorn.glogging import Logger
 
+    from cds_server import logformat
     from cds_server.ops import HEALTH_PATHS
 
-    class QuietProbesLogger(Logger):  # type: ignore[misc]
+    class QuietProbesLogger(Logger):
         def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
-            if environ.get("PATH_INFO") not in HEALTH_PATHS:
+            if environ.get("PATH_INFO") in HEALTH_PATHS:
+                return
+            if log_format != "json":
                 super().access(resp, req, environ, request_time)
+                return
+            if not self.access_log_enabled:
+                return
+            fields = logformat.access_fields(self.atoms(resp, req, environ, request_time))
+            self.access_log.info(
+                "%s %s %s",
+                fields["method"],
+                fields["path"],
+                fields["status"],
+                extra={logformat.ACCESS_FIELD: fields},
+            )
+
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            if log_format == "json":
+                for handler in (*self.error_log.handlers, *self.access_log.handlers):
+                    handler.setFormatter(logformat.JsonFormatter())
 
     return QuietProbesLogger
 
@@ -203,6 +223,15 @@ def quiet_probes_logger() -> type:
     default=None,
     help="Trusted-clients YAML file (default: CDS_CLIENTS_FILE). Required: see the README.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="CDS_LOG_FORMAT",
+    help="Logs of the app and gunicorn's access log: plain text, or one JSON object a line "
+    "(CDS_LOG_FORMAT).",
+)
 @data_dir_option
 def serve(
     host: str,
@@ -211,6 +240,7 @@ def serve(
     threads: int,
     public_url: str | None,
     clients: Path | None,
+    log_format: str,
     data_dir: Path | None,
 ) -> None:
     """Production entry point: gunicorn with threaded workers (put TLS in front of it).
@@ -218,16 +248,36 @@ def serve(
     Authentication is always on: it refuses to start without a trusted-clients file. It needs
     a data folder (--data-dir or CDS_DATA_DIR) unless CDS_DATABASE_URL names the database.
     """
-    from gunicorn.app.base import BaseApplication
+    from cds_server import metrics
 
     _require_data_location(data_dir)
+    # Before the app is built: workers then share their counts (GET /metrics sums them).
+    with metrics.shared_between_workers():
+        _serve(host, port, workers, threads, public_url, clients, data_dir, log_format)
+
+
+def _serve(
+    host: str,
+    port: int,
+    workers: int | None,
+    threads: int,
+    public_url: str | None,
+    clients: Path | None,
+    data_dir: Path | None,
+    log_format: str = "text",
+) -> None:
+    from gunicorn.app.base import BaseApplication
+
     overrides: dict[str, Any] = {"AUTH_REQUIRED": True, "DEMO": False}
     if public_url:
         overrides["PUBLIC_URL"] = public_url.rstrip("/")
     if clients:
         overrides["CLIENTS_FILE"] = str(clients)
+    _setup_logging("INFO", log_format)  # start-up errors in the chosen format too
     app = _create_app(overrides, data_dir)
-    _setup_logging(app.config["LOG_LEVEL"])
+    logging.getLogger().setLevel(
+        getattr(logging, str(app.config["LOG_LEVEL"]).upper(), logging.INFO)
+    )
     shared = app.config["AUTH_CACHE"] != "memory"
     if workers is None:
         workers = SERVE_WORKERS if shared else 1
@@ -240,27 +290,35 @@ def serve(
             "CDS_AUTH_CACHE=redis://host:6379/0, or run one worker (--workers 1) per instance."
         )
 
-    class _Server(BaseApplication):  # type: ignore[misc]
+    class _Server(BaseApplication):
         def load_config(self) -> None:
-            options = {
+            # Defaults GUNICORN_CMD_ARGS may change (e.g. --timeout 60 --keep-alive 5).
+            for key, value in SERVE_DEFAULTS.items():
+                self.cfg.set(key, value)
+            for key, value in gunicorn_env_settings(self.cfg).items():
+                if key in SERVE_OWNS:
+                    log.warning(
+                        "GUNICORN_CMD_ARGS: %s is set by cds-server serve; ignored there", key
+                    )
+                    continue
+                self.cfg.set(key, value)
+            owned = {
                 "bind": f"{host}:{port}",
                 "workers": workers,
                 "worker_class": "gthread",
                 "threads": threads,
-                "timeout": 30,
-                "graceful_timeout": 10,
                 "accesslog": "-",
-                "logger_class": quiet_probes_logger(),
+                "logger_class": quiet_probes_logger(log_format),
                 # The path without its query string: a token sent there must not be logged.
                 "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s '
                 '"%(f)s" "%(a)s"',
                 "errorlog": "-",
                 "loglevel": str(app.config["LOG_LEVEL"]).lower(),
-                "proc_name": "cds-server",
+                "child_exit": _child_exit,
             }
             if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25.1
-                options["control_socket_disable"] = True  # no socket in $HOME
-            for key, value in options.items():
+                owned["control_socket_disable"] = True  # no socket in $HOME
+            for key, value in owned.items():
                 self.cfg.set(key, value)
 
         def load(self) -> Any:
@@ -271,6 +329,55 @@ def serve(
 
     settle_heap()  # full GC passes over start-up objects caused 0.1 s pauses (bench/README.md)
     _Server().run()
+
+
+# gunicorn settings serve chooses, GUNICORN_CMD_ARGS may change them.
+SERVE_DEFAULTS: dict[str, Any] = {"timeout": 30, "graceful_timeout": 10, "proc_name": "cds-server"}
+# Settings serve always sets (its own options, the token-safe access log, the metrics hook,
+# the app itself): GUNICORN_CMD_ARGS cannot change them.
+SERVE_OWNS = frozenset(
+    {
+        "bind",
+        "workers",
+        "worker_class",
+        "threads",
+        "accesslog",
+        "logger_class",
+        "access_log_format",
+        "errorlog",
+        "loglevel",
+        "child_exit",
+        "control_socket_disable",
+        "config",
+        "wsgi_app",
+        "preload_app",
+        "daemon",
+        "reload",
+        "logconfig",
+        "logconfig_dict",
+        "logconfig_json",
+    }
+)
+
+
+def gunicorn_env_settings(cfg: Any) -> dict[str, Any]:
+    """The settings given in ``GUNICORN_CMD_ARGS``, parsed as gunicorn's own command does
+    (gunicorn's ``BaseApplication`` does not read it); a bad value stops ``serve``."""
+    arguments = cfg.get_cmd_args_from_env()
+    if not arguments:
+        return {}
+    try:
+        parsed = cfg.parser().parse_args(arguments)
+    except SystemExit:  # argparse already printed why
+        raise click.ClickException("GUNICORN_CMD_ARGS: invalid gunicorn options") from None
+    return {k.lower(): v for k, v in vars(parsed).items() if v is not None and k != "args"}
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    """gunicorn's ``child_exit`` hook (in the arbiter): a stopped worker's metrics files."""
+    from cds_server import metrics
+
+    metrics.mark_worker_dead(worker.pid)
 
 
 def _require_data_location(data_dir: Path | None) -> None:

@@ -141,6 +141,23 @@ def data_dir(explicit: str | os.PathLike[str] | None = None) -> str:
     return given_data_dir(explicit) or os.path.abspath(DEFAULT_DATA_DIR)
 
 
+# prometheus-client's multiprocess mode (cds_server.metrics): the folder its workers share.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def metrics_dir() -> str | None:
+    """The folder of prometheus-client's multiprocess mode, if this process is in it."""
+    return os.environ.get(METRICS_DIR_ENV) or None
+
+
+def set_metrics_dir(folder: str | None) -> None:
+    """Put this process and those it starts in multiprocess mode (None: out of it)."""
+    if folder is None:
+        os.environ.pop(METRICS_DIR_ENV, None)
+    else:
+        os.environ[METRICS_DIR_ENV] = folder
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid."""
 

@@ -70,7 +70,7 @@ def _why_titration(r: RecognisedOrder, kb: KnowledgeBase, pos: DosePosition) -> 
     standard, _, _ = choose(drug.rate_schedules, pos)
     titrated = most_specific([x for x in standard if x.kind == "titrated" and x.start])
     if not titrated:
-        kinds = sorted({x.kind for x in standard}) or ["none"]
+        kinds: list[str] = sorted({x.kind for x in standard}) or ["none"]
         return f"no titrated schedule applies to this dose (schedules: {', '.join(kinds)})"
     start = min(x.start.value for x in titrated if x.start)
     rate = fmt_qty(r.order.rate) if r.order.rate else "no rate"

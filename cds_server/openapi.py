@@ -59,7 +59,7 @@ ERRORS: dict[int, str] = {
     400: "Malformed JSON, wrong Content-Type, invalid fields (one issue per field), or a hook "
     "this service id does not handle",
     401: "Authentication required or failed (when client authentication is on)",
-    403: "Disabled in this deployment (analytics without an admin token)",
+    403: "Disabled in this deployment (analytics or metrics without an admin token)",
     404: "Unknown service id or route",
     405: "Method not allowed (the Allow header lists the allowed ones)",
     412: "Required prefetch data was neither sent nor readable from fhirServer; the "
@@ -430,6 +430,24 @@ def build(version: str = __version__) -> dict[str, Any]:
     ):
         spec.path(path=path, operations={"get": _analytics(path, media, summary)})
     _probes(spec)
+    spec.path(
+        path="/metrics",
+        operations={
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (text exposition format; no patient data)",
+                "tags": ["operations"],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format 0.0.4",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(401, 403, 405, 500),
+                },
+                "security": [{"adminToken": []}],
+            }
+        },
+    )
     spec.path(
         path="/openapi.json",
         operations={

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import redis
@@ -25,6 +25,8 @@ from redis.retry import Retry
 
 DEFAULT_PREFIX = "cds-server:"
 DEFAULT_TIMEOUT = 1.0  # seconds (AUTH_CACHE_TIMEOUT)
+
+T = TypeVar("T")
 
 
 class CacheUnavailable(RuntimeError):
@@ -122,7 +124,7 @@ class RedisCache:
     def __repr__(self) -> str:
         return f"RedisCache({self.display!r})"
 
-    def _call(self, fn: Callable[[], object]) -> object:
+    def _call(self, fn: Callable[[], T]) -> T:
         try:
             return fn()
         except redis.RedisError as exc:
@@ -148,9 +150,9 @@ class RedisCache:
 
         def run() -> int:
             names = list(self._client.scan_iter(self._prefix + "*"))
-            return int(self._client.delete(*names)) if names else 0  # type: ignore[arg-type]
+            return int(self._client.delete(*names)) if names else 0
 
-        return int(self._call(run))  # type: ignore[call-overload]
+        return self._call(run)
 
     def close(self) -> None:
         self._client.close()

@@ -270,3 +270,48 @@ def test_serve_refuses_to_start_without_a_data_folder_or_database_url(
     assert result.exit_code == 0, result.output
     assert (tmp_path / "by-url.sqlite3").exists()
     assert not (no_data_location / "instance").exists()
+
+
+def test_serve_honours_gunicorn_cmd_args_except_for_what_it_sets(
+    cli_runner: CliRunner, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    seen: dict[str, Any] = {}
+
+    def fake_run(self: Any) -> None:
+        for name in ("timeout", "keepalive", "max_requests", "bind", "workers", "threads"):
+            seen[name] = getattr(self.cfg, name)
+        seen["access_log_format"] = self.cfg.access_log_format
+
+    monkeypatch.setattr(BaseApplication, "run", fake_run)
+    monkeypatch.setenv(
+        "GUNICORN_CMD_ARGS",
+        "--timeout 75 --keep-alive 9 --max-requests 1000 --bind 0.0.0.0:9999 --workers 4 "
+        "--access-logformat '%(r)s'",
+    )
+    base = ["serve", "--public-url", "https://cds.example.org", "--clients", CLIENTS]
+    result = cli_runner.invoke(cli.main, [*base, "--port", "8001", "--threads", "3"])
+    assert result.exit_code == 0, result.output
+    # What serve does not set comes from GUNICORN_CMD_ARGS (its timeout default included)...
+    assert (seen["timeout"], seen["keepalive"], seen["max_requests"]) == (75, 9, 1000)
+    # ... what it sets wins: its options, and the access log without the query string.
+    assert seen["bind"] == ["127.0.0.1:8001"]
+    assert (seen["workers"], seen["threads"]) == (1, 3)
+    assert "%(U)s" in seen["access_log_format"] and "%(r)s" not in seen["access_log_format"]
+    logged = caplog.text
+    for name in ("bind", "workers", "access_log_format"):
+        assert f"GUNICORN_CMD_ARGS: {name} is set by cds-server serve" in logged
+
+
+def test_serve_stops_on_invalid_gunicorn_cmd_args(
+    cli_runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    monkeypatch.setattr(BaseApplication, "run", lambda self: None)
+    monkeypatch.setenv("GUNICORN_CMD_ARGS", "--timeout soon")
+    base = ["serve", "--public-url", "https://cds.example.org", "--clients", CLIENTS]
+    result = cli_runner.invoke(cli.main, base)
+    assert result.exit_code != 0
+    assert "GUNICORN_CMD_ARGS: invalid gunicorn options" in result.output

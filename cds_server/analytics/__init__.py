@@ -11,14 +11,12 @@ endpoints answer only in demo mode and 403 everywhere else.
 
 from __future__ import annotations
 
-import hmac
 from datetime import UTC, datetime
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 
-from cds_server import store
+from cds_server import admin, store
 from cds_server.analytics import present
-from cds_server.errors import AdminDisabled, AdminUnauthorized
 from cds_server.knowledge.model import KnowledgeBase
 
 bp = Blueprint("analytics", __name__, url_prefix="/analytics", template_folder="templates")
@@ -33,15 +31,7 @@ CSP = (
 
 @bp.before_request
 def _require_admin() -> None:
-    token = current_app.config.get("ADMIN_TOKEN")
-    if token:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode("utf-8"), str(token).strip().encode("utf-8")
-        ):
-            raise AdminUnauthorized("Analytics require 'Authorization: Bearer <admin token>'")
-    elif not current_app.config.get("DEMO"):
-        raise AdminDisabled("Analytics are disabled: set ADMIN_TOKEN (CDS_ADMIN_TOKEN) to use them")
+    admin.require_admin("Analytics")
 
 
 def _report() -> tuple[store.Report, KnowledgeBase]:

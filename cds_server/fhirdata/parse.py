@@ -276,10 +276,15 @@ def salvaged(
             path = element_path(loc)
             found = _at(work, loc)
             if str(error.get("type", "")).endswith("missing"):
-                name = loc[0]
-                if len(loc) == 1 and name in _STAND_INS and name not in stand_ins:
-                    work[name] = copy.deepcopy(_STAND_INS[name])
-                    stand_ins.add(name)
+                element = loc[0]
+                if (
+                    len(loc) == 1
+                    and isinstance(element, str)
+                    and element in _STAND_INS
+                    and element not in stand_ins
+                ):
+                    work[element] = copy.deepcopy(_STAND_INS[element])
+                    stand_ins.add(element)
                     unread.setdefault(path, UnreadElement(path, "required but missing"))
                     progressed = True
                     continue
@@ -388,9 +393,10 @@ def _unit(quantity: Mapping[str, Any]) -> str | None:
     code = quantity.get("code")
     raw = code if quantity.get("system") == UCUM and code else quantity.get("unit")
     raw = raw or code
-    if not raw:
+    if not raw or not isinstance(raw, str):
         return None
-    return _UNIT_ALIASES.get(raw.strip().lower(), raw.strip())
+    unit = raw.strip()
+    return _UNIT_ALIASES.get(unit.lower(), unit)
 
 
 _TO_MG = {"g": 1000.0, "µg": 0.001}

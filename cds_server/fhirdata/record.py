@@ -305,7 +305,9 @@ def _referenced_medications(
         ref = res.get("medicationReference")
         text = ref.get("reference") if isinstance(ref, Mapping) else None
         key = medication_ref_key(text) if isinstance(text, str) else None
-        med = (index or {}).get(key) if key else None
+        if not key:
+            continue
+        med = (index or {}).get(key)
         if med is None or key in out:
             continue
         checked_med = _safely(log, "Medication", parse_medication, med, "Medication", log)

@@ -139,7 +139,12 @@ def demo_token() -> Response:
     body = request.get_json(silent=True)
     aud = body.get("aud") if isinstance(body, dict) else None
     parts = urlsplit(aud) if isinstance(aud, str) and len(aud) <= MAX_AUD_CHARS else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+    if (
+        not isinstance(aud, str)
+        or parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.netloc
+    ):
         raise InvalidRequest(
             'Send a JSON object {"aud": "<the http(s) URL about to be called>"}',
             fields={"aud": ["must be an http(s) URL"]},

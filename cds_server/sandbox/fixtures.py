@@ -180,8 +180,8 @@ def _from_scenario(path: Path) -> FixturePatient | None:
     body = _read(path)
     if not isinstance(body, dict) or not _NAME.match(name):
         return None
-    context = body.get("context") if isinstance(body.get("context"), dict) else {}
-    prefetch = body.get("prefetch") if isinstance(body.get("prefetch"), dict) else {}
+    context: dict[str, Any] = body["context"] if isinstance(body.get("context"), dict) else {}
+    prefetch: dict[str, Any] = body["prefetch"] if isinstance(body.get("prefetch"), dict) else {}
     resources: list[dict[str, Any]] = []
     for value in prefetch.values():
         resources.extend(_resources(value))
