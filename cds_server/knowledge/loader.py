@@ -322,22 +322,23 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
     dupes = {s for s in step_ids if step_ids.count(s) > 1}
     for dup in sorted(dupes):
         ctx.problem("step_up", f"step id '{dup}' is used more than once")
-    for section, items in (
-        ("premedication", premeds),
-        ("rate_schedules", rates),
-        ("monitoring", monitoring),
-        ("prerequisites", prereqs),
-        ("tocilizumab", toci),
-        ("course_alerts", alerts),
-        ("allergy_risks", allergy_risks),
-    ):
-        for i, item in enumerate(items):
-            for step in item.applies.steps:
+    applicabilities: tuple[tuple[str, tuple[Applicability, ...]], ...] = (
+        ("premedication", tuple(r.applies for r in premeds)),
+        ("rate_schedules", tuple(r.applies for r in rates)),
+        ("monitoring", tuple(m.applies for m in monitoring)),
+        ("prerequisites", tuple(p.applies for p in prereqs)),
+        ("tocilizumab", tuple(t.applies for t in toci)),
+        ("course_alerts", tuple(a.applies for a in alerts)),
+        ("allergy_risks", tuple(a.applies for a in allergy_risks)),
+    )
+    for section, applies_list in applicabilities:
+        for i, applies in enumerate(applies_list):
+            for step in applies.steps:
                 if step not in step_ids:
                     ctx.problem(f"{section}.{i}.applies.steps", f"unknown step id '{step}'")
-            if item.applies.restart and not restart:
+            if applies.restart and not restart:
                 ctx.problem(f"{section}.{i}.applies.restart", "the drug has no restart rows")
-            if item.applies.cycle_start and d.get("new_cycle_after_days") is None:
+            if applies.cycle_start and d.get("new_cycle_after_days") is None:
                 ctx.problem(
                     f"{section}.{i}.applies.cycle_start",
                     "cycle starts need new_cycle_after_days (how a new cycle is told from the "
@@ -548,7 +549,8 @@ def _validate(rel: str, raw: Any, kind: str, problems: list[Problem]) -> dict[st
         problems.append(Problem(rel, "kind", f"must be '{kind}' for a file in this folder"))
         return None
     try:
-        return SCHEMAS[kind]().load(raw)
+        loaded: dict[str, Any] = SCHEMAS[kind]().load(raw)
+        return loaded
     except ValidationError as err:
         problems.extend(Problem(rel, f, m) for f, m in flatten_errors(err.messages))
         return None

@@ -349,9 +349,9 @@ def _finding(
         headline = "prior reaction to this drug"
         if all(m.tolerated_since for m in same):
             indicator = "info"
-            last = max(m.tolerated_since for m in same if m.tolerated_since)
+            latest = max(m.tolerated_since for m in same if m.tolerated_since)
             points.append(
-                f"- Tier lowered: a later dose was completed on {last.date().isoformat()}."
+                f"- Tier lowered: a later dose was completed on {latest.date().isoformat()}."
             )
     else:
         indicator = "warning"

@@ -17,6 +17,7 @@ from cds_server.knowledge.model import KnowledgeBase, RateSchedule
 from cds_server.model import (
     MINUTES_PER_HOUR,
     Finding,
+    Indicator,
     MedicationOrder,
     ProposedRateChange,
     Quantity,
@@ -157,6 +158,7 @@ def _for_order(
     comparable = _comparable_rate(order, schedule.start.unit)
     points: list[str] = []
     actions: tuple[ProposedRateChange, ...] = ()
+    indicator: Indicator
     unknowns = list(pos.unknowns)
     if undecided:
         unknowns.append("whether this is a first or later infusion; the slowest schedule is shown")
@@ -171,7 +173,11 @@ def _for_order(
             "info",
             f"titrate from {fmt_qty(schedule.start)} ({schedule.label})",
         )
-    elif comparable is not None and comparable.value > schedule.start.value:
+    elif (
+        comparable is not None
+        and order.rate is not None
+        and comparable.value > schedule.start.value
+    ):
         indicator = "warning"
         caveat = " (history incomplete: slowest schedule)" if undecided else ""
         converted = f" (≈ {fmt_qty(comparable)})" if comparable.unit != order.rate.unit else ""
@@ -181,11 +187,7 @@ def _for_order(
         )
         points.append(
             f"- The order starts at **{fmt_qty(order.rate)}**"
-            + (
-                f" (≈ {fmt_qty(comparable)})"
-                if order.rate and comparable.unit != order.rate.unit
-                else ""
-            )
+            + (f" (≈ {fmt_qty(comparable)})" if comparable.unit != order.rate.unit else "")
             + f"; the label allows a start of **{fmt_qty(schedule.start)}** for this infusion."
         )
         new_rate = _start_in_order_unit(order, schedule)

@@ -160,8 +160,9 @@ def _skipped(
         return None  # a restart row decides what comes next
     weight = situation.record.weight.kg if situation.record.weight else None
     tol = kb.policy.engine.dose_match_tolerance
-    ordered = steps_at_level(drug, recognised.order.dose, weight, tol)
-    if not ordered:
+    dose = recognised.order.dose
+    ordered = steps_at_level(drug, dose, weight, tol)
+    if not ordered or dose is None:
         return None  # not comparable, or not a step-up-schedule dose level
     given = course.steps_given
     missing: list[tuple[StepUpSchedule, list[str]]] = []
@@ -185,7 +186,7 @@ def _skipped(
         "- No dose of this drug is on record."
         if none_given
         else f"- On record: {course.exposures} earlier dose(s), not {', '.join(labels)}.",
-        f"- Ordered: {fmt_qty(recognised.order.dose)}"
+        f"- Ordered: {fmt_qty(dose)}"
         + (f" ({' or '.join(step_labels(drug, ordered))})" if ordered else "")
         + ".",
         f"- {schedule.label}: "
