@@ -16,7 +16,9 @@ Policy, all enforced here:
   (``FHIR_ALLOWED_NETWORKS``; loopback too under ``FHIR_ALLOW_HTTP=loopback``). The host is
   checked at every hook call and again, pinned, at every new connection (no DNS rebinding);
   name resolution waits at most what is left of the deadline (connect timeout at connect);
-* short connect/read timeouts plus one wall-clock deadline for the whole hook call;
+* short connect/read timeouts plus one wall-clock deadline for the whole hook call; a request
+  still waiting for its answer's headers at the deadline has its socket shut down
+  (``_SocketWatchdog``), so no request thread outlives its call;
 * searches follow ``Bundle.link[next]`` on the same origin only, up to a page cap, and all
   responses of a hook call share one byte budget;
 * independent requests of a call run in parallel, at most ``max_workers`` at a time;
@@ -37,7 +39,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import heapq
 import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -248,6 +252,20 @@ class _Workers:
         self._idle: list[queue.SimpleQueue[Callable[[], None] | None]] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._threads = 0  # alive
+        self._running = 0  # running a task
+
+    @property
+    def threads(self) -> int:
+        """Threads alive, idle or running a task."""
+        with self._lock:
+            return self._threads
+
+    @property
+    def running(self) -> int:
+        """Threads running a task (the others wait idle for one)."""
+        with self._lock:
+            return self._running
 
     def run(self, fn: Callable[[], None]) -> None:
         with self._lock:
@@ -255,15 +273,29 @@ class _Workers:
         if inbox is not None:
             inbox.put(fn)
         else:
+            with self._lock:
+                self._threads += 1
             threading.Thread(target=self._serve, args=(fn,), name="fhir", daemon=True).start()
 
     def _serve(self, fn: Callable[[], None] | None) -> None:
+        try:
+            self._serve_tasks(fn)
+        finally:
+            with self._lock:
+                self._threads -= 1
+
+    def _serve_tasks(self, fn: Callable[[], None] | None) -> None:
         inbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         while fn is not None:
+            with self._lock:
+                self._running += 1
             try:
                 fn()
             except Exception as exc:  # tasks report their own outcome; never kill the thread
                 log.error("FHIR worker task failed (%s)", type(exc).__name__)
+            finally:
+                with self._lock:
+                    self._running -= 1
             fn = None
             with self._lock:
                 if self._closed or len(self._idle) >= self._keep:
@@ -399,6 +431,86 @@ class FhirTransport:
         return adapter
 
 
+# The end time (time.monotonic) of the hook call a request thread is sending for.
+_call = threading.local()
+
+
+class _SocketWatchdog:
+    """One thread per process that shuts down the socket of a request still waiting for its
+    answer's status line and headers when its hook call's deadline passes.
+
+    ``http.client`` reads headers line by line with only the socket timeout, so a server
+    that sends a header line every few tenths of a second holds a request thread for as
+    long as it drips — after the call has answered. Shutting the socket down (every
+    descriptor of it, as ``store/deadline.py`` does for database connections) makes the
+    blocked read fail at once; the connection is then discarded.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._heap: list[tuple[float, int]] = []
+        self._watched: dict[int, socket.socket] = {}
+        self._tickets = itertools.count()
+        self._pid: int | None = None
+        self.aborted = 0
+
+    def watch(self, sock: socket.socket, until: float) -> int:
+        """Shut ``sock`` down at ``until`` (monotonic) unless ``release`` comes first."""
+        with self._lock:
+            if self._pid != os.getpid():  # first use in this process (threads die in a fork)
+                self._pid = os.getpid()
+                self._heap.clear()
+                self._watched.clear()
+                threading.Thread(target=self._run, name="fhir-watchdog", daemon=True).start()
+            ticket = next(self._tickets)
+            self._watched[ticket] = sock
+            heapq.heappush(self._heap, (until, ticket))
+            if self._heap[0][1] == ticket:
+                self._lock.notify()
+            return ticket
+
+    def release(self, ticket: int) -> None:
+        with self._lock:
+            self._watched.pop(ticket, None)
+
+    def _run(self) -> None:
+        pid = os.getpid()
+        with self._lock:
+            while self._pid == pid:
+                while self._heap and self._heap[0][1] not in self._watched:
+                    heapq.heappop(self._heap)  # released in time
+                if not self._heap:
+                    self._lock.wait()
+                    continue
+                until, ticket = self._heap[0]
+                wait = until - time.monotonic()
+                if wait > 0:
+                    self._lock.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                sock = self._watched.pop(ticket)
+                self.aborted += 1
+                # Under the lock: a socket released meanwhile is never touched.
+                _shut_down(sock)
+
+
+def _shut_down(sock: socket.socket) -> None:
+    """Shut the connection down for every descriptor of ``sock`` (TLS ones too)."""
+    try:
+        twin = socket.socket(fileno=os.dup(sock.fileno()))
+    except OSError:  # already closed
+        return
+    try:
+        twin.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        twin.close()
+
+
+WATCHDOG = _SocketWatchdog()
+
+
 class _GuardedConnectionMixin:
     """Resolve, check every address, then connect to a checked address (no second lookup)."""
 
@@ -436,6 +548,18 @@ class _GuardedConnectionMixin:
             except OSError as exc:
                 last = exc
         raise NewConnectionError(self, f"failed to connect: {last}")  # type: ignore[arg-type]
+
+    def getresponse(self, *args: Any, **kw: Any) -> Any:
+        """The response's status line and headers, read by the hook call's deadline."""
+        until = getattr(_call, "until", None)
+        sock = getattr(self, "sock", None)
+        if until is None or sock is None:
+            return super().getresponse(*args, **kw)  # type: ignore[misc]
+        ticket = WATCHDOG.watch(sock, until)
+        try:
+            return super().getresponse(*args, **kw)  # type: ignore[misc]
+        finally:
+            WATCHDOG.release(ticket)
 
 
 class _GuardedAdapter(HTTPAdapter):
@@ -582,16 +706,21 @@ class FhirClient:
             raise FhirUnavailable(
                 f"{what}: the request could not be built ({type(exc).__name__})"
             ) from None
+        _call.until = time.monotonic() + remaining
         try:
             return self._adapter.send(request, stream=True, timeout=timeout, verify=True)
         except requests.Timeout:
             raise FhirUnavailable(f"{what}: FHIR server timed out") from None
         except requests.RequestException as exc:
+            if self._remaining() <= 0:  # the watchdog shut a dripping answer down
+                raise FhirUnavailable(f"{what}: FHIR deadline exceeded") from None
             if retry and _dropped(exc):
                 return self._send(url, what, retry=False)
             raise FhirUnavailable(
                 f"{what}: could not reach FHIR server ({type(exc).__name__})"
             ) from None
+        finally:
+            _call.until = None
 
     def _get_json(self, url: str) -> dict[str, Any]:
         what = _what(url)
@@ -753,8 +882,8 @@ class FhirClient:
                 except TimeoutError:
                     out[key] = FhirUnavailable("FHIR deadline exceeded")
         finally:
-            # Never wait for a call still running after the deadline (a server dripping its
-            # status line or headers holds a read open); it ends on its own socket timeout.
+            # Never wait for a call still running after the deadline; a read of dripped
+            # headers is ended by the watchdog, a body read by its own deadline check.
             for future in futures.values():
                 future.cancel()
         return out
