@@ -32,12 +32,22 @@ from cds_server.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from cds_server.fhirdata.client import HEAP
 
 if TYPE_CHECKING:
     from cds_server.app import Runtime
 
 log = logging.getLogger(__name__)
 bp = Blueprint("cds", __name__)
+
+
+@bp.after_request
+def _return_memory_after_large_fhir_reads(response: Response) -> Response:
+    """Once the answer is sent, give the heap a call's large FHIR responses left back to the
+    OS (``fhirdata.client.HEAP``; glibc only)."""
+    response.call_on_close(HEAP.release)
+    return response
+
 
 JSON_TYPES = ("application/json", "application/fhir+json")
 
