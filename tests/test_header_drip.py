@@ -23,6 +23,7 @@ from cds_server.app import EXTENSION
 from cds_server.errors import FhirUnavailable
 from cds_server.fhirdata import client as fhir_client
 from cds_server.fhirdata.client import FhirClient, FhirSettings
+from cds_server.socketwatch import WATCHDOG
 from tests import fhirserver as fs
 from tests.conftest import TOKEN, every_key, load_fixture, load_request
 
@@ -110,4 +111,4 @@ def test_no_request_thread_outlives_its_call(make_app: Any, dripping: fs.LiveFhi
     # the database's (one per process each): nothing else stays. (Before: 320 request
     # threads, all still reading drips.)
     assert _ours() <= baseline + fhir_client.KEEP_IDLE_THREADS + 2
-    assert fhir_client.WATCHDOG.aborted >= 48
+    assert WATCHDOG.aborted >= 48

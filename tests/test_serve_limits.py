@@ -1,10 +1,16 @@
-"""The real ``serve`` (gunicorn): oversized headers and long URLs get the app's JSON answers.
+"""The real ``serve`` (gunicorn): oversized headers and long URLs get the app's JSON answers;
+stalled uploads do not starve legitimate calls.
 
 gunicorn checks header lines and the request line before the app sees a request, and answers
 431/414 in HTML. With its defaults (8 190-byte header lines, 4 094-byte request line) a token
 between 8 190 bytes and the app's own cap (``auth.MAX_TOKEN_CHARS``, 16 384) got that HTML,
 and the app's cap could never be reached. ``serve`` now allows 20 480-byte header lines and an
 8 190-byte request line (gunicorn's largest finite one): the app answers first, in JSON.
+
+Stalled uploads: clients that send their headers and a few bytes of the body, then nothing,
+held a request thread each for ever (gunicorn has no body-read timeout for its threaded
+workers); 40 of them made every legitimate call time out. The app now reads a body under
+``REQUEST_BODY_TIMEOUT`` (``socketwatch``: the connection is shut down when it passes).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from collections.abc import Iterator
 import pytest
 
 from cds_server import auth, cli
-from tests.conftest import ROOT
+from tests import jwtkit
+from tests.conftest import ROOT, load_request
 
 
 def _free_port() -> int:
@@ -39,13 +46,19 @@ def _ready(base: str) -> bool:
         return False
 
 
+THREADS = 4
+BODY_TIMEOUT = 1.0
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``cds-server serve`` (1 worker) on a free loopback port; its base URL."""
+    """``cds-server serve`` (1 worker × 4 threads, REQUEST_BODY_TIMEOUT 1 s, the test EHR's
+    key trusted) on a free loopback port; its base URL."""
     folder = tmp_path_factory.mktemp("serve")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
     env["CDS_DATABASE_URL"] = f"sqlite:///{folder / 'cds.sqlite3'}"
+    env["CDS_REQUEST_BODY_TIMEOUT"] = str(BODY_TIMEOUT)
     log = folder / "serve.log"
     command = [
         sys.executable,
@@ -56,10 +69,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         str(port),
         "--workers",
         "1",
+        "--threads",
+        str(THREADS),
         "--public-url",
-        "https://cds.example.org",
+        jwtkit.PUBLIC_URL,
         "--clients",
-        str(ROOT / "fixtures" / "trusted-clients" / "sandbox.yaml"),
+        str(jwtkit.write_clients(folder)),
         "--data-dir",
         str(folder / "data"),
     ]
@@ -76,6 +91,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=20)
+    assert "Traceback" not in log.read_text()
 
 
 def _raw(
@@ -133,3 +149,44 @@ def test_beyond_serves_limits_gunicorn_still_refuses(served: str) -> None:
     assert _raw(served, head.encode())[0] in (400, 431)
     long_line = f"GET /{'x' * (cli.SERVE_MAX_REQUEST_LINE + 10)} HTTP/1.1\r\nHost: x"
     assert _raw(served, long_line.encode())[0] in (400, 414)
+
+
+def _sign_head(length: int) -> bytes:
+    token = jwtkit.sign(jwtkit.claims(aud=jwtkit.SIGN_AUD))
+    return (
+        "POST /cds-services/infusion-safety-sign HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}"
+    ).encode()
+
+
+def test_stalled_uploads_do_not_starve_a_legitimate_call(served: str) -> None:
+    """Three times as many authenticated uploads as threads stall after 10 body bytes; a
+    legitimate call queued behind them is still answered (each stalled one holds a thread
+    for at most REQUEST_BODY_TIMEOUT, then its connection is closed)."""
+    port = int(served.rsplit(":", 1)[1])
+    stalled = []
+    for _ in range(3 * THREADS):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(_sign_head(5000) + b"\r\n\r\n" + b'{"hook": "')
+        stalled.append(sock)
+    time.sleep(0.2)  # all of them reach a thread before the legitimate call
+    try:
+        body = json.dumps(load_request("order-sign-rituximab")).encode()
+        started = time.monotonic()
+        status, _ct, payload = _raw(served, _sign_head(len(body)), body, timeout=20)
+        took = time.monotonic() - started
+        assert status == 200, payload[:300]
+        assert json.loads(payload)["cards"]
+        # Queued behind 3 rounds of stalled uploads, each ended at the body timeout.
+        assert took < 3 * BODY_TIMEOUT + 5, took
+        for sock in stalled:  # every stalled connection was closed by the server
+            sock.settimeout(5)
+            try:
+                while sock.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+    finally:
+        for sock in stalled:
+            sock.close()

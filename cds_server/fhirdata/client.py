@@ -18,7 +18,7 @@ Policy, all enforced here:
   name resolution waits at most what is left of the deadline (connect timeout at connect);
 * short connect/read timeouts plus one wall-clock deadline for the whole hook call; a request
   still waiting for its answer's headers at the deadline has its socket shut down
-  (``_SocketWatchdog``), so no request thread outlives its call;
+  (``socketwatch``), so no request thread outlives its call;
 * searches follow ``Bundle.link[next]`` on the same origin only, up to a page cap, and all
   responses of a hook call share one byte budget;
 * independent requests of a call run in parallel, at most ``max_workers`` at a time;
@@ -40,9 +40,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
-import heapq
 import ipaddress
-import itertools
 import json
 import logging
 import os
@@ -75,6 +73,7 @@ from urllib3.exceptions import (
 from urllib3.util import connection as urllib3_connection
 
 from cds_server.errors import FhirUnavailable
+from cds_server.socketwatch import WATCHDOG
 
 log = logging.getLogger(__name__)
 # urllib3 logs request URLs — which carry patient ids — at DEBUG ("GET /fhir/Patient/…") and
@@ -495,82 +494,6 @@ class FhirTransport:
 
 # The end time (time.monotonic) of the hook call a request thread is sending for.
 _call = threading.local()
-
-
-class _SocketWatchdog:
-    """One thread per process that shuts down the socket of a request still waiting for its
-    answer's status line and headers when its hook call's deadline passes.
-
-    ``http.client`` reads headers line by line with only the socket timeout, so a server
-    that sends a header line every few tenths of a second holds a request thread for as
-    long as it drips — after the call has answered. Shutting the socket down (every
-    descriptor of it, as ``store/deadline.py`` does for database connections) makes the
-    blocked read fail at once; the connection is then discarded.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Condition()
-        self._heap: list[tuple[float, int]] = []
-        self._watched: dict[int, socket.socket] = {}
-        self._tickets = itertools.count()
-        self._pid: int | None = None
-        self.aborted = 0
-
-    def watch(self, sock: socket.socket, until: float) -> int:
-        """Shut ``sock`` down at ``until`` (monotonic) unless ``release`` comes first."""
-        with self._lock:
-            if self._pid != os.getpid():  # first use in this process (threads die in a fork)
-                self._pid = os.getpid()
-                self._heap.clear()
-                self._watched.clear()
-                threading.Thread(target=self._run, name="fhir-watchdog", daemon=True).start()
-            ticket = next(self._tickets)
-            self._watched[ticket] = sock
-            heapq.heappush(self._heap, (until, ticket))
-            if self._heap[0][1] == ticket:
-                self._lock.notify()
-            return ticket
-
-    def release(self, ticket: int) -> None:
-        with self._lock:
-            self._watched.pop(ticket, None)
-
-    def _run(self) -> None:
-        pid = os.getpid()
-        with self._lock:
-            while self._pid == pid:
-                while self._heap and self._heap[0][1] not in self._watched:
-                    heapq.heappop(self._heap)  # released in time
-                if not self._heap:
-                    self._lock.wait()
-                    continue
-                until, ticket = self._heap[0]
-                wait = until - time.monotonic()
-                if wait > 0:
-                    self._lock.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-                sock = self._watched.pop(ticket)
-                self.aborted += 1
-                # Under the lock: a socket released meanwhile is never touched.
-                _shut_down(sock)
-
-
-def _shut_down(sock: socket.socket) -> None:
-    """Shut the connection down for every descriptor of ``sock`` (TLS ones too)."""
-    try:
-        twin = socket.socket(fileno=os.dup(sock.fileno()))
-    except OSError:  # already closed
-        return
-    try:
-        twin.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        twin.close()
-
-
-WATCHDOG = _SocketWatchdog()
 
 
 class _GuardedConnectionMixin:
