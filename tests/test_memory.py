@@ -8,7 +8,7 @@ Afterwards RSS must be back within ``BOUND_MIB`` of where it was before the burs
 trimmed (``malloc_trim``) once the answer of a call that read over 1 MiB is sent.
 
 Measured (2 CPUs, glibc, Python 3.11): RSS 128 MiB before, 310–390 MiB at the peak, +0.5 to
-+14 MiB after with the trim; +14 to +53 MiB after without it (``--no-trim``).
++14.3 MiB after with the trim; +13.6 to +53.3 MiB after without it (``--no-trim``).
 """
 
 from __future__ import annotations
