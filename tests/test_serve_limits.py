@@ -190,3 +190,12 @@ def test_stalled_uploads_do_not_starve_a_legitimate_call(served: str) -> None:
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_request_body_timeout_is_validated() -> None:
+    from cds_server import config
+
+    assert config.load(test_config={})["REQUEST_BODY_TIMEOUT"] == 10
+    for bad in (0, -1, True, "1", 301):
+        with pytest.raises(config.ConfigError, match="REQUEST_BODY_TIMEOUT"):
+            config.load(test_config={"REQUEST_BODY_TIMEOUT": bad})
