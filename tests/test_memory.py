@@ -8,7 +8,9 @@ Afterwards RSS must be back within ``BOUND_MIB`` of where it was before the burs
 trimmed (``malloc_trim``) once the answer of a call that read over 1 MiB is sent.
 
 Measured (2 CPUs, glibc, Python 3.11): RSS 128 MiB before, 310–390 MiB at the peak, +0.5 to
-+14.3 MiB after with the trim; +13.6 to +53.3 MiB after without it (``--no-trim``).
++14.3 MiB after with the trim (+34.8 once, while the rest of the suite loaded both CPUs);
++13.6 to +53.3 MiB after without it (``--no-trim``). The bound guards against the attack
+run's kind of retention (+624 MB), not against a few tens of MiB.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pytest
 from cds_server.fhirdata.client import HEAP
 
 ROOT = Path(__file__).resolve().parents[1]
-BOUND_MIB = 32.0
+BOUND_MIB = 48.0
 
 
 @pytest.mark.skipif(not HEAP.available, reason="malloc_trim exists only with glibc on Linux")
@@ -47,6 +49,7 @@ def test_a_small_call_does_not_trim(client: object) -> None:
     """Calls that read little (or nothing) from a FHIR server never ask for a trim."""
     from tests.conftest import load_request
 
+    HEAP.release()  # a large call of an earlier test may have marked the heap
     before = HEAP.trims
     for _ in range(3):
         resp = client.post(  # type: ignore[attr-defined]
