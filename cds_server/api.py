@@ -32,12 +32,23 @@ from cds_server.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from cds_server.fhirdata.client import HEAP
+from cds_server.socketwatch import WATCHDOG
 
 if TYPE_CHECKING:
     from cds_server.app import Runtime
 
 log = logging.getLogger(__name__)
 bp = Blueprint("cds", __name__)
+
+
+@bp.after_request
+def _return_memory_after_large_fhir_reads(response: Response) -> Response:
+    """Once the answer is sent, give the heap a call's large FHIR responses left back to the
+    OS (``fhirdata.client.HEAP``; glibc only)."""
+    response.call_on_close(HEAP.release)
+    return response
+
 
 JSON_TYPES = ("application/json", "application/fhir+json")
 
@@ -57,7 +68,12 @@ def _json_body() -> dict[str, Any]:
         shown = mimetype[:60] or "none"
         raise UnsupportedMediaType(f"Content-Type must be application/json (got {shown})")
     try:
-        raw = request.get_data(cache=False)  # RequestEntityTooLarge beyond MAX_CONTENT_LENGTH
+        # A client that stops sending its body must not hold this thread: under gunicorn
+        # the socket is shut down at REQUEST_BODY_TIMEOUT (the read then fails: 400).
+        with WATCHDOG.within(
+            request.environ.get("gunicorn.socket"), current_app.config["REQUEST_BODY_TIMEOUT"]
+        ):
+            raw = request.get_data(cache=False)  # RequestEntityTooLarge beyond the limit
     except HTTPException:
         raise
     except Exception:

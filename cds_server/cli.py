@@ -81,6 +81,12 @@ def main() -> None:
 SERVE_THREADS = 8
 # Worker processes when a shared auth cache (Redis) is configured; without one, 1 (see serve).
 SERVE_WORKERS = 2
+# gunicorn's own header and request-line limits answer 431/414 in HTML before the app sees the
+# request. A header line may hold the longest token the app checks itself (auth.MAX_TOKEN_CHARS,
+# 16 384) with room to spare, so an oversized token gets the app's JSON 401; the request line
+# gets gunicorn's largest finite limit (8 190 bytes; the default is 4 094).
+SERVE_MAX_HEADER_BYTES = 20_480
+SERVE_MAX_REQUEST_LINE = 8190
 
 
 def demo_base_urls(host: str, port: int, public_url: str | None) -> tuple[str, list[str]]:
@@ -307,6 +313,8 @@ def _serve(
                 "workers": workers,
                 "worker_class": "gthread",
                 "threads": threads,
+                "limit_request_field_size": SERVE_MAX_HEADER_BYTES,
+                "limit_request_line": SERVE_MAX_REQUEST_LINE,
                 "accesslog": "-",
                 "logger_class": quiet_probes_logger(log_format),
                 # The path without its query string: a token sent there must not be logged.
@@ -348,6 +356,8 @@ SERVE_OWNS = frozenset(
         "loglevel",
         "child_exit",
         "control_socket_disable",
+        "limit_request_field_size",
+        "limit_request_line",
         "config",
         "wsgi_app",
         "preload_app",

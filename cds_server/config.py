@@ -120,6 +120,10 @@ DEFAULTS: dict[str, Any] = {
     "AUTH_JWKS_MIN_REFRESH": 30,
     # Non-public networks (CIDRs) a fhirServer may resolve to; public addresses always may.
     "FHIR_ALLOWED_NETWORKS": [],
+    # Seconds a client has to send a request's whole body once the app starts reading it;
+    # then the connection is closed (a stalled upload must not hold a request thread). Under
+    # ``serve`` only (gunicorn hands the app the socket); a buffering proxy in front does the rest.
+    "REQUEST_BODY_TIMEOUT": 10,
     # Request limits (beyond them: 400 for depth, 413 for counts).
     "MAX_JSON_DEPTH": 64,
     "MAX_DRAFT_ORDERS": 100,
@@ -286,6 +290,9 @@ def _check_trust(cfg: Config | dict[str, Any]) -> None:
         value = cfg.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"{key} must be a positive number of seconds")
+    body = cfg.get("REQUEST_BODY_TIMEOUT")
+    if isinstance(body, bool) or not isinstance(body, int | float) or not 0 < body <= 300:
+        raise ConfigError("REQUEST_BODY_TIMEOUT must be a number of seconds above 0, at most 300")
     for key in ("MAX_JSON_DEPTH", "MAX_DRAFT_ORDERS", "MAX_PREFETCH_RESOURCES"):
         value = cfg.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -34,7 +34,7 @@ from schemathesis.checks import (
 
 from cds_server import openapi, services
 from tests.conftest import TOKEN
-from tests.loghygiene import assert_clean_logs
+from tests.loghygiene import leaks, logged_text
 
 # FUZZ_SCALE=20 multiplies the budget for a deeper local hunt (CI runs the default).
 MAX_EXAMPLES = 50 * int(os.environ.get("FUZZ_SCALE", "1"))
@@ -100,9 +100,13 @@ def test_api_conforms_to_its_openapi_document(
     admin = path.startswith("/analytics") or path == "/metrics"
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if admin else {}
 
+    sent_instances: set[str] = set()
+
     @FUZZ
     @given(case=cases)
     def fuzz(case: Any) -> None:
+        if isinstance(case.body, dict) and isinstance(case.body.get("hookInstance"), str):
+            sent_instances.add(case.body["hookInstance"])
         response = case.call_and_validate(checks=CHECKS, headers=headers)
         statuses.append(response.status_code)
         if response.status_code >= 400:
@@ -121,4 +125,8 @@ def test_api_conforms_to_its_openapi_document(
     if mode == GenerationMode.POSITIVE and not path.startswith("/analytics"):
         assert not counts[400], counts
         assert counts[200], counts
-    assert_clean_logs(caplog)
+    # Hypothesis also draws string constants from the project's own modules (a bench patient's
+    # given name, test ids) and may send one as the hookInstance, which the service logs by
+    # design: such a value is the fuzzer's, not a leak.
+    found = leaks(logged_text(caplog), (TOKEN,))
+    assert not {k: n for k, n in found.items() if k not in sent_instances}, found
