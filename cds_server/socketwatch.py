@@ -18,33 +18,38 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-class SocketWatchdog:
-    """Shuts watched sockets down when their deadline passes (see the module docstring)."""
+class Watchdog(Generic[T]):
+    """One thread per process that calls ``abort`` on each watched item whose deadline passes
+    (a socket here; a database connection in ``store/deadline.py``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, abort: Callable[[T], None]) -> None:
+        self._name = name
+        self._abort = abort
         self._lock = threading.Condition()
         self._heap: list[tuple[float, int]] = []
-        self._watched: dict[int, socket.socket] = {}
+        self._watched: dict[int, T] = {}
         self._tickets = itertools.count()
         self._pid: int | None = None
         self.aborted = 0
 
-    def watch(self, sock: socket.socket, until: float) -> int:
-        """Shut ``sock`` down at ``until`` (``time.monotonic``) unless ``release`` comes first."""
+    def watch(self, item: T, until: float) -> int:
+        """Abort ``item`` at ``until`` (``time.monotonic``) unless ``release`` comes first."""
         with self._lock:
-            if self._pid != os.getpid():  # first use in this process
+            if self._pid != os.getpid():  # first use in this process (threads die in a fork)
                 self._pid = os.getpid()
                 self._heap.clear()
                 self._watched.clear()
-                threading.Thread(target=self._run, name="socket-watchdog", daemon=True).start()
+                threading.Thread(target=self._run, name=self._name, daemon=True).start()
             ticket = next(self._tickets)
-            self._watched[ticket] = sock
+            self._watched[ticket] = item
             heapq.heappush(self._heap, (until, ticket))
             if self._heap[0][1] == ticket:
                 self._lock.notify()
@@ -53,18 +58,6 @@ class SocketWatchdog:
     def release(self, ticket: int) -> None:
         with self._lock:
             self._watched.pop(ticket, None)
-
-    @contextmanager
-    def within(self, sock: socket.socket | None, seconds: float) -> Iterator[None]:
-        """Reads of ``sock`` in this block end within ``seconds`` (nothing if no socket)."""
-        if sock is None:
-            yield
-            return
-        ticket = self.watch(sock, time.monotonic() + seconds)
-        try:
-            yield
-        finally:
-            self.release(ticket)
 
     def _run(self) -> None:
         pid = os.getpid()
@@ -81,16 +74,49 @@ class SocketWatchdog:
                     self._lock.wait(wait)
                     continue
                 heapq.heappop(self._heap)
-                sock = self._watched.pop(ticket)
+                item = self._watched.pop(ticket)
                 self.aborted += 1
-                # Under the lock: a socket released meanwhile is never touched.
-                shut_down(sock)
+                # Under the lock: an item released meanwhile (a connection back in its pool,
+                # perhaps another thread's by now) is never touched.
+                try:
+                    self._abort(item)
+                except Exception as exc:
+                    log.error("%s: abort failed (%s)", self._name, type(exc).__name__)
+
+
+class SocketWatchdog(Watchdog[socket.socket]):
+    """Shuts watched sockets down when their deadline passes (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__("socket-watchdog", shut_down)
+
+    @contextmanager
+    def within(self, sock: socket.socket | None, seconds: float) -> Iterator[None]:
+        """Reads of ``sock`` in this block end within ``seconds`` (nothing if no socket)."""
+        if sock is None:
+            yield
+            return
+        ticket = self.watch(sock, time.monotonic() + seconds)
+        try:
+            yield
+        finally:
+            self.release(ticket)
 
 
 def shut_down(sock: socket.socket) -> None:
     """Shut the connection of ``sock`` down for every descriptor of it."""
     try:
-        twin = socket.socket(fileno=os.dup(sock.fileno()))
+        descriptor = sock.fileno()
+    except (OSError, ValueError):  # already closed
+        return
+    shut_down_descriptor(descriptor)
+
+
+def shut_down_descriptor(descriptor: int) -> None:
+    """Shut down the connection behind a socket descriptor (a duplicate is used, so the owner's
+    descriptor stays valid and its blocked read fails at once)."""
+    try:
+        twin = socket.socket(fileno=os.dup(descriptor))
     except (OSError, ValueError):  # already closed
         return
     try:

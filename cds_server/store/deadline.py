@@ -20,11 +20,7 @@ Work without a deadline (migrations at start-up, the command line) is only pinge
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +30,8 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
+
+from cds_server.socketwatch import Watchdog, shut_down_descriptor
 
 log = logging.getLogger(__name__)
 
@@ -68,79 +66,22 @@ def _abort(dbapi_connection: Any) -> None:
     pgconn = getattr(dbapi_connection, "pgconn", None)
     if pgconn is not None:  # psycopg 3: shut the socket down (all descriptors of it)
         try:
-            sock = socket.socket(fileno=os.dup(pgconn.socket))
-        except Exception:  # already closed
+            descriptor = pgconn.socket
+        except Exception:
             return
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        finally:
-            sock.close()
+        shut_down_descriptor(descriptor)
         return
     interrupt = getattr(dbapi_connection, "interrupt", None)  # sqlite3
     if interrupt is not None:
         interrupt()
 
 
-class Watchdog:
-    """One thread per process that aborts connections whose holder's deadline has passed."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Condition()
-        self._heap: list[tuple[float, int]] = []
-        self._watched: dict[int, Any] = {}  # ticket → DBAPI connection
-        self._tickets = itertools.count()
-        self._pid: int | None = None
-        self.aborted = 0
-
-    def watch(self, dbapi_connection: Any, until: float) -> int:
-        """Abort ``dbapi_connection`` at ``until`` unless ``release`` is called first."""
-        with self._lock:
-            if self._pid != os.getpid():  # first use in this process (threads die in a fork)
-                self._pid = os.getpid()
-                self._heap.clear()
-                self._watched.clear()
-                threading.Thread(target=self._run, name="db-watchdog", daemon=True).start()
-            ticket = next(self._tickets)
-            self._watched[ticket] = dbapi_connection
-            heapq.heappush(self._heap, (until, ticket))
-            if self._heap[0][1] == ticket:
-                self._lock.notify()
-            return ticket
-
-    def release(self, ticket: int) -> None:
-        with self._lock:
-            self._watched.pop(ticket, None)
-
-    def _run(self) -> None:
-        pid = os.getpid()
-        with self._lock:
-            while self._pid == pid:
-                while self._heap and self._heap[0][1] not in self._watched:
-                    heapq.heappop(self._heap)  # released in time
-                if not self._heap:
-                    self._lock.wait()
-                    continue
-                until, ticket = self._heap[0]
-                wait = until - time.monotonic()
-                if wait > 0:
-                    self._lock.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-                connection = self._watched.pop(ticket)
-                self.aborted += 1
-                # Under the lock: a connection released meanwhile (back in the pool, perhaps
-                # another thread's by now) is never aborted.
-                try:
-                    _abort(connection)
-                except Exception as exc:
-                    log.error("database deadline: abort failed (%s)", type(exc).__name__)
-                else:
-                    log.warning("database deadline passed: connection aborted")
+def _abort_and_log(dbapi_connection: Any) -> None:
+    _abort(dbapi_connection)
+    log.warning("database deadline passed: connection aborted")
 
 
-WATCHDOG = Watchdog()
+WATCHDOG: Watchdog[Any] = Watchdog("db-watchdog", _abort_and_log)
 
 
 def install(engine: Engine) -> None:
