@@ -223,8 +223,8 @@ class RestartRule:
 
 
 @dataclass(frozen=True)
-class CourseAlert:
-    """A fact shown when the course reaches a point (e.g. the 7th exposure, a cycle start)."""
+class Alert:
+    """A fact shown on its own card when its ``applies`` holds: indicator, headline, text."""
 
     id: str
     applies: Applicability
@@ -235,18 +235,17 @@ class CourseAlert:
 
 
 @dataclass(frozen=True)
-class AllergyRisk:
+class CourseAlert(Alert):
+    """An alert for a point of the course (e.g. the 7th exposure, a cycle start)."""
+
+
+@dataclass(frozen=True)
+class AllergyRisk(Alert):
     """A recorded allergy, not to the drug itself, that raises the drug's reaction risk
     (e.g. alpha-gal or red meat allergy before cetuximab). ``terms`` are matched, case-folded
     and word by word, in the allergy record's code texts, displays and notes."""
 
-    id: str
-    terms: tuple[str, ...]
-    applies: Applicability
-    indicator: Literal["info", "warning"]
-    headline: str
-    text: str
-    provenance: Provenance
+    terms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
