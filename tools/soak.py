@@ -89,6 +89,13 @@ class Call:
     feedback: tuple[dict[str, Any], ...] = ()  # items this feedback POST carries
 
 
+def _json_bytes(body: Any) -> bytes:
+    """JSON as an EHR sends it: a non-finite number read from a fixture (the literal 1e400 of
+    rituximab-rate-not-finite) goes back out as that literal, not Python's invalid Infinity."""
+    text = json.dumps(body).replace("-Infinity", "-1e400").replace("Infinity", "1e400")
+    return text.encode()
+
+
 def _service(body: dict[str, Any]) -> str:
     return {"patient-view": "infusion-risk-summary", "order-select": "infusion-safety-select"}.get(
         str(body.get("hook")), "infusion-safety-sign"
@@ -177,7 +184,7 @@ class Mix:
 
     def _post(self, kind: str, body: Any, expect: int, path: str | None = None) -> Call:
         path = path or f"/cds-services/{_service(body)}"
-        return Call(kind, "POST", path, expect, json.dumps(body).encode())
+        return Call(kind, "POST", path, expect, _json_bytes(body))
 
     def _good(self) -> Call:
         body = self._pick()
@@ -238,7 +245,7 @@ class Mix:
 
     def _bad_json(self) -> Call:
         raw = self.rng.choice([b"{", b"", b"[]", b'{"hook": NaN}', b"\xff\xfe"])
-        return Call("bad-json", "POST", "/cds-services/infusion-safety", 400, raw)
+        return Call("bad-json", "POST", "/cds-services/infusion-safety-sign", 400, raw)
 
     def _bad_field(self) -> Call:
         body = self._pick()
@@ -273,7 +280,7 @@ class Mix:
         return Call(
             "bad-feedback",
             "POST",
-            "/cds-services/infusion-safety/feedback",
+            "/cds-services/infusion-safety-sign/feedback",
             400,
             json.dumps({"feedback": [item]}).encode(),
         )
