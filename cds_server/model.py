@@ -95,7 +95,7 @@ class MedicationOrder:
     # ``timing.repeat.boundsPeriod.start``); else the order's date is taken.
     planned: datetime | None = None
     # Texts that may place the dose in its plan (basedOn display, groupIdentifier, timing code
-    # text, notes), read for cycle and day.
+    # text, notes), read for cycle and day; draft orders only (the dose being placed).
     plan_texts: tuple[str, ...] = ()
     is_draft: bool = False
     selected: bool = True

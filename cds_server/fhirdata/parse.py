@@ -739,7 +739,7 @@ def parse_medication_request(
         dosage_text=dosage_text,
         authored_on=authored,
         planned=when,
-        plan_texts=_plan_texts(mr),
+        plan_texts=_plan_texts(mr) if is_draft else (),
         is_draft=is_draft,
         selected=selected,
         unread=tuple(lost),

@@ -14,6 +14,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import lru_cache
 from typing import Any
 
 from cds_server.knowledge.model import KnowledgeBase
@@ -89,20 +90,22 @@ _AUTHOR = re.compile(r"^([A-Z][A-Za-z-]+)(?:,| et al\b| [A-Z]{1,3}\b)")
 _YEAR = re.compile(r"\b(19|20)\d{2}\b")
 
 
-def _source_keys(c: Citation) -> set[str]:
+@lru_cache(maxsize=4096)
+def _source_keys(c: Citation) -> frozenset[str]:
+    """How a source is told apart (memoised: citations come from the knowledge, few and fixed)."""
     keys = {"title:" + re.sub(r"\W+", " ", c.title).strip().casefold()}
     if c.url:
         keys.add("url:" + c.url.rstrip("/").casefold())
     author, year = _AUTHOR.match(c.title), _YEAR.search(c.title)
     if author and year:
         keys.add(f"paper:{author.group(1).casefold()}:{year.group(0)}")
-    return keys
+    return frozenset(keys)
 
 
 def _unique(citations: Sequence[Citation]) -> list[Citation]:
     """Each source once (same URL, title or first author and year), strongest evidence first;
     a source cited at two levels shows the weaker one: never overstate."""
-    kept: list[tuple[set[str], Citation]] = []
+    kept: list[tuple[frozenset[str], Citation]] = []
     for c in citations:
         keys = _source_keys(c)
         for i, (seen, old) in enumerate(kept):

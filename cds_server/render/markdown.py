@@ -34,6 +34,8 @@ _SPACES = re.compile(r"(?<=\S)[ \t]{2,}")  # inside a line: an indent stays
 
 def escape(text: str) -> str:
     """Neutralise raw HTML, character references and link syntax as Markdown does."""
+    if "<" not in text and "&" not in text and "](" not in text:
+        return text  # the common case (numbers, plain words): no regular expression run
     text = _TAG_OPEN.sub(r"\\<", text)
     text = _ENTITY.sub(r"\\&", text)
     return _LINK_CLOSE.sub(r"\\](", text)
@@ -42,6 +44,8 @@ def escape(text: str) -> str:
 def prose(text: str) -> str:
     """Coded displays cleaned for reading: semantic tags and empty parentheses removed, and
     brackets inside brackets written as one level."""
+    if "(" not in text and "  " not in text and "\t" not in text:
+        return text  # no parenthesis and no run of spaces: nothing to clean
     text = SEMANTIC_TAG.sub("", text)
     text = _EMPTY_PARENS.sub("", text)
     while (flat := _NESTED.sub(r"(\1 — \2\3)", text)) != text:
