@@ -18,8 +18,9 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from cds_server import api, pipeline
-from cds_server.app import create_app, settle_heap
+from cds_server import pipeline
+from cds_server.web import api
+from cds_server.web.app import create_app, settle_heap
 
 DATA = Path(__file__).resolve().parent / "data"
 FLOOR_PATH = "/bench/floor"

@@ -18,13 +18,13 @@ except PackageNotFoundError:  # a source tree that is not installed
 __all__ = ["__version__", "create_app", "evaluate"]
 
 if TYPE_CHECKING:
-    from cds_server.app import create_app
     from cds_server.pipeline import evaluate
+    from cds_server.web.app import create_app
 
 
 def __getattr__(name: str) -> Any:
     if name == "create_app":
-        from cds_server.app import create_app
+        from cds_server.web.app import create_app
 
         return create_app
     if name == "evaluate":

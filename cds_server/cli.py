@@ -44,8 +44,8 @@ def _load_kb(cards: Path | None) -> Any:
 
 
 def _create_app(overrides: dict[str, Any], data_dir: Path | None = None) -> Any:
-    from cds_server.app import create_app
     from cds_server.knowledge.loader import KnowledgeError
+    from cds_server.web.app import create_app
 
     try:
         return create_app(overrides=overrides, data_dir=data_dir)
@@ -177,7 +177,7 @@ def quiet_probes_logger(log_format: str = "text") -> type:
     from gunicorn.glogging import Logger
 
     from cds_server import logformat
-    from cds_server.ops import HEALTH_PATHS
+    from cds_server.web.ops import HEALTH_PATHS
 
     class QuietProbesLogger(Logger):
         def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
@@ -254,7 +254,7 @@ def serve(
     Authentication is always on: it refuses to start without a trusted-clients file. It needs
     a data folder (--data-dir or CDS_DATA_DIR) unless CDS_DATABASE_URL names the database.
     """
-    from cds_server import metrics
+    from cds_server.web import metrics
 
     _require_data_location(data_dir)
     # Before the app is built: workers then share their counts (GET /metrics sums them).
@@ -333,7 +333,7 @@ def _serve(
             return app
 
     log.info("serving on %s:%d with %d worker(s) × %d thread(s)", host, port, workers, threads)
-    from cds_server.app import settle_heap
+    from cds_server.web.app import settle_heap
 
     settle_heap()  # full GC passes over start-up objects caused 0.1 s pauses (bench/README.md)
     _Server().run()
@@ -385,7 +385,7 @@ def gunicorn_env_settings(cfg: Any) -> dict[str, Any]:
 
 def _child_exit(server: Any, worker: Any) -> None:
     """gunicorn's ``child_exit`` hook (in the arbiter): a stopped worker's metrics files."""
-    from cds_server import metrics
+    from cds_server.web import metrics
 
     metrics.mark_worker_dead(worker.pid)
 
@@ -454,7 +454,7 @@ def report(since: str | None, until: str | None, as_json: bool, data_dir: Path |
     from datetime import UTC, datetime
 
     from cds_server.analytics import present
-    from cds_server.errors import InvalidRequest
+    from cds_server.cdshooks.errors import InvalidRequest
 
     try:
         start, end = present.window(since, until, datetime.now(UTC))

@@ -98,7 +98,7 @@ DEFAULTS: dict[str, Any] = {
     "CARD_LOG_LINGER_SECONDS": 0.2,
     # Bearer token for /analytics/*; None = analytics open in demo mode only (403 otherwise).
     "ADMIN_TOKEN": None,
-    # -- trust (cds_server/auth.py, trusted_clients.py): CDS client JWTs, SSRF, limits -------
+    # -- trust (cds_server/web/auth.py, trusted_clients.py): CDS client JWTs, SSRF, limits -------
     # Require a signed JWT from a trusted client on every call. ``serve`` forces it on; the
     # demo and the test app turn it off.
     "AUTH_REQUIRED": True,
@@ -145,7 +145,7 @@ def data_dir(explicit: str | os.PathLike[str] | None = None) -> str:
     return given_data_dir(explicit) or os.path.abspath(DEFAULT_DATA_DIR)
 
 
-# prometheus-client's multiprocess mode (cds_server.metrics): the folder its workers share.
+# prometheus-client's multiprocess mode (cds_server.web.metrics): the folder its workers share.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cds_server import pipeline, services
+from cds_server import pipeline
+from cds_server.cdshooks import services
 from cds_server.fhirdata.client import FhirSettings
 from cds_server.fhirdata.parse import NOT_GIVEN
 from cds_server.knowledge.model import KnowledgeBase

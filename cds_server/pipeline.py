@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cds_server import protocol, reasoning, recognition, services, suppression
+from cds_server import reasoning, recognition, suppression
+from cds_server.cdshooks import protocol, services
 from cds_server.fhirdata import prefetch, record
 from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase

@@ -17,10 +17,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
-from cds_server import app as app_module
 from cds_server import config
 from cds_server.knowledge.loader import load_knowledge
 from cds_server.knowledge.model import KnowledgeBase
+from cds_server.web import app as app_module
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "fhir"

@@ -36,8 +36,8 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=9)
     args = parser.parse_args()
 
-    from cds_server import app as app_module
     from cds_server.fhirdata import client as fhir_client
+    from cds_server.web import app as app_module
     from tests import fhirserver as fs
     from tests.conftest import TOKEN, every_key, fake_resolve, load_fixture, load_request
 

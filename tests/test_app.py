@@ -10,9 +10,9 @@ from flask.testing import FlaskClient
 
 import cds_server
 from cds_server import config
-from cds_server.app import create_app
 from cds_server.config import ConfigError
 from cds_server.knowledge.loader import KnowledgeError
+from cds_server.web.app import create_app
 
 
 def test_public_surface() -> None:
@@ -115,7 +115,7 @@ def test_evaluate_without_http(kb: Any) -> None:
 def test_settle_heap_freezes_start_up_objects_and_raises_the_young_threshold() -> None:
     import gc
 
-    from cds_server.app import GC_YOUNG_THRESHOLD, settle_heap
+    from cds_server.web.app import GC_YOUNG_THRESHOLD, settle_heap
 
     before = gc.get_threshold()
     try:

@@ -22,11 +22,11 @@ from cryptography.hazmat.primitives import serialization
 from flask import Flask
 from flask.testing import FlaskClient
 
-from cds_server import auth
-from cds_server.auth import AuthFailure, Verifier
 from cds_server.config import ConfigError
 from cds_server.sharedcache import CacheUnavailable, MemoryCache
-from cds_server.trusted_clients import parse
+from cds_server.web import auth
+from cds_server.web.auth import AuthFailure, Verifier
+from cds_server.web.trusted_clients import parse
 from tests import jwtkit as kit
 from tests.conftest import TOKEN, load_request
 
@@ -571,7 +571,7 @@ def test_auth_required_without_public_url_fails_fast(
 
 
 def test_the_factory_defaults_to_authentication(cards_dir: Any) -> None:
-    from cds_server.app import create_app
+    from cds_server.web.app import create_app
 
     with pytest.raises(ConfigError, match="Authentication is required"):
         create_app({"TESTING": True, "CARDS_DIR": cards_dir})

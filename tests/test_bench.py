@@ -18,9 +18,9 @@ import pytest
 from bench import fixture, run
 from bench.jwtgen import ALGORITHMS, ISS, Signer
 from bench.loadgen import BodyTemplate, LoadResult, percentile
-from cds_server import trusted_clients
-from cds_server.auth import AuthFailure, Verifier
 from cds_server.sharedcache import MemoryCache
+from cds_server.web import trusted_clients
+from cds_server.web.auth import AuthFailure, Verifier
 
 
 @pytest.mark.parametrize("name", sorted(fixture.FILES))

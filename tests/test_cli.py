@@ -120,8 +120,8 @@ CLIENTS = str(ROOT / "fixtures" / "trusted-clients" / "sandbox.yaml")
 
 def _shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     """``CDS_AUTH_CACHE`` set to a Redis URL, its client replaced by an in-process cache."""
-    from cds_server import auth
     from cds_server.sharedcache import MemoryCache
+    from cds_server.web import auth
 
     monkeypatch.setenv("CDS_AUTH_CACHE", "redis://cache.example.invalid:6379/0")
     monkeypatch.setattr(auth, "open_cache", lambda spec, **kw: MemoryCache())

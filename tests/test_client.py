@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from cds_server.errors import FhirUnavailable
+from cds_server.cdshooks.errors import FhirUnavailable
 from cds_server.fhirdata.client import FhirClient, FhirSettings, origin, server_problem
 from tests.conftest import FHIR, TOKEN
 

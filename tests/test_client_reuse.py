@@ -22,7 +22,7 @@ import requests
 import responses
 from flask import Flask
 
-from cds_server.errors import FhirUnavailable
+from cds_server.cdshooks.errors import FhirUnavailable
 from cds_server.fhirdata import client as fhir_client
 from cds_server.fhirdata.client import FhirClient, FhirSettings, FhirTransport
 from tests.conftest import TOKEN, every_key, fake_resolve, load_fixture, load_request

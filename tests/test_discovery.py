@@ -8,7 +8,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from cds_server import services
+from cds_server.cdshooks import services
 from cds_server.fhirdata import templates
 from cds_server.knowledge.model import KnowledgeBase
 from tests.conftest import load_request, service_for

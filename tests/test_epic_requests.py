@@ -13,7 +13,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from cds_server import pipeline, protocol
+from cds_server import pipeline
+from cds_server.cdshooks import protocol
 from cds_server.fhirdata import prefetch
 from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from cds_server import protocol
+from cds_server.cdshooks import protocol
 from tests.conftest import FIXTURES
 
 URL = "/cds-services/infusion-safety/feedback"

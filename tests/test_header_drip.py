@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from cds_server.app import EXTENSION
-from cds_server.errors import FhirUnavailable
+from cds_server.cdshooks.errors import FhirUnavailable
 from cds_server.fhirdata import client as fhir_client
 from cds_server.fhirdata.client import FhirClient, FhirSettings
 from cds_server.socketwatch import WATCHDOG
+from cds_server.web.app import EXTENSION
 from tests import fhirserver as fs
 from tests.conftest import TOKEN, every_key, load_fixture, load_request
 

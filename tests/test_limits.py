@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from cds_server.limits import json_text_depth_exceeds
+from cds_server.web.limits import json_text_depth_exceeds
 from tests.conftest import load_request
 
 SIGN = "/cds-services/infusion-safety-sign"

@@ -16,12 +16,12 @@ from tests.servekit import get, serving
 
 def test_an_app_record_is_one_json_line() -> None:
     record = logging.LogRecord(
-        "cds_server.api", logging.INFO, __file__, 1, "call service=%s cards=%d", ("x", 2), None
+        "cds_server.web.api", logging.INFO, __file__, 1, "call service=%s cards=%d", ("x", 2), None
     )
     line = logformat.JsonFormatter().format(record)
     assert "\n" not in line
     entry = json.loads(line)
-    assert entry["level"] == "INFO" and entry["logger"] == "cds_server.api"
+    assert entry["level"] == "INFO" and entry["logger"] == "cds_server.web.api"
     assert entry["message"] == "call service=x cards=2"
     assert entry["time"].endswith("+00:00")
 
@@ -109,7 +109,7 @@ def test_serve_logs_json_lines(tmp_path: Path) -> None:
     lines = [line for line in served.text().splitlines() if line.strip()]
     entries = [json.loads(line) for line in lines]  # every line is a JSON object
     loggers = {entry["logger"] for entry in entries}
-    assert {"gunicorn.error", "gunicorn.access", "cds_server.auth"} <= loggers, loggers
+    assert {"gunicorn.error", "gunicorn.access", "cds_server.web.auth"} <= loggers, loggers
     access = [entry["http"] for entry in entries if entry["logger"] == "gunicorn.access"]
     assert {"method": "GET", "path": "/cds-services", "status": 401}.items() <= access[-1].items()
     assert not any(a["path"] == "/healthz" for a in access)

@@ -15,7 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from cds_server import auth, metrics
+from cds_server.web import auth, metrics
 from tests import jwtkit as kit
 from tests.conftest import FHIR, ROOT, TOKEN, load_fixture, load_request
 from tests.fakefhir import FakeFhir
@@ -238,14 +238,14 @@ def test_multiprocess_mode_sums_the_workers(tmp_path: Path) -> None:
     folder = tmp_path / "prom"
     folder.mkdir()
     script = (
-        "from cds_server import metrics\n"
+        "from cds_server.web import metrics\n"
         f"metrics.use_multiprocess({str(folder)!r})\n"
         "metrics.FEEDBACK.labels('infusion-safety-sign', 'stored').inc(2)\n"
     )
     for _ in range(2):
         subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT)
     report = (
-        "from cds_server import metrics\n"
+        "from cds_server.web import metrics\n"
         f"metrics.use_multiprocess({str(folder)!r})\n"
         "print(metrics.exposition().decode())\n"
     )

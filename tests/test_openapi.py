@@ -10,7 +10,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
-from cds_server import openapi, protocol, services
+from cds_server.cdshooks import protocol, services
+from cds_server.web import openapi
 from tests.conftest import load_request, service_for
 
 # Routes that are not part of the machine API (pages for people, static files).

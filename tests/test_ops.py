@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from cds_server import ops
 from cds_server.sharedcache import RedisCache
+from cds_server.web import ops
 from tests import jwtkit
 from tests.conftest import ROOT
 from tests.test_sharedcache import redis_url  # noqa: F401 (fixture)
@@ -146,7 +146,7 @@ def test_readyz_checks_redis_when_it_is_the_shared_cache(
     assert resp.get_json()["checks"]["sharedCache"] == "ok"
 
     # Redis goes away after start-up (here: a server that never answers).
-    verifier = app.extensions["cds_server.auth"]
+    verifier = app.extensions["cds_server.web.auth"]
     monkeypatch.setattr(verifier, "cache", RedisCache(f"redis://127.0.0.1:{black_hole}/0"))
     started = time.monotonic()
     resp = client.get("/readyz")

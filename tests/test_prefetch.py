@@ -15,7 +15,7 @@ import requests
 from flask import Flask
 
 from cds_server import pipeline
-from cds_server.errors import PrefetchUnavailable
+from cds_server.cdshooks.errors import PrefetchUnavailable
 from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase
 from tests.conformance import check_response

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from cds_server import protocol
-from cds_server.errors import InvalidRequest, PrefetchUnavailable
+from cds_server.cdshooks import protocol
+from cds_server.cdshooks.errors import InvalidRequest, PrefetchUnavailable
 from tests.conftest import TOKEN, load_request
 
 

@@ -289,7 +289,7 @@ def test_sandbox_imports_nothing_from_the_clinical_layers() -> None:
         "cds_server.render",
         "cds_server.pipeline",
         "cds_server.fhirdata",
-        "cds_server.api",
+        "cds_server.web.api",
         "cds_server.store",
     )
     for path in SANDBOX.rglob("*.py"):

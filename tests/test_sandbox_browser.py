@@ -21,9 +21,9 @@ import pytest
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import make_server
 
-from cds_server import app as app_module
 from cds_server.cli import DEMO_OVERRIDES
 from cds_server.sandbox import testkey
+from cds_server.web import app as app_module
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

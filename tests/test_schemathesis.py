@@ -32,7 +32,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from cds_server import openapi, services
+from cds_server.cdshooks import services
+from cds_server.web import openapi
 from tests.conftest import TOKEN
 from tests.loghygiene import leaks, logged_text
 

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from cds_server import auth, cli
+from cds_server import cli
+from cds_server.web import auth
 from tests import jwtkit
 from tests.conftest import ROOT, load_request
 

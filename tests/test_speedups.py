@@ -595,7 +595,7 @@ _TRICKY = ["x", "", "[", "]]", "{", "}", '"', '\\"', "\\", "\\\\", '\\\\"[', "é
 def test_json_depth_check_agrees_with_a_per_node_walk() -> None:
     """The text check counts as a walk over the parsed value does, whatever the strings hold
     (brackets, quotes, backslashes, escapes) and however the text is written."""
-    from cds_server.limits import json_text_depth_exceeds
+    from cds_server.web.limits import json_text_depth_exceeds
 
     rnd = random.Random(3)
 
@@ -660,7 +660,8 @@ def _fixture_card_inputs(kb: Any) -> list[list[dict[str, Any]]]:
     """The card lists the pipeline hands to ``dump_response`` for every fixture request."""
     from unittest import mock
 
-    from cds_server import pipeline, protocol
+    from cds_server import pipeline
+    from cds_server.cdshooks import protocol
     from tests.conftest import FIXTURES, service_for
 
     seen: list[list[dict[str, Any]]] = []
@@ -692,7 +693,7 @@ def _written_alike(compiled: Any, schema: Any, value: Any) -> None:
 
 
 def test_fixture_responses_are_written_as_marshmallow_writes_them(kb: Any) -> None:
-    from cds_server import protocol
+    from cds_server.cdshooks import protocol
 
     inputs = _fixture_card_inputs(kb)
     assert sum(len(cards) for cards in inputs) >= 40
@@ -728,7 +729,7 @@ def _roughen(value: Any, rnd: random.Random) -> Any:
 
 
 def test_roughened_cards_and_discovery_are_written_as_marshmallow_writes_them(kb: Any) -> None:
-    from cds_server import protocol, services
+    from cds_server.cdshooks import protocol, services
 
     rnd = random.Random(11)
     cards = [card for cards in _fixture_card_inputs(kb) for card in cards]
@@ -750,7 +751,7 @@ def test_compile_dump_refuses_what_it_does_not_reproduce() -> None:
     from marshmallow import fields as mfields
     from marshmallow import post_dump
 
-    from cds_server import protocol
+    from cds_server.cdshooks import protocol
 
     class Hooked(protocol.CardOut):
         @post_dump

@@ -15,7 +15,7 @@ import pytest
 import responses
 from flask import Flask
 
-from cds_server.errors import FhirUnavailable
+from cds_server.cdshooks.errors import FhirUnavailable
 from cds_server.fhirdata import client as fhir_client
 from cds_server.fhirdata.client import FhirClient, FhirSettings, address_allowed
 from tests import jwtkit as kit

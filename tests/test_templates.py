@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cds_server.errors import TemplateError
+from cds_server.cdshooks.errors import TemplateError
 from cds_server.fhirdata import templates
 
 CTX = {"patientId": "p-1", "userId": "PractitionerRole/r.9", "encounterId": "e1"}

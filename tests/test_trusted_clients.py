@@ -10,8 +10,9 @@ import yaml
 from click.testing import CliRunner
 from flask import Flask
 
-from cds_server import cli, trusted_clients
+from cds_server import cli
 from cds_server.config import ConfigError
+from cds_server.web import trusted_clients
 from tests import jwtkit as kit
 from tests.conftest import ROOT
 

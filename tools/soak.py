@@ -494,12 +494,12 @@ def _stored_feedback(
     try:
         from sqlalchemy import select
 
-        from cds_server.auth import Caller
         from cds_server.store.engine import make_engine, reading
         from cds_server.store.feedback import item_key
         from cds_server.store.identity import keyed_hash
         from cds_server.store.tables import feedback
-        from cds_server.trusted_clients import TrustedClient
+        from cds_server.web.auth import Caller
+        from cds_server.web.trusted_clients import TrustedClient
     except ImportError as exc:
         return f"not checked: the feedback store is not available ({exc})"
     # The items were sent by this soak's one client (no tenant claim), as the store keys them.

@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 
-from cds_server import admin, store
+from cds_server import store
 from cds_server.analytics import present
 from cds_server.knowledge.model import KnowledgeBase
+from cds_server.web import admin
 
 bp = Blueprint("analytics", __name__, url_prefix="/analytics", template_folder="templates")
 

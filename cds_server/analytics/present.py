@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from cds_server.errors import InvalidRequest
+from cds_server.cdshooks.errors import InvalidRequest
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.store import ReasonCount, Report, ReportRow
 

@@ -72,7 +72,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util import connection as urllib3_connection
 
-from cds_server.errors import FhirUnavailable
+from cds_server.cdshooks.errors import FhirUnavailable
 from cds_server.socketwatch import WATCHDOG
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from cds_server.errors import FhirUnavailable, PrefetchUnavailable, TemplateError
+from cds_server.cdshooks.errors import FhirUnavailable, PrefetchUnavailable, TemplateError
 from cds_server.fhirdata import templates
 from cds_server.fhirdata.client import FetchResult, FhirClient, FhirSettings, server_problem
 from cds_server.fhirdata.parse import medication_ref_key, resources_of

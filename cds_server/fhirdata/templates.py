@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from cds_server.errors import TemplateError
+from cds_server.cdshooks.errors import TemplateError
 
 TOKEN = re.compile(r"\{\{(.*?)\}\}")
 CONTEXT_TOKEN = re.compile(r"^context\.([A-Za-z][A-Za-z0-9]*)$")

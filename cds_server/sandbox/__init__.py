@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 
+from cds_server.cdshooks.errors import InvalidRequest, NotFound
 from cds_server.config import ConfigError
-from cds_server.errors import InvalidRequest, NotFound
 from cds_server.sandbox import catalogue, fixtures, testkey
 
 EXTENSION = "cds_server.sandbox"

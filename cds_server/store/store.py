@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from cds_server.errors import StoreUnavailable
+from cds_server.cdshooks.errors import StoreUnavailable
 from cds_server.knowledge.model import CardPolicy
 from cds_server.model import HookCall
 from cds_server.store import cardlog, deadline, feedback, report, snooze

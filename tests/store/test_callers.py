@@ -12,9 +12,9 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
-from cds_server.auth import Caller
 from cds_server.store import get_store
-from cds_server.trusted_clients import TrustedClient
+from cds_server.web.auth import Caller
+from cds_server.web.trusted_clients import TrustedClient
 from tests import jwtkit as kit
 from tests.conftest import load_request, service_for
 from tests.store.conftest import HASH_KEY, rows

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from cds_server import protocol
+from cds_server.cdshooks import protocol
 from tests.conftest import FIXTURES, load_request
 from tests.store.conftest import rows
 from tests.store.flows import OUR_REASONS, call, card_for, iso, post_feedback, topics, with_session

@@ -100,7 +100,7 @@ def test_sigkill_during_a_feedback_burst_loses_nothing_answered_200(
     command = [
         *(sys.executable, "-m", "gunicorn", "--worker-class", "gthread"),
         *("--workers", "2", "--threads", "4", "--bind", f"127.0.0.1:{port}"),
-        *("--log-level", "warning", "cds_server.app:create_app()"),
+        *("--log-level", "warning", "cds_server.web.app:create_app()"),
     ]
     with log.open("wb") as sink:
         proc = subprocess.Popen(

@@ -11,8 +11,8 @@ def post_all_feedback(
 ) -> None:
     """Build an own app on the shared database, wait for the others, post every item twice
     in shuffled batches of 1-5; put the status codes on ``out``."""
-    from cds_server.app import create_app
     from cds_server.store import get_store
+    from cds_server.web.app import create_app
 
     app = create_app({"TESTING": True, "AUTH_REQUIRED": False, **settings})
     client = app.test_client()

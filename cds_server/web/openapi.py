@@ -19,7 +19,8 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, jsonify
 from marshmallow import Schema, fields, validate
 
-from cds_server import __version__, protocol, services
+from cds_server import __version__
+from cds_server.cdshooks import protocol, services
 
 OPENAPI_VERSION = "3.0.3"
 bp = Blueprint("openapi", __name__)
@@ -285,7 +286,7 @@ def _analytics(path: str, media: str, summary: str) -> dict[str, Any]:
 
 
 def _probes(spec: APISpec) -> None:
-    """``/healthz`` and ``/readyz`` (cds_server/ops.py): no authentication."""
+    """``/healthz`` and ``/readyz`` (cds_server/web/ops.py): no authentication."""
     status = {"type": "object", "properties": {"status": {"type": "string"}}}
     ready = {
         "type": "object",

@@ -38,16 +38,16 @@ from typing import Any
 import jwt
 from flask import Flask, current_app, g, request
 
-from cds_server import trusted_clients
+from cds_server.cdshooks.errors import AuthUnavailable, Unauthorized
 from cds_server.config import ConfigError
-from cds_server.errors import AuthUnavailable, Unauthorized
 from cds_server.fhirdata.client import FhirSettings, fetch_jwks
 from cds_server.sharedcache import CacheUnavailable, SharedCache, open_cache, redacted
-from cds_server.trusted_clients import TrustedClient, TrustedClients
+from cds_server.web import trusted_clients
+from cds_server.web.trusted_clients import TrustedClient, TrustedClients
 
 log = logging.getLogger(__name__)
 
-EXTENSION = "cds_server.auth"
+EXTENSION = "cds_server.web.auth"
 MAX_TOKEN_CHARS = 16_384
 REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "jti")
 QUERY_TOKEN_NAMES = frozenset({"access_token", "token", "jwt", "id_token", "authorization"})

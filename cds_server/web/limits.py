@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from cds_server.errors import LimitExceeded, MalformedJson
+from cds_server.cdshooks.errors import LimitExceeded, MalformedJson
 
 # Bytes the depth count reads: brackets and quotes (everything else is dropped), with braces
 # read as brackets (for nesting depth an object and an array are alike).

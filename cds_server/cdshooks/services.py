@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cds_server.errors import HookMismatch, UnknownService
+from cds_server.cdshooks.errors import HookMismatch, UnknownService
 from cds_server.fhirdata.prefetch import PrefetchSpec
 from cds_server.knowledge.model import KnowledgeBase
 

@@ -28,7 +28,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from cds_server.errors import CdsError, InvalidRequest
+from cds_server.cdshooks.errors import CdsError, InvalidRequest
 
 SUMMARY_MAX = 140  # summary must be *shorter* than 140 characters
 INDICATORS = ("info", "warning", "critical")

@@ -10,7 +10,7 @@ import hmac
 
 from flask import current_app, request
 
-from cds_server.errors import AdminDisabled, AdminUnauthorized
+from cds_server.cdshooks.errors import AdminDisabled, AdminUnauthorized
 
 
 def require_admin(what: str) -> None:

@@ -10,28 +10,16 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask
 from flask_cors import CORS
 
-from cds_server import auth, config, store
-from cds_server.fhirdata.client import FhirSettings, FhirTransport
+from cds_server import config, store
+from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.loader import load_knowledge
-from cds_server.knowledge.model import KnowledgeBase
-
-EXTENSION = "cds_server"
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """What request handlers need, built once at start-up."""
-
-    kb: KnowledgeBase
-    fhir: FhirSettings
-    # Request threads and keep-alive connections to FHIR servers (created per process).
-    transport: FhirTransport = field(default_factory=FhirTransport)
+from cds_server.web import auth
+from cds_server.web.runtime import EXTENSION, Runtime
 
 
 def create_app(
@@ -62,7 +50,8 @@ def create_app(
             max_age=600,
         )
 
-    from cds_server import analytics, api, metrics, openapi, ops, sandbox
+    from cds_server import analytics, sandbox
+    from cds_server.web import api, metrics, openapi, ops
 
     app.register_blueprint(api.bp)
     app.register_blueprint(analytics.bp)

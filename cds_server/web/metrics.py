@@ -43,9 +43,11 @@ from prometheus_client import (
     values,
 )
 
-from cds_server import admin, config, services
+from cds_server import config
+from cds_server.cdshooks import services
 from cds_server.fhirdata.client import FetchResult, FhirClient, FhirSettings, FhirTransport
 from cds_server.knowledge.model import KnowledgeBase
+from cds_server.web import admin
 
 UNKNOWN = "unknown"
 # Hook calls wait on FHIR servers (deadline FHIR_DEADLINE, 4 s by default).

@@ -15,15 +15,16 @@ import logging
 import time
 import traceback
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 from werkzeug.exceptions import NotFound as WzNotFound
 
-from cds_server import auth, limits, metrics, pipeline, protocol, services, store
-from cds_server.errors import (
+from cds_server import pipeline, store
+from cds_server.cdshooks import protocol, services
+from cds_server.cdshooks.errors import (
     BadRequest,
     CdsError,
     MalformedJson,
@@ -34,9 +35,8 @@ from cds_server.errors import (
 )
 from cds_server.fhirdata.client import HEAP
 from cds_server.socketwatch import WATCHDOG
-
-if TYPE_CHECKING:
-    from cds_server.app import Runtime
+from cds_server.web import auth, limits, metrics
+from cds_server.web.runtime import EXTENSION, Runtime
 
 log = logging.getLogger(__name__)
 bp = Blueprint("cds", __name__)
@@ -54,7 +54,7 @@ JSON_TYPES = ("application/json", "application/fhir+json")
 
 
 def _runtime() -> Runtime:
-    return current_app.extensions["cds_server"]  # type: ignore[no-any-return]
+    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
 
 
 def _reject_constant(name: str) -> Any:

@@ -22,12 +22,13 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from cds_server import auth, store
-from cds_server.errors import NotReady
+from cds_server import store
+from cds_server.cdshooks.errors import NotReady
+from cds_server.web import auth
 
 bp = Blueprint("ops", __name__)
 
-EXTENSION = "cds_server.ops"
+EXTENSION = "cds_server.web.ops"
 CHECK_TIMEOUT = 1.0  # seconds per dependency; /readyz answers within about this
 HEALTH_PATHS = frozenset({"/healthz"})  # no access-log line (cds_server.cli)
 
