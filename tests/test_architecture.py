@@ -84,3 +84,25 @@ def test_no_clinical_numbers_in_rules(rel):
         and node.value not in (0, 1)
     ]
     assert not numbers, f"{rel} has numeric literals {numbers}"
+
+
+BELOW_THE_WEB = (
+    "cdshooks",
+    "pipeline.py",
+    "fhirdata",
+    "recognition.py",
+    "reasoning",
+    "render",
+    "knowledge",
+    "store",
+    "model.py",
+    "suppression.py",
+)
+
+
+@pytest.mark.parametrize("rel", _files(*BELOW_THE_WEB))
+def test_the_layers_below_the_web_never_import_it(rel):
+    """Data flows one way: web → pipeline → fhirdata → recognition → reasoning → render; the
+    wire format and service declarations (cdshooks) sit below the pipeline, not in web/."""
+    bad = {m for m in _imports(rel) if m == "cds_server.web" or m.startswith("cds_server.web.")}
+    assert not bad, f"{rel} imports the web layer: {sorted(bad)}"
