@@ -233,9 +233,10 @@ class Situation:
     agents: tuple[tuple[MedicationOrder, str], ...] = ()
     # Recognised MedicationAdministrations (doses given), when the EHR provides them.
     administrations: tuple[RecognisedOrder, ...] = ()
-    # Per-call memo of values derived from this situation (treatment courses), filled lazily
-    # by the rules that need them; never compared, never shown.
-    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    # Per-call memo of values derived from this situation (dose positions, treatment
+    # courses), filled lazily by the rules that need them; never compared, never shown, never
+    # copied (not an __init__ argument: dataclasses.replace gives a new situation its own).
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False, init=False)
 
 
 @dataclass(frozen=True)

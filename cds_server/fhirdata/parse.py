@@ -634,10 +634,11 @@ class _Reader:
         value = self.number(q.get("value"), f"{path}.value")
         if value is None:
             return None
-        if not _unit(q):
+        unit = _unit(q)
+        if not unit:
             self.miss(f"{path}.unit", "no unit")
             return None
-        return _quantity(q)
+        return Quantity(value * _TO_MG[unit], "mg") if unit in _TO_MG else Quantity(value, unit)
 
     def rate(self, dr: Mapping[str, Any], path: str) -> Quantity | None:
         if dr.get("rateQuantity"):

@@ -90,7 +90,16 @@ def _matches(
 
 
 def position(situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBase) -> DosePosition:
-    """Infusion number and step-up step of one ordered dose."""
+    """Infusion number and step-up step of one ordered dose (computed once per call: every
+    rule asks for it)."""
+    key = ("position", id(recognised.order), recognised.drug_id)
+    found = situation.memo.get(key)
+    if found is None:
+        found = situation.memo[key] = _position(situation, recognised, kb)
+    return found
+
+
+def _position(situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBase) -> DosePosition:
     drug = kb.drug(recognised.drug_id)
     order = recognised.order
     record = situation.record
