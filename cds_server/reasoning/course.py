@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from cds_server.knowledge.model import Drug, KnowledgeBase, RestartRule
+from cds_server.knowledge.model import DoseStep, Drug, KnowledgeBase, RestartRule
 from cds_server.model import (
     MICROGRAM_UNITS,
     MICROGRAMS_PER_MG,
@@ -80,6 +80,11 @@ class TreatmentCourse:
     def cycle_start(self) -> bool | None:
         return None if self.day is None else self.day == 1
 
+    @property
+    def restarts(self) -> bool:
+        """A restart row applies and sends this dose back to a step (not "continue")."""
+        return self.restart is not None and self.restart.restart_at is not None
+
 
 def course_of(
     situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBase
@@ -109,6 +114,18 @@ def dose_mg(dose: Quantity | None, weight_kg: float | None) -> float | None:
     return None
 
 
+def matches_step(
+    actual_mg: float | None, step: DoseStep, weight_kg: float | None, tol: float
+) -> bool | None:
+    """Is a dose in mg at ``step``'s level (within ``tol``)? None when it cannot be compared."""
+    if actual_mg is None:
+        return None
+    target = dose_mg(step.dose, weight_kg)
+    if target is None:
+        return None
+    return abs(actual_mg - target) <= tol * target
+
+
 def steps_at_level(
     drug: Drug, dose: Quantity | None, weight: float | None, tol: float
 ) -> frozenset[str] | None:
@@ -118,13 +135,12 @@ def steps_at_level(
     actual = dose_mg(dose, weight)
     if actual is None:
         return None
-    hits = set()
-    for schedule in drug.step_up:
-        for step in schedule.steps:
-            target = dose_mg(step.dose, weight)
-            if target is not None and abs(actual - target) <= tol * target:
-                hits.add(step.id)
-    return frozenset(hits)
+    return frozenset(
+        step.id
+        for schedule in drug.step_up
+        for step in schedule.steps
+        if matches_step(actual, step, weight, tol)
+    )
 
 
 def doses_given(
@@ -150,7 +166,9 @@ def doses_given(
     return (*administrations, *orders)
 
 
-def _given(situation: Situation, drug_id: str, order: MedicationOrder) -> list[GivenDose]:
+def _given(
+    situation: Situation, drug: Drug, order: MedicationOrder, weight: float | None, tol: float
+) -> list[GivenDose]:
     return [
         GivenDose(
             o.authored_on,
@@ -158,8 +176,9 @@ def _given(situation: Situation, drug_id: str, order: MedicationOrder) -> list[G
             o.status,
             "administration" if o.source == "administration" else "order",
             o.fulfils if o.source == "administration" else o.ref,
+            steps_at_level(drug, o.dose, weight, tol) or frozenset(),
         )
-        for o in doses_given(situation, drug_id, order)
+        for o in doses_given(situation, drug.id, order)
     ]
 
 
@@ -177,21 +196,12 @@ def build(situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBase) 
     tol = kb.policy.engine.dose_match_tolerance
     when = reference_date(situation, order)
     unknowns: list[str] = []
-    doses = [d for d in _given(situation, drug.id, order) if d.when is None or d.when <= when]
+    doses = [
+        d for d in _given(situation, drug, order, weight, tol) if d.when is None or d.when <= when
+    ]
     future = [d for d in doses if d.when is not None and d.when > situation.now + _CLOCK_SKEW]
     undated = [d for d in doses if d.when is None]
-    doses.sort(key=lambda d: (d.when is None, d.when))
-    given = tuple(
-        GivenDose(
-            d.when,
-            d.dose,
-            d.status,
-            d.evidence,
-            d.ref,
-            steps_at_level(drug, d.dose, weight, tol) or frozenset(),
-        )
-        for d in doses
-    )
+    given = tuple(sorted(doses, key=lambda d: (d.when is None, d.when)))
     exposures = len(given) if record.history_known else None
     if not record.history_known:
         unknowns.append("the complete medication history (doses given before)")
@@ -202,7 +212,7 @@ def build(situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBase) 
         unknowns.append("the dates of earlier doses (one is dated in the future)")
     last = given[-1] if given and dates_usable else None
     gap = (when.date() - last.when.date()).days if last and last.when else None
-    last_steps = steps_at_level(drug, last.dose, weight, tol) if last else None
+    last_steps = last.steps if last else None
     steps_given = frozenset(s for d in given for s in d.steps)
     cycle, day, source = _cycle(
         drug, order, given if dates_usable else None, when, record.history_known

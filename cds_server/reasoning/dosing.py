@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cds_server.knowledge.model import Applicability, DoseStep, Drug, KnowledgeBase
+from cds_server.knowledge.model import Applicability, Drug, KnowledgeBase
 from cds_server.model import (
     MedicationOrder,
     Quantity,
@@ -21,6 +21,7 @@ from cds_server.reasoning.course import (
     course_of,
     dose_mg,
     doses_given,
+    matches_step,
 )
 
 # Statuses that mean an order is in force (covers premedication, planned doses).
@@ -48,7 +49,7 @@ class DosePosition:
     @property
     def restarted(self) -> bool:
         """This dose restarts the step-up schedule after a delay (a restart row applies)."""
-        return bool(self.course and self.course.restart and self.course.restart.restart_at)
+        return self.course is not None and self.course.restarts
 
 
 @dataclass(frozen=True)
@@ -78,17 +79,6 @@ def prior_administrations(
 dose_in_mg = dose_mg
 
 
-def _matches(
-    actual_mg: float | None, step: DoseStep, weight_kg: float | None, tol: float
-) -> bool | None:
-    if actual_mg is None:
-        return None
-    target = dose_in_mg(step.dose, weight_kg)
-    if target is None:
-        return None
-    return abs(actual_mg - target) <= tol * target
-
-
 def position(situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBase) -> DosePosition:
     """Infusion number and step-up step of one ordered dose (computed once per call: every
     rule asks for it)."""
@@ -114,7 +104,7 @@ def _position(situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBa
     ordered_unit = order.dose.unit.lower() if order.dose else None
     dose_mg = dose_in_mg(order.dose, weight)
     course = course_of(situation, recognised, kb) if drug.step_up or _course_facts(drug) else None
-    restarted = bool(course and course.restart and course.restart.restart_at)
+    restarted = course is not None and course.restarts
     # After a restart the step-up doses are given again: earlier doses no longer make a dose
     # "not the first at its level", so each step's premedication and monitoring apply again.
     steps = _steps(drug, order, dose_mg, () if restarted else prior, weight, number, kb, unknowns)
@@ -148,14 +138,14 @@ def _steps(
     undecided = False
     for schedule in drug.step_up:
         for step in schedule.steps:
-            hit = _matches(dose_mg, step, weight, tol)
+            hit = matches_step(dose_mg, step, weight, tol)
             if hit is None:
                 undecided = True
                 continue
             if not hit:
                 continue
             # A step is the FIRST administration at that dose level.
-            earlier = [_matches(mg, step, weight, tol) for mg in prior_mg]
+            earlier = [matches_step(mg, step, weight, tol) for mg in prior_mg]
             if any(earlier):
                 continue
             matched.add(step.id)

@@ -95,12 +95,13 @@ def _restart(
             order_ref=recognised.order.ref,
         )
     row = course.restart
-    if row is None or row.restart_at is None:
+    if row is None or row.restart_at is None:  # course.restarts, spelled out for the types
         return None
     target = _step(drug, row.restart_at)
     weight = situation.record.weight.kg if situation.record.weight else None
     target_mg = dose_mg(target.dose, weight) if target else None
     ordered_mg = pos.dose_mg
+    comparable = ordered_mg is not None and target_mg is not None
     if (
         ordered_mg is not None
         and target_mg is not None
@@ -114,7 +115,7 @@ def _restart(
         f"- Label restart table: {row.text}",
     ]
     unknowns = list(course.unknowns)
-    if ordered_mg is None or target_mg is None:
+    if not comparable:
         points.append("- The ordered dose could not be compared with that step.")
         unknowns.extend(pos.unknowns)
     else:
@@ -125,7 +126,6 @@ def _restart(
         "- Give the pretreatment of the step-up schedule and the monitoring of the restarted "
         "step again."
     )
-    comparable = ordered_mg is not None and target_mg is not None
     indicator = _tier(row.provenance.evidence == "verified", situation) if comparable else "warning"
     return Finding(
         topic=TOPIC,
