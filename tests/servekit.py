@@ -46,7 +46,12 @@ def get(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]
 
 @contextmanager
 def serving(
-    folder: Path, *args: str, env: Mapping[str, str] | None = None, log_name: str = "serve.log"
+    folder: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    log_name: str = "serve.log",
+    public_url: str = "https://cds.example.org",
+    clients: Path = CLIENTS,
 ) -> Iterator[Served]:
     """``serve`` on a free port with the sandbox's trusted clients, a data folder in
     ``folder``, no ``CDS_*`` variable of the caller's; ready (``/readyz`` 200) when yielded.
@@ -62,9 +67,9 @@ def serving(
         "--port",
         str(port),
         "--public-url",
-        "https://cds.example.org",
+        public_url,
         "--clients",
-        str(CLIENTS),
+        str(clients),
         "--data-dir",
         str(folder / "data"),
         *args,

@@ -3,14 +3,9 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +15,7 @@ from flask import Flask
 
 from cds_server.sharedcache import RedisCache
 from cds_server.web import ops
-from tests import jwtkit
-from tests.conftest import ROOT
+from tests import jwtkit, servekit
 from tests.test_sharedcache import redis_url  # noqa: F401 (fixture)
 
 HASH_KEY = "k" * 32
@@ -167,55 +161,13 @@ def test_readyz_says_when_the_knowledge_is_missing(
     ]
 
 
-def _get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-
-
 def test_serve_logs_no_access_line_for_healthz(tmp_path: Path) -> None:
     """The real ``serve`` (gunicorn): /healthz leaves no access-log line, other paths do."""
-    port = _closed_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
-    log = tmp_path / "serve.log"
-    command = [
-        sys.executable,
-        "-c",
-        "from cds_server.cli import main; main()",
-        "serve",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--public-url",
-        "https://cds.example.org",
-        "--clients",
-        str(ROOT / "fixtures" / "trusted-clients" / "sandbox.yaml"),
-        "--data-dir",
-        str(tmp_path / "data"),
-    ]
-    with log.open("wb") as sink:
-        server = subprocess.Popen(command, env=env, cwd=ROOT, stdout=sink, stderr=sink)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, log.read_text()
-            try:
-                if _get(f"{base}/readyz") == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+    with servekit.serving(tmp_path, "--workers", "1") as served:
         for _ in range(3):
-            assert _get(f"{base}/healthz") == 200
-        assert _get(f"{base}/cds-services") == 401
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+            assert servekit.get(f"{served.base}/healthz")[0] == 200
+        assert servekit.get(f"{served.base}/cds-services")[0] == 401
+    log = served.log
     text = log.read_text()
     assert '"GET /readyz HTTP/1.1" 200' in text
     assert '"GET /cds-services HTTP/1.1" 401' in text

@@ -16,36 +16,16 @@ workers); 40 of them made every legitimate call time out. The app now reads a bo
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
 from cds_server import cli
 from cds_server.web import auth
-from tests import jwtkit
-from tests.conftest import ROOT, load_request
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _ready(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
-            return int(response.status) == 200
-    except (OSError, urllib.error.HTTPError):
-        return False
-
+from tests import jwtkit, servekit
+from tests.conftest import load_request
 
 THREADS = 4
 BODY_TIMEOUT = 1.0
@@ -56,42 +36,22 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``cds-server serve`` (1 worker × 4 threads, REQUEST_BODY_TIMEOUT 1 s, the test EHR's
     key trusted) on a free loopback port; its base URL."""
     folder = tmp_path_factory.mktemp("serve")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
-    env["CDS_DATABASE_URL"] = f"sqlite:///{folder / 'cds.sqlite3'}"
-    env["CDS_REQUEST_BODY_TIMEOUT"] = str(BODY_TIMEOUT)
-    log = folder / "serve.log"
-    command = [
-        sys.executable,
-        "-c",
-        "from cds_server.cli import main; main()",
-        "serve",
-        "--port",
-        str(port),
+    env = {
+        "CDS_DATABASE_URL": f"sqlite:///{folder / 'cds.sqlite3'}",
+        "CDS_REQUEST_BODY_TIMEOUT": str(BODY_TIMEOUT),
+    }
+    with servekit.serving(
+        folder,
         "--workers",
         "1",
         "--threads",
         str(THREADS),
-        "--public-url",
-        jwtkit.PUBLIC_URL,
-        "--clients",
-        str(jwtkit.write_clients(folder)),
-        "--data-dir",
-        str(folder / "data"),
-    ]
-    with log.open("wb") as sink:
-        server = subprocess.Popen(command, env=env, cwd=ROOT, stdout=sink, stderr=sink)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while not _ready(base):
-            assert server.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+        env=env,
+        public_url=jwtkit.PUBLIC_URL,
+        clients=jwtkit.write_clients(folder),
+    ) as running:
+        yield running.base
+    log = running.log
     assert "Traceback" not in log.read_text()
 
 
