@@ -351,8 +351,9 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
     for step in {s for r in restart for s in r.after_steps}:
         rows = [r for r in restart if step in r.after_steps]
         for a, b in ((a, b) for i, a in enumerate(rows) for b in rows[i + 1 :]):
-            lo = max(_low(a.gap_days), _low(b.gap_days))
-            hi = min(_high(a.gap_days), _high(b.gap_days))
+            lo = max(a.gap_days.first or 0, b.gap_days.first or 0)
+            ends = [d.last for d in (a.gap_days, b.gap_days) if d.last is not None]
+            hi = min(ends) if ends else lo
             if lo <= hi:
                 ctx.problem("restart", f"rows '{a.id}' and '{b.id}' overlap after '{step}'")
     return Drug(
@@ -381,16 +382,6 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
         avoided_agents=avoided,
         new_cycle_after_days=d.get("new_cycle_after_days"),
     )
-
-
-def _low(days: DayRange) -> int:
-    return days.more_than + 1 if days.more_than is not None else (days.at_least or 0)
-
-
-def _high(days: DayRange) -> int:
-    if days.less_than is not None:
-        return days.less_than - 1
-    return days.at_most if days.at_most is not None else 10**6
 
 
 def _build_class(ctx: _FileContext, d: Mapping[str, Any]) -> DrugClass:

@@ -78,10 +78,19 @@ class DayRange:
             and (self.less_than is None or days < self.less_than)
         )
 
+    @property
+    def first(self) -> int | None:
+        """The first whole day inside the range (None: open below)."""
+        return self.more_than + 1 if self.more_than is not None else self.at_least
+
+    @property
+    def last(self) -> int | None:
+        """The last whole day inside the range (None: open above)."""
+        return self.less_than - 1 if self.less_than is not None else self.at_most
+
     def describe(self) -> str:
         """ "more than 56 days", "8 to 28 days", "7 days or more"."""
-        low = self.more_than + 1 if self.more_than is not None else self.at_least
-        high = self.less_than - 1 if self.less_than is not None else self.at_most
+        low, high = self.first, self.last
         if low is not None and high is not None:
             return f"{low} to {high} days"
         if self.more_than is not None:

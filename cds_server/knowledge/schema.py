@@ -11,6 +11,8 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from cds_server.knowledge.model import DayRange
+
 FORMAT = "infusion-cds-knowledge/2"
 
 EVIDENCE = validate.OneOf(["verified", "secondary", "unverified"])
@@ -91,9 +93,8 @@ class DayRangeSchema(_Strict):
             raise ValidationError("give more_than or at_least, not both")
         if "at_most" in data and "less_than" in data:
             raise ValidationError("give at_most or less_than, not both")
-        low = data["more_than"] + 1 if "more_than" in data else data.get("at_least")
-        high = data["less_than"] - 1 if "less_than" in data else data.get("at_most")
-        if low is not None and high is not None and low > high:
+        days = DayRange(**data)
+        if days.first is not None and days.last is not None and days.first > days.last:
             raise ValidationError("the range is empty")
 
 

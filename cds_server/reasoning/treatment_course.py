@@ -45,7 +45,7 @@ def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
         if pos.course is None:
             continue
         finding = _restart(situation, recognised, drug, pos, pos.course, kb) or _skipped(
-            situation, recognised, drug, pos, pos.course, kb
+            situation, recognised, drug, pos.course, kb
         )
         if finding is not None:
             out.append(finding)
@@ -149,7 +149,6 @@ def _skipped(
     situation: Situation,
     recognised: RecognisedOrder,
     drug: Drug,
-    pos: DosePosition,
     course: TreatmentCourse,
     kb: KnowledgeBase,
 ) -> Finding | None:

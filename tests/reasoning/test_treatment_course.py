@@ -28,16 +28,6 @@ def _step(drug: Drug, step_id: str):
     return next(st for s in drug.step_up for st in s.steps if st.id == step_id)
 
 
-def _low(days: DayRange) -> int:
-    return days.more_than + 1 if days.more_than is not None else (days.at_least or 0)
-
-
-def _high(days: DayRange) -> int | None:
-    if days.less_than is not None:
-        return days.less_than - 1
-    return days.at_most
-
-
 def _case(kb: KnowledgeBase, drug_id: str, row: RestartRule, gap: int, ordered_step: str):
     """Last dose: the row's first step, ``gap`` days before a draft of ``ordered_step``."""
     drug = kb.drug(drug_id)
@@ -82,7 +72,7 @@ def test_restart_row_fires_at_its_lower_bound_and_upper_bound(
     kb: KnowledgeBase, drug_id: str, row: RestartRule
 ) -> None:
     drug = kb.drug(drug_id)
-    gaps = [_low(row.gap_days)] + ([_high(row.gap_days)] if _high(row.gap_days) else [])
+    gaps = [row.gap_days.first or 0] + ([row.gap_days.last] if row.gap_days.last else [])
     for gap in gaps:
         s = _case(kb, drug_id, row, gap, _highest_step(drug))
         course = course_of(s, s.orders[0], kb)
@@ -105,7 +95,7 @@ def test_restart_row_fires_at_its_lower_bound_and_upper_bound(
 
 def test_just_outside_each_restart_row_another_row_or_none_applies(kb: KnowledgeBase) -> None:
     for drug_id, row in _rows(kb):
-        below = _low(row.gap_days) - 1
+        below = (row.gap_days.first or 0) - 1
         if below < 0:
             continue
         s = _case(kb, drug_id, row, below, _highest_step(kb.drug(drug_id)))
