@@ -44,6 +44,8 @@ def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
         pos = position(situation, recognised, kb)
         if pos.course is None:
             continue
+        if not situation.record.history_known and (drug.restart or drug.course_alerts):
+            out.append(_not_checked(recognised, drug, pos.course))
         finding = _restart(situation, recognised, drug, pos, pos.course, kb) or _skipped(
             situation, recognised, drug, pos.course, kb
         )
@@ -51,6 +53,36 @@ def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
             out.append(finding)
         out.extend(_alerts(recognised, drug, pos))
     return out
+
+
+def _not_checked(recognised: RecognisedOrder, drug: Drug, course: TreatmentCourse) -> Finding:
+    """The history is incomplete: the restart table and course alerts could not be applied."""
+    checks = [
+        *(["the label's restart-after-delay table"] if drug.restart else []),
+        *(
+            [f"course alerts ({', '.join(a.headline for a in drug.course_alerts)})"]
+            if drug.course_alerts
+            else []
+        ),
+    ]
+    return Finding(
+        topic=TOPIC,
+        drug_id=drug.id,
+        drug_name=drug.display,
+        indicator="info",
+        headline="treatment course not checked: medication history incomplete",
+        points=(
+            "- The medication history could not be read in full, so the doses given before, "
+            "the time since the last one and the exposure count are unknown.",
+            f"- Not checked: {'; '.join(checks)}.",
+        ),
+        citations=(
+            *(c for row in drug.restart[:1] for c in row.provenance.citations()),
+            *(c for alert in drug.course_alerts for c in alert.provenance.citations()),
+        ),
+        unknowns=course.unknowns,
+        order_ref=recognised.order.ref,
+    )
 
 
 def _tier(verified: bool, situation: Situation) -> Indicator:

@@ -138,7 +138,22 @@ def test_unknown_history_never_means_first_dose(kb: KnowledgeBase) -> None:
     full = order("MedicationRequest/d", dose=1.5, unit="mg/kg")
     s = situation([("teclistamab", full)], weight_kg=WEIGHT, history_known=False)
     assert course_of(s, s.orders[0], kb).exposures is None
-    assert treatment_course.evaluate(s, kb) == []  # no skipped-step claim without a history
+    # No skipped-step or restart claim without a history, but never silence: the card says
+    # what could not be checked.
+    [finding] = treatment_course.evaluate(s, kb)
+    assert finding.indicator == "info"
+    assert "medication history incomplete" in finding.headline
+    assert "restart-after-delay table" in finding.points[1]
+
+
+def test_an_incomplete_history_is_said_for_carboplatin_exposures(kb: KnowledgeBase) -> None:
+    draft = order("MedicationRequest/d", dose=600)
+    s = situation([("carboplatin", draft)], history_known=False)
+    [finding] = treatment_course.evaluate(s, kb)
+    assert (finding.indicator, finding.drug_id) == ("info", "carboplatin")
+    assert "7th or later exposure" in finding.points[1]
+    complete = situation([("carboplatin", draft)])
+    assert treatment_course.evaluate(complete, kb) == []
 
 
 def test_a_dose_dated_in_the_future_makes_the_gap_unknown(kb: KnowledgeBase) -> None:
