@@ -10,6 +10,7 @@ avoided agents).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -31,6 +32,7 @@ __all__ = [
     "CLASS_COLUMNS",
     "DRUG_COLUMNS",
     "CoverageRow",
+    "citation_summary",
     "coverage_rows",
     "evidence_cell",
     "format_coverage",
@@ -191,8 +193,35 @@ def format_coverage(kb: KnowledgeBase) -> str:
         "Columns: premed = premedication, prereq = prerequisites, toci = tocilizumab on hand, "
         "desens = desensitization (eligible = flagged, no fact)."
     )
+    lines.extend(citation_summary(kb))
     lines.append(
         f"{len(kb.drugs)} drugs, {len(kb.classes)} classes, {len(kb.agents)} agents, "
         f"{len(kb.protocols)} protocols; knowledge version {kb.version}"
     )
     return "\n".join(lines)
+
+
+def citation_summary(kb: KnowledgeBase) -> list[str]:
+    """Citation coverage: facts per evidence level, and sources with a primary identifier."""
+    facts = sum(kb.fact_evidence.values())
+    by_level = ", ".join(f"{kb.fact_evidence.get(e, 0)} {e}" for e in EVIDENCE_LEVELS)
+    sources = [s for _, s in kb.sources]
+    kinds = Counter(
+        "label (SPL set id)"
+        if s.spl_set_id
+        else "paper (DOI/PMID)"
+        if s.doi or s.pmid or s.pmcid
+        else "guideline"
+        for s in sources
+        if s.primary_identifier
+    )
+    primary = sum(kinds.values())
+    explained = sum(1 for s in sources if not s.primary_identifier and s.no_primary_id)
+    outside = sum(1 for s in sources if s.via)
+    return [
+        f"Facts: {facts} ({by_level}).",
+        f"Sources: {len(sources)}; with a primary identifier {primary}"
+        + (f" ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})" if kinds else "")
+        + f"; without, explained {explained}; without, unexplained "
+        f"{len(sources) - primary - explained}; citing a path outside the repository {outside}.",
+    ]

@@ -7,6 +7,7 @@ All problems are collected as ``file: field: problem`` and raised together in on
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,12 +82,27 @@ class KnowledgeError(Exception):
         super().__init__(f"{len(problems)} problem(s) in the knowledge base:\n{lines}")
 
 
+class _Census:
+    """What the whole base cites: every source (with its file) and facts per evidence level."""
+
+    def __init__(self) -> None:
+        self.sources: list[tuple[str, Source]] = []
+        self.evidence: Counter[str] = Counter()
+
+
 class _FileContext:
     """Resolves citation ids of one file and records problems against it."""
 
-    def __init__(self, name: str, sources: Mapping[str, Any], problems: list[Problem]):
+    def __init__(
+        self,
+        name: str,
+        sources: Mapping[str, Any],
+        problems: list[Problem],
+        census: _Census | None = None,
+    ):
         self.name = name
         self.problems = problems
+        self.census = census or _Census()
         self.sources = {
             sid: Source(
                 id=sid,
@@ -95,9 +111,21 @@ class _FileContext:
                 label_version=s.get("label_version"),
                 via=s.get("via"),
                 jurisdiction=s.get("jurisdiction"),
+                kind=s.get("kind"),
+                spl_set_id=s.get("spl_set_id"),
+                doi=s.get("doi"),
+                pmid=s.get("pmid"),
+                pmcid=s.get("pmcid"),
+                publisher=s.get("publisher"),
+                year=s.get("year"),
+                section=s.get("section"),
+                read_title=s.get("read", {}).get("title"),
+                read_url=s.get("read", {}).get("url"),
+                no_primary_id=s.get("no_primary_id"),
             )
             for sid, s in sources.items()
         }
+        self.census.sources.extend((name, src) for src in self.sources.values())
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append(Problem(self.name, path, message))
@@ -109,6 +137,7 @@ class _FileContext:
                 cited.append(self.sources[cid])
             else:
                 self.problem(f"{path}.cite", f"unknown source id '{cid}' (add it under sources:)")
+        self.census.evidence[data["evidence"]] += 1
         return Provenance(
             evidence=data["evidence"],
             sources=tuple(cited),
@@ -454,7 +483,7 @@ def _build_protocol(ctx: _FileContext, d: Mapping[str, Any]) -> DesensitizationP
     )
 
 
-def _build_policy(d: Mapping[str, Any], problems: list[Problem]) -> CardPolicy:
+def _build_policy(d: Mapping[str, Any], problems: list[Problem], census: _Census) -> CardPolicy:
     reason_codes = {r["code"] for r in d["override_reasons"]}
     for i, t in enumerate(d["topics"]):
         for code in t["override_reasons"]:
@@ -464,7 +493,7 @@ def _build_policy(d: Mapping[str, Any], problems: list[Problem]) -> CardPolicy:
                         "policy.yaml", f"topics.{i}.override_reasons", f"unknown reason '{code}'"
                     )
                 )
-    ctx = _FileContext("policy.yaml", d["sources"], problems)
+    ctx = _FileContext("policy.yaml", d["sources"], problems, census)
     eng = d["engine"]
     severe = eng["severe_reaction"]
     engine = EngineSettings(
@@ -631,6 +660,7 @@ def load_knowledge(cards_dir: Path | str | None = None) -> KnowledgeBase:
     """Load and validate the whole knowledge base; raise ``KnowledgeError`` on any problem."""
     root = Path(cards_dir) if cards_dir else DEFAULT_CARDS_DIR
     problems: list[Problem] = []
+    census = _Census()
     built: dict[str, dict[str, Any]] = {k: {} for k in SUBDIRS.values()}
     digest = hashlib.sha256()
     files: list[str] = []
@@ -645,7 +675,7 @@ def load_knowledge(cards_dir: Path | str | None = None) -> KnowledgeBase:
         files.append("policy.yaml")
         data = _validate("policy.yaml", raw_policy, "policy", problems)
         if data:
-            policy = _build_policy(data, problems)
+            policy = _build_policy(data, problems, census)
 
     for sub, kind in SUBDIRS.items():
         for path in sorted((root / sub).glob("*.yaml")):
@@ -660,7 +690,7 @@ def load_knowledge(cards_dir: Path | str | None = None) -> KnowledgeBase:
                 continue
             if data["id"] != path.stem:
                 problems.append(Problem(rel, "id", f"must equal the file name '{path.stem}'"))
-            ctx = _FileContext(rel, data["sources"], problems)
+            ctx = _FileContext(rel, data["sources"], problems, census)
             built[kind][data["id"]] = _BUILDERS[kind](ctx, data)
 
     _cross_checks(built, problems)
@@ -675,4 +705,6 @@ def load_knowledge(cards_dir: Path | str | None = None) -> KnowledgeBase:
         protocols=MappingProxyType(built["protocol"]),
         policy=policy,
         files=tuple(files),
+        sources=tuple(census.sources),
+        fact_evidence=MappingProxyType(dict(census.evidence)),
     )

@@ -36,6 +36,45 @@ class Source:
     label_version: str | None = None
     via: str | None = None
     jurisdiction: str | None = None
+    kind: str | None = None
+    spl_set_id: str | None = None
+    doi: str | None = None
+    pmid: str | None = None
+    pmcid: str | None = None
+    publisher: str | None = None
+    year: int | None = None
+    section: str | None = None
+    read_title: str | None = None
+    read_url: str | None = None
+    no_primary_id: str | None = None
+
+    @property
+    def primary_identifier(self) -> str | None:
+        """How a reviewer finds the primary document, or None when the source names none."""
+        if self.spl_set_id:
+            return f"DailyMed SPL set id {self.spl_set_id}"
+        if self.doi:
+            return f"doi:{self.doi}"
+        if self.pmid:
+            return f"PMID {self.pmid}"
+        if self.pmcid:
+            return self.pmcid
+        if self.kind == "guideline" and self.publisher and self.year:
+            return f"{self.publisher} {self.year}" + (f", {self.section}" if self.section else "")
+        return None
+
+    @property
+    def primary_url(self) -> str | None:
+        """The primary document's address (DailyMed, doi.org, PubMed), else the given URL."""
+        if self.spl_set_id:
+            return f"https://dailymed.nlm.nih.gov/dailymed/lookup.cfm?setid={self.spl_set_id}"
+        if self.doi:
+            return f"https://doi.org/{self.doi}"
+        if self.pmid:
+            return f"https://pubmed.ncbi.nlm.nih.gov/{self.pmid}/"
+        if self.pmcid:
+            return f"https://pmc.ncbi.nlm.nih.gov/articles/{self.pmcid}/"
+        return self.url
 
 
 @dataclass(frozen=True)
@@ -52,7 +91,7 @@ class Provenance:
         return tuple(
             Citation(
                 title=s.title,
-                url=s.url,
+                url=s.primary_url,
                 label_version=s.label_version,
                 evidence=self.evidence,
                 jurisdiction=self.jurisdiction or s.jurisdiction,
@@ -534,6 +573,10 @@ class KnowledgeBase:
     protocols: MappingProxyType[str, DesensitizationProtocol]
     policy: CardPolicy
     files: tuple[str, ...] = field(default=())
+    # Every source with the file that names it, and the number of facts per evidence level
+    # (what ``check-cards`` reports as citation coverage).
+    sources: tuple[tuple[str, Source], ...] = field(default=())
+    fact_evidence: MappingProxyType[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     def drug(self, drug_id: str) -> Drug:
         return self.drugs[drug_id]

@@ -47,10 +47,37 @@ class ProvenanceFields(_Strict):
     note = fields.String()
 
 
-class SourceSchema(_Strict):
+SOURCE_KINDS = validate.OneOf(["label", "paper", "guideline", "website", "dataset"])
+
+
+class ReadCopySchema(_Strict):
+    """The copy of a source actually read (e.g. a drugs.com or manufacturer page of a label)."""
+
     title = fields.String(required=True, validate=NON_EMPTY)
     url = fields.Url(schemes={"http", "https"})
+
+
+class SourceSchema(_Strict):
+    title = fields.String(required=True, validate=NON_EMPTY)
+    kind = fields.String(validate=SOURCE_KINDS)
+    url = fields.Url(schemes={"http", "https"})
     label_version = fields.String()
+    spl_set_id = fields.String(
+        validate=validate.Regexp(
+            r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+            error="must be a DailyMed SPL set id (lower-case UUID)",
+        )
+    )
+    doi = fields.String(
+        validate=validate.Regexp(r"^10\.\d{4,9}/\S+$", error="must be a DOI such as 10.1000/xyz")
+    )
+    pmid = fields.String(validate=validate.Regexp(r"^\d{1,9}$", error="must be digits"))
+    pmcid = fields.String(validate=validate.Regexp(r"^PMC\d+$", error="must look like PMC1234567"))
+    publisher = fields.String(validate=NON_EMPTY)
+    year = fields.Integer(validate=validate.Range(min=1900, max=2100))
+    section = fields.String(validate=NON_EMPTY)
+    read = fields.Nested(ReadCopySchema)
+    no_primary_id = fields.String(validate=NON_EMPTY)
     via = fields.String()
     jurisdiction = fields.String()
 
