@@ -211,7 +211,7 @@ def citation_summary(kb: KnowledgeBase) -> list[str]:
         if s.spl_set_id
         else "paper (DOI/PMID)"
         if s.doi or s.pmid or s.pmcid
-        else "guideline"
+        else f"{s.kind} (publisher, year)"
         for s in sources
         if s.primary_identifier
     )

@@ -59,7 +59,7 @@ class Source:
             return f"PMID {self.pmid}"
         if self.pmcid:
             return self.pmcid
-        if self.kind == "guideline" and self.publisher and self.year:
+        if self.kind in ("guideline", "dataset") and self.publisher and self.year:
             return f"{self.publisher} {self.year}" + (f", {self.section}" if self.section else "")
         return None
 
