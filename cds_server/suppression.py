@@ -79,13 +79,18 @@ class Suppressed:
 
 @dataclass(frozen=True)
 class IssuedCard:
-    """One card as the card log records it (no patient data)."""
+    """One card as the card log records it (no patient data).
+
+    ``offered_reasons``: the codes of the override reasons the card offered (all of our
+    system), which are the only ones that may snooze it.
+    """
 
     uuid: str
     rule: str
     drug: str | None
     indicator: str
     suggestion_uuids: tuple[str, ...] = ()
+    offered_reasons: tuple[str, ...] = ()
 
 
 def decide(
@@ -142,6 +147,7 @@ def issued_cards(
                 suggestion_uuids=tuple(
                     str(s["uuid"]) for s in card.get("suggestions", ()) if s.get("uuid")
                 ),
+                offered_reasons=tuple(str(r["code"]) for r in card.get("overrideReasons", ())),
             )
         )
     return tuple(out)

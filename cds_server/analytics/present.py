@@ -184,13 +184,12 @@ class Bar:
     total: int
 
 
-SERIES = ("accepted", "both", "overridden", "ignored")
+SERIES = ("accepted", "overridden", "ignored")
 
 
-def outcome_split(row: ReportRow) -> tuple[int, int, int, int]:
-    """Each issued card once: accepted only, accepted and overridden, overridden only, ignored."""
-    both = max(0, row.accepted + row.overridden + row.ignored - row.issued)
-    return row.accepted - both, both, row.overridden - both, row.ignored
+def outcome_split(row: ReportRow) -> tuple[int, int, int]:
+    """Each issued card once, by its outcome (the store counts one per card)."""
+    return row.accepted, row.overridden, row.ignored
 
 
 def chart_bars(

@@ -32,6 +32,7 @@ from cds_server.model import (
     RecognisedOrder,
     Situation,
 )
+from cds_server.reasoning import wording
 from cds_server.reasoning.dosing import DosePosition, applies, fmt_number, position
 from cds_server.reasoning.orders import each_order, ordered_agents, role_covered, ruled_out
 
@@ -194,7 +195,9 @@ def _for_order(
         if regimen.text:
             points.append(f"- Label: {regimen.text}")
     for regimen in conditional:
-        points.append(f"- Consider, if {regimen.applies.condition}: {regimen.text or ''}".rstrip())
+        points.append(
+            wording.conditional("Consider", regimen.applies.condition or "", regimen.text or "")
+        )
     unknowns = list(pos.unknowns)
     if undecided:
         unknowns.append("which premedication regimen applies; all candidate regimens are shown")

@@ -346,7 +346,10 @@ def _finding(
             citations.extend(p.citations())
     elif same:
         indicator = "warning"
-        headline = "prior reaction to this drug"
+        # The recorded severity, when the records agree on one: "… to this drug (mild)"
+        severities = {r.severity for m in same for r in m.allergy.allergy.reactions if r.severity}
+        severity = f" ({severities.pop()})" if len(severities) == 1 else ""
+        headline = f"prior reaction to this drug{severity}"
         if all(m.tolerated_since for m in same):
             indicator = "info"
             latest = max(m.tolerated_since for m in same if m.tolerated_since)
@@ -377,8 +380,9 @@ def _finding(
         actions = (
             ProposedServiceRequest(
                 label="Refer to allergy/immunology for rapid drug desensitization",
-                text=f"Allergy/immunology referral: severe prior reaction to {drug.name}; "
-                "evaluate for rapid drug desensitization before re-exposure.",
+                text=f"Allergy/immunology referral: "
+                f"{'severe ' if any(m.severe for m in definite) else ''}prior reaction to "
+                f"{drug.name}; evaluate for rapid drug desensitization before re-exposure.",
                 recommended=indicator == "critical",
                 for_order_ref=recognised.order.ref,
             ),

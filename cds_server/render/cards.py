@@ -2,7 +2,8 @@
 
 One card per (rule topic, drug): findings of the same topic and drug (e.g. two bags of one
 drug) are merged. Every card has a uuid, a summary under 140 characters, Markdown detail
-with the facts' sources and evidence levels, ``source.topic`` naming the rule, coded
+with the facts' sources and evidence levels (each source once, its title a link where it has
+a URL: they are not repeated as ``links`` buttons), ``source.topic`` naming the rule, coded
 override reasons from the knowledge's policy, and suggestions with uuids and
 ``selectionBehavior: any``. A ``critical`` indicator is only kept when every citation that
 backs the finding is verified; otherwise it is lowered to ``warning``.
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 SUMMARY_LIMIT = 140  # CDS Hooks: summary is a "<140-character" string
 _RANK: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
-_MAX_LINKS = 3
 _MAX_WARNINGS = 3
 
 
@@ -81,7 +81,9 @@ MAX_SOURCES = 4
 TABLE_HEADING = "**Schedule:**"
 _EVIDENCE_RANK = {"verified": 0, "secondary": 1, "unverified": 2}
 # Points shown only when a condition the service cannot check holds: dropped first.
-_CONDITIONAL = re.compile(r"^- (?:Consider, if|Also, if|May be eligible if)\b")
+_CONDITIONAL = re.compile(
+    r"^- (?:(?:Consider|Also), if|May be eligible if)\b|^- (?:Consider|Also): "
+)
 # Points that change what the prescriber does: never dropped.
 _KEPT = re.compile(r"\*\*|^- (?:Tier lowered|Shown as a warning|Contraindication)")
 # A bibliographic title ("Lee CW, Matulonis UA…", "Castells et al. …2008") keyed by its first
@@ -208,26 +210,6 @@ def detail_text(finding: Finding, warnings: Sequence[str]) -> str:
     return "\n\n".join(parts)
 
 
-_LINK_LABEL = 80
-
-
-def _short(title: str) -> str:
-    """A link label: the title, cut at a word boundary with an ellipsis when too long."""
-    if len(title) <= _LINK_LABEL:
-        return title
-    return title[: _LINK_LABEL - 1].rsplit(" ", 1)[0].rstrip(",;:(") + "…"
-
-
-def _links(finding: Finding) -> list[dict[str, str]]:
-    links: list[dict[str, str]] = []
-    for c in _unique(finding.citations):
-        if c.url and c.url.startswith("https://") and all(link["url"] != c.url for link in links):
-            links.append({"label": _short(c.title), "url": c.url, "type": "absolute"})
-        if len(links) == _MAX_LINKS:
-            break
-    return links
-
-
 def card(
     finding: Finding,
     kb: KnowledgeBase,
@@ -271,9 +253,6 @@ def card(
             }
             for r in reasons
         ]
-    links = _links(finding)
-    if links:
-        out["links"] = links
     if not out["detail"]:
         del out["detail"]
     return out

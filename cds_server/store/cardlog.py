@@ -39,6 +39,7 @@ def rows(
             "drug_id": card.drug,
             "indicator": card.indicator,
             "suggestion_uuids": json.dumps(list(card.suggestion_uuids)),
+            "offered_reasons": json.dumps(list(card.offered_reasons)),
             "knowledge_version": knowledge_version,
             "caller_hash": caller_hash,
         }

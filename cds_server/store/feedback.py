@@ -8,13 +8,15 @@ items never make another's look like duplicates. The free-text ``userComment`` i
 nor part of the key (it may contain patient data); only whether one was given is kept.
 Feedback for an unknown card uuid is stored with ``known_card`` false. Items arrive with their
 override reason in the spec's form whatever form the client used (``protocol.load_feedback``
-reads Epic's ``overrideReasons`` too).
+reads Epic's ``overrideReasons`` too). An override with a reason of ours that its card did not
+offer is stored like any other but snoozes nothing (logged by its shape, never its code).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +28,8 @@ from cds_server.knowledge.model import CardPolicy
 from cds_server.store import snooze
 from cds_server.store.engine import clean, insert_ignoring, writing
 from cds_server.store.tables import TEXT_ID, card_log, feedback
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ def record_feedback(
                     card_log.c.drug_id,
                     card_log.c.indicator,
                     card_log.c.caller_hash,
+                    card_log.c.offered_reasons,
                 ).where(card_log.c.card_uuid.in_(uuids))
             )
             if caller_hash is None or row.caller_hash in (None, caller_hash)
@@ -139,6 +144,7 @@ def record_feedback(
             unknown += card is None
             if card is None or item["outcome"] != "overridden":
                 continue
+            _log_if_not_offered(policy, card, reason)
             days = snooze.snooze_days(policy, card, reason)
             if days and reason:
                 snooze.create(
@@ -152,3 +158,26 @@ def record_feedback(
                 )
                 snoozes += 1
     return FeedbackResult(stored, duplicates, unknown, snoozes)
+
+
+def _log_if_not_offered(
+    policy: CardPolicy, card: Mapping[str, Any], reason: Mapping[str, Any] | None
+) -> None:
+    """Say so when a reason of ours was not among those its card offered (it snoozes nothing).
+
+    The code itself is client text: only whether it is one of ``cards/policy.yaml``'s is said.
+    """
+    if not reason or reason.get("system") != policy.override_system:
+        return
+    offered = snooze.offered(policy, card)
+    if reason.get("code") in offered:
+        return
+    known = any(r.code == reason.get("code") for r in policy.override_reasons)
+    log.warning(
+        "override reason not offered on its card, stored without a snooze: our system, %s; "
+        "the %s card offered %d reason(s)%s",
+        "a code of cards/policy.yaml" if known else "a code unknown to cards/policy.yaml",
+        card["rule"],
+        len(offered),
+        "" if card.get("offered_reasons") is not None else " (its rule's: logged before 0005)",
+    )

@@ -1,12 +1,14 @@
 """Analytics queries: per rule and per drug, cards issued, accepted, overridden and ignored.
 
-Counts are of *cards* issued in the window ``[since, until)``, with whatever feedback they
-received. A card is *accepted* (or *overridden*) when at least one feedback item says so;
-*ignored* when it got no feedback at all (CDS Hooks: ignored cards produce no feedback). A
-card with both outcomes (feedback sent twice, differently) counts under both. Override
-reasons count cards per coded reason (system and code), with the display the client sent
-(the latest in alphabetical order if it sent several); an override without a coded reason is
-``None``.
+Counts are of *cards* issued in the window ``[since, until)``, each card **once**, by its
+outcome: the outcome of its latest feedback item — the latest ``outcomeTimestamp``, and of
+items with the same timestamp the one stored last — is the card's outcome (*accepted* or
+*overridden*); a card with no feedback at all is *ignored* (CDS Hooks: ignored cards produce
+no feedback). So a card accepted and then overridden counts as overridden, one overridden
+twice counts once, and accepted + overridden + ignored = issued. Override reasons count the
+overridden cards by the coded reason (system and code) of that latest item, with the display
+the client sent (the greatest in alphabetical order when cards of one reason carry several);
+an override without a coded reason is ``None``. Their counts add up to the overridden cards.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Engine, and_, case, distinct, exists, func, select
+from sqlalchemy import Engine, and_, case, func, select
 
 from cds_server.store.engine import reading
 from cds_server.store.tables import card_log, feedback
@@ -99,40 +101,45 @@ def _sorted_reasons(counts: Reasons) -> tuple[ReasonCount, ...]:
 
 
 def build_report(engine: Engine, since: datetime, until: datetime) -> Report:
-    """The report for cards issued in ``[since, until)``."""
+    """The report for cards issued in ``[since, until)`` (one outcome per card: see above)."""
     in_window = and_(card_log.c.issued_at >= since, card_log.c.issued_at < until)
-
-    def has(outcome: str | None) -> object:
-        cond = feedback.c.card_uuid == card_log.c.card_uuid
-        if outcome:
-            cond = and_(cond, feedback.c.outcome == outcome)
-        return case((exists().where(cond), 1), else_=0)
-
-    counts = (
+    # Each card's feedback items, the latest first (ties: the one stored last).
+    ranked = (
         select(
-            card_log.c.rule,
-            card_log.c.drug_id,
-            func.count().label("issued"),
-            func.sum(has("accepted")).label("accepted"),
-            func.sum(has("overridden")).label("overridden"),
-            func.sum(1 - has(None)).label("ignored"),  # type: ignore[operator]
-        )
-        .where(in_window)
-        .group_by(card_log.c.rule, card_log.c.drug_id)
-    )
-    reasons = (
-        select(
-            card_log.c.rule,
-            card_log.c.drug_id,
+            feedback.c.card_uuid,
+            feedback.c.outcome,
             feedback.c.reason_system,
             feedback.c.reason_code,
-            func.count(distinct(card_log.c.card_uuid)).label("cards"),
-            func.max(feedback.c.reason_display).label("display"),
+            feedback.c.reason_display,
+            func.row_number()
+            .over(
+                partition_by=feedback.c.card_uuid,
+                order_by=(feedback.c.outcome_at.desc(), feedback.c.id.desc()),
+            )
+            .label("rank"),
         )
-        .join(feedback, feedback.c.card_uuid == card_log.c.card_uuid)
-        .where(in_window, feedback.c.outcome == "overridden")
+        .where(feedback.c.card_uuid.in_(select(card_log.c.card_uuid).where(in_window)))
+        .subquery("ranked")
+    )
+    latest = and_(ranked.c.card_uuid == card_log.c.card_uuid, ranked.c.rank == 1)
+    outcomes = (
+        select(
+            card_log.c.rule,
+            card_log.c.drug_id,
+            ranked.c.outcome,  # NULL: no feedback (ignored)
+            ranked.c.reason_system,
+            ranked.c.reason_code,
+            func.count().label("cards"),
+            func.max(ranked.c.reason_display).label("display"),
+        )
+        .select_from(card_log.outerjoin(ranked, latest))
+        .where(in_window)
         .group_by(
-            card_log.c.rule, card_log.c.drug_id, feedback.c.reason_system, feedback.c.reason_code
+            card_log.c.rule,
+            card_log.c.drug_id,
+            ranked.c.outcome,
+            ranked.c.reason_system,
+            ranked.c.reason_code,
         )
     )
     received = and_(feedback.c.received_at >= since, feedback.c.received_at < until)
@@ -141,23 +148,28 @@ def build_report(engine: Engine, since: datetime, until: datetime) -> Report:
         func.coalesce(func.sum(case((feedback.c.known_card, 0), else_=1)), 0).label("unknown"),
     ).where(received)
     with reading(engine) as connection:
-        count_rows = connection.execute(counts).all()
-        reason_rows = connection.execute(reasons).all()
+        outcome_rows = connection.execute(outcomes).all()
         totals = connection.execute(items).one()
+    counts: dict[tuple[str, str | None], dict[str | None, int]] = defaultdict(
+        lambda: defaultdict(int)
+    )
     by_group: dict[tuple[str, str | None], Reasons] = defaultdict(dict)
-    for r in reason_rows:
-        by_group[(r.rule, r.drug_id)][(r.reason_system, r.reason_code)] = (int(r.cards), r.display)
+    for r in outcome_rows:
+        group = (r.rule, r.drug_id)
+        counts[group][r.outcome] += int(r.cards)
+        if r.outcome == "overridden":
+            by_group[group][(r.reason_system, r.reason_code)] = (int(r.cards), r.display)
     rows = tuple(
         ReportRow(
-            rule=r.rule,
-            drug=r.drug_id,
-            issued=int(r.issued),
-            accepted=int(r.accepted or 0),
-            overridden=int(r.overridden or 0),
-            ignored=int(r.ignored or 0),
-            reasons=_sorted_reasons(by_group[(r.rule, r.drug_id)]),
+            rule=rule,
+            drug=drug,
+            issued=sum(counts[(rule, drug)].values()),
+            accepted=counts[(rule, drug)]["accepted"],
+            overridden=counts[(rule, drug)]["overridden"],
+            ignored=counts[(rule, drug)][None],
+            reasons=_sorted_reasons(by_group[(rule, drug)]),
         )
-        for r in sorted(count_rows, key=lambda r: (r.rule, r.drug_id or ""))
+        for rule, drug in sorted(counts, key=lambda k: (k[0], k[1] or ""))
     )
     return Report(
         since=since,

@@ -3,6 +3,7 @@ pipeline (running snoozes of a patient, cards already shown in the ordering sess
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,25 +29,41 @@ from cds_server.store.tables import card_log, snooze
 from cds_server.suppression import ORDER_HOOKS, PriorGuidance, ShownCard, Snooze
 
 
+def offered(policy: CardPolicy, card: Mapping[str, Any]) -> frozenset[str]:
+    """The codes of our override reasons ``card`` (a card_log row) offered.
+
+    As logged with the card; a card logged before that was recorded (revision 0005, NULL)
+    is taken to have offered every reason of its rule, as before.
+    """
+    recorded = card.get("offered_reasons")
+    if recorded is not None:
+        codes = json.loads(recorded)
+        return frozenset(c for c in codes if isinstance(c, str))
+    try:
+        return frozenset(policy.topic(card["rule"]).override_reasons)
+    except KeyError:
+        return frozenset()
+
+
 def snooze_days(
     policy: CardPolicy, card: Mapping[str, Any], reason: Mapping[str, Any] | None
 ) -> int | None:
     """Days to snooze for an ``overridden`` feedback on ``card`` (a card_log row), or None.
 
-    Only a reason of our own system that the knowledge marks ``snooze_days`` and that the
-    card's rule offers; never for a critical card or a card without a drug.
+    Only a reason of our own system that the knowledge marks ``snooze_days`` and that this
+    card offered (``offered``); never for a critical card or a card without a drug.
     """
     if not reason or reason.get("system") != policy.override_system:
         return None
     if card["indicator"] == "critical" or not card["drug_id"]:
         return None
     code = reason.get("code")
+    if code not in offered(policy, card):
+        return None
     try:
-        offered = policy.topic(card["rule"]).override_reasons
-        days = policy.reason(code).snooze_days if code in offered else None
+        return policy.reason(code).snooze_days
     except KeyError:
         return None
-    return days
 
 
 def create(

@@ -5,7 +5,8 @@ No table holds a patient or encounter identifier: both are stored as keyed hashe
 override comments are not stored either (only whether one was given).
 
 * ``card_log``  — every card issued: uuid, service, hook, hookInstance, rule (``source.topic``
-  code), drug, indicator, suggestion uuids, time, knowledge version, hashes.
+  code), drug, indicator, suggestion uuids, the override reasons it offered, time, knowledge
+  version, hashes.
 * ``feedback``  — every distinct feedback item (``item_key`` unique: idempotent), whether its
   card was known, the outcome, accepted suggestions and the coded override reason (system,
   code and display).
@@ -87,6 +88,8 @@ card_log = Table(
     Column("knowledge_version", String(128), nullable=False),
     # Keyed hash of the calling EHR (``HookCall.caller``); NULL for cards logged before 0002.
     Column("caller_hash", String(HASH), nullable=True),
+    # JSON array of the codes of our override reasons the card offered; NULL before 0005.
+    Column("offered_reasons", Text(), nullable=True),
     Index("ix_card_log_patient_issued", "patient_hash", "issued_at"),
     Index("ix_card_log_issued_at", "issued_at"),
 )

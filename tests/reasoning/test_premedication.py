@@ -52,7 +52,9 @@ def test_completed_premedication_in_history_does_not_cover(kb):
 def test_conditional_regimen_is_a_note_never_a_suggestion(kb):
     s = situation([("rituximab", order("MedicationRequest/r"))])
     [f] = premedication.evaluate(s, kb)
-    assert any(p.startswith("- Consider, if rheumatoid arthritis") for p in f.points)
+    # The text names its condition ("In rheumatoid arthritis, give…"): said once.
+    assert "- Consider: In rheumatoid arthritis, give methylprednisolone" in "\n".join(f.points)
+    assert not any("if rheumatoid arthritis" in p for p in f.points)
     assert "methylprednisolone" not in roles(f)
 
 

@@ -78,6 +78,27 @@ def test_mild_reaction_is_a_warning_with_guidance(kb):
     [f] = reactions.evaluate(carbo([allergy("carboplatin", severity="mild")]), kb)
     assert f.indicator == "warning"
     assert not f.table
+    assert f.headline == "prior reaction to this drug (mild)"  # the severity at a glance
+
+
+def test_a_reaction_without_a_recorded_severity_is_not_given_one(kb):
+    a = allergy("carboplatin", severity="mild", verification="unconfirmed")
+    b = allergy("carboplatin", severity="moderate", verification="unconfirmed")
+    [f] = reactions.evaluate(carbo([a, b]), kb)  # two records, two severities: none named
+    assert f.headline == "prior reaction to this drug"
+
+
+def test_the_referral_says_severe_only_for_a_severe_reaction(kb):
+    """Oxaliplatin's label contraindicates it after a reaction of any severity: a moderate
+    urticaria is critical, and its referral must not call the reaction severe."""
+    moderate = allergy("oxaliplatin", severity="moderate")
+    o = order("MedicationRequest/o", dose=160, rate=250, rate_unit="mL/h", volume=500)
+    [f] = reactions.evaluate(situation([("oxaliplatin", o)], allergies=[moderate]), kb)
+    assert f.indicator == "critical"
+    [referral] = f.actions
+    assert referral.text.startswith("Allergy/immunology referral: prior reaction to oxaliplatin")
+    [severe] = reactions.evaluate(carbo([allergy("carboplatin", anaphylaxis=True)]), kb)[0].actions
+    assert "severe prior reaction to carboplatin" in severe.text
 
 
 def test_missing_volume_reports_what_blocked_the_schedule(kb):

@@ -16,6 +16,7 @@ from cds_server import pipeline
 from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import Situation
+from cds_server.render import markdown
 from cds_server.render.cards import DETAIL_BUDGET, MAX_SOURCES, TABLE_HEADING
 from cds_server.render.markdown import SEMANTIC_TAG
 from tests.conftest import service_for
@@ -255,3 +256,42 @@ def test_every_suggested_medication_carries_a_dose_or_says_protocol(
             name = resource["medicationCodeableConcept"]["text"]
             assert name not in unmarketed and not any(u in s["label"] for u in unmarketed), where
     assert protocol and dosed
+
+
+# -- readability (issue 18: read as a prescriber would) ------------------------------------------
+
+
+def test_sources_are_not_repeated_as_link_buttons(make_app: Callable[..., Flask]) -> None:
+    """The Sources block lists each source once, linked where it has a URL; a ``links``
+    button repeating it was noise (issue 18)."""
+    linked = 0
+    for where, card in every_card(make_app):
+        _, lines = _prose_and_sources(card)
+        in_detail = {m.group(2) for line in lines for m in LINK.finditer(line)}
+        linked += bool(in_detail)
+        for link in card.get("links", ()):
+            assert link["url"] not in card.get("detail", ""), where
+    assert linked  # sources with a URL are still links
+
+
+def test_a_condition_is_said_once(make_app: Callable[..., Flask], kb: KnowledgeBase) -> None:
+    """A conditional note whose text names its condition ("In rheumatoid arthritis, give…")
+    does not say it again in front ("Consider, if rheumatoid arthritis: In rheumatoid…")."""
+    from cds_server.reasoning.wording import states
+
+    pairs = {
+        (fact.applies.condition, fact.text)
+        for drug in kb.drugs.values()
+        for fact in (*drug.premedication, *drug.monitoring)
+        if fact.applies.condition and fact.text and states(fact.text, fact.applies.condition)
+    }
+    assert pairs  # the knowledge has such texts
+    seen = 0
+    for where, card in every_card(make_app):
+        detail = card.get("detail", "")
+        for condition, text in pairs:
+            said_once = markdown.escape(markdown.prose(text))
+            seen += said_once in detail
+            assert f"if {condition}: {text}" not in detail, where
+            assert f"If {condition}: " not in detail or said_once not in detail, where
+    assert seen  # such notes are on cards, said once

@@ -19,6 +19,12 @@ def scenario(name: str) -> dict[str, Any]:
     return copy.deepcopy(json.loads((FIXTURES / "scenarios" / f"{name}.request.json").read_text()))
 
 
+# A second rituximab infusion (one dose given three weeks before the fixtures' date): its
+# rate-titration warning offers "previously tolerated" (snooze 90 days), which a first
+# infusion's card does not (``reasoning.reasons``).
+LATER_RITUXIMAB = "rituximab-later-rate-above"
+
+
 def with_session(
     body: dict[str, Any],
     *,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,10 +17,19 @@ from cds_server import cli
 from cds_server.store import get_store
 from tests.conftest import FIXTURES, load_request
 from tests.store.conftest import HASH_KEY
-from tests.store.flows import call, overridden, post_feedback
+from tests.store.flows import (
+    OUR_REASONS,
+    accepted,
+    call,
+    card_for,
+    overridden,
+    post_feedback,
+    with_session,
+)
 
 FEEDBACK = sorted((FIXTURES / "feedback").glob("*.json"))
 TOKEN = "admin-token-0123456789-0123456789-abcdef"
+T0 = datetime(2026, 11, 21, 10, 5, 31, tzinfo=UTC)
 
 
 def run_fixture_flows(app: Flask) -> dict[str, Any]:
@@ -48,14 +58,15 @@ def test_fixture_feedback_is_in_the_json_report(store_app: Flask) -> None:
     assert resp.status_code == 200
     data = resp.get_json()
     obi = row(data, "byRuleAndDrug", rule="premedication", drug="obinutuzumab")
-    assert (obi["issued"], obi["accepted"], obi["overridden"], obi["ignored"]) == (1, 1, 1, 0)
+    # Three items on one card (accepted 10:05:31Z, overridden with a reason 10:06:02Z, overridden
+    # without one 10:07+01:00 = 09:07Z): the latest, the override with a reason, is its outcome.
+    assert (obi["issued"], obi["accepted"], obi["overridden"], obi["ignored"]) == (1, 0, 1, 0)
     reasons = {(r["code"], r["system"]): (r["cards"], r["display"]) for r in obi["overrideReasons"]}
     assert reasons == {  # a client's reason: the display it sent
         ("previously-tolerated", "https://example.org/override-reasons"): (
             1,
             "Previously tolerated",
         ),
-        (None, None): (1, "no coded reason"),
     }
     pac = row(data, "byRuleAndDrug", rule="premedication", drug="paclitaxel")
     assert (pac["issued"], pac["accepted"], pac["overridden"], pac["ignored"]) == (1, 0, 0, 1)
@@ -158,23 +169,67 @@ def test_cli_report_text_and_json(
     assert result.exit_code == 0, result.output
     text = result.output
     assert "premedication / obinutuzumab" in text
-    assert re.search(r"premedication / obinutuzumab\s+1\s+1\s+1\s+0", text), text
+    assert re.search(r"premedication / obinutuzumab\s+1\s+0\s+1\s+0", text), text
     shown = 'previously-tolerated "Previously tolerated" (https://example.org/override-reasons) 1'
     assert shown in text
-    assert "no coded reason 1" in text
+    assert "no coded reason" not in text  # the reason-less override is not the latest
     assert re.search(r"premedication / paclitaxel\s+1\s+0\s+0\s+1", text), text
     result = runner.invoke(cli.main, ["report", "--json", "--since", "2020-01-01"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert row(data, "byRuleAndDrug", drug="obinutuzumab")["accepted"] == 1
+    assert row(data, "byRuleAndDrug", drug="obinutuzumab")["overridden"] == 1
     result = runner.invoke(cli.main, ["report", "--since", "2026-11-30", "--until", "2026-11-01"])
     assert result.exit_code != 0 and "before until" in result.output
+
+
+def test_each_card_counts_once_by_its_latest_feedback(store_app: Flask) -> None:
+    """Issue 18: "accepted 2 + overridden 3 + ignored 10 = 15 of 14 issued" — a card accepted
+    and then overridden was counted in both columns. Now the latest item decides."""
+    client = store_app.test_client()
+    body = load_request("order-sign-contained-medication")
+    cards = [
+        card_for(call(client, with_session(body, patient=f"pat-outcome-{n}")), "premedication")
+        for n in range(14)
+    ]
+    uuid = [c["uuid"] for c in cards]
+    suggestion = [c["suggestions"][0]["uuid"] for c in cards]
+    t0, t1 = T0, T0 + timedelta(minutes=1)
+    client_reason = "https://example.org/override-reasons"
+    posts = [
+        [accepted(uuid[0], suggestion[0], when=t0)],  # accepted
+        [accepted(uuid[1], suggestion[1], when=t0)],  # accepted, then overridden
+        [overridden(uuid[1], "not-applicable", when=t1)],
+        [overridden(uuid[2], "not-applicable", when=t0)],  # overridden, then accepted
+        [accepted(uuid[2], suggestion[2], when=t1)],
+        [overridden(uuid[3], "not-applicable", when=t0)],  # overridden twice: the later reason
+        [overridden(uuid[3], "x", system=client_reason, when=t1)],
+        # the same instant: the item stored last
+        [accepted(uuid[4], suggestion[4], when=t0), overridden(uuid[4], "not-applicable", when=t0)],
+        [overridden(uuid[5], when=t1)],  # posted before an earlier accept: the later time wins
+        [accepted(uuid[5], suggestion[5], when=t0)],
+    ]
+    for items in posts:
+        assert post_feedback(client, *items).status_code == 200
+    data = client.get("/analytics/report").get_json()
+    obi = row(data, "byRuleAndDrug", rule="premedication", drug="obinutuzumab")
+    counts = (obi["issued"], obi["accepted"], obi["overridden"], obi["ignored"])
+    assert counts == (14, 2, 4, 8)
+    assert obi["accepted"] + obi["overridden"] + obi["ignored"] == obi["issued"]
+    reasons = {(r["system"], r["code"]): r["cards"] for r in obi["overrideReasons"]}
+    assert reasons == {(OUR_REASONS, "not-applicable"): 2, (client_reason, "x"): 1, (None, None): 1}
+    assert sum(reasons.values()) == obi["overridden"]
+    for section in ("totals", "byRule", "byDrug"):
+        rolled = data["totals"] if section == "totals" else data[section][0]
+        assert (rolled["issued"], rolled["accepted"], rolled["overridden"]) == (14, 2, 4)
+    html = client.get("/analytics/report.html").get_data(as_text=True)
+    assert "<title>2 accepted</title>" in html and "<title>4 overridden</title>" in html
+    assert "<title>8 ignored</title>" in html
 
 
 def test_chart_shows_each_card_once() -> None:
     from cds_server.analytics.present import outcome_split
     from cds_server.store import ReportRow
 
-    row = ReportRow("premedication", "obinutuzumab", issued=6, accepted=4, overridden=2, ignored=1)
-    assert outcome_split(row) == (3, 1, 1, 1)
+    row = ReportRow("premedication", "obinutuzumab", issued=6, accepted=3, overridden=2, ignored=1)
+    assert outcome_split(row) == (3, 2, 1)
     assert sum(outcome_split(row)) == row.issued

@@ -18,7 +18,7 @@ from cds_server.web.trusted_clients import TrustedClient
 from tests import jwtkit as kit
 from tests.conftest import load_request, service_for
 from tests.store.conftest import HASH_KEY, rows
-from tests.store.flows import card_for, overridden, topics, with_session
+from tests.store.flows import LATER_RITUXIMAB, card_for, overridden, scenario, topics, with_session
 
 SIGN = "/cds-services/infusion-safety-sign"
 RITUXIMAB = "order-sign-rituximab"  # rate-titration warning for pat-lym-001
@@ -54,7 +54,7 @@ def _call(
 
 
 def _snooze_rate_titration(client: FlaskClient, caller: str, tenant: str | None = None) -> None:
-    card = card_for(_call(client, load_request(RITUXIMAB), caller, tenant), "rate-titration")
+    card = card_for(_call(client, scenario(LATER_RITUXIMAB), caller, tenant), "rate-titration")
     body = {"feedback": [overridden(card["uuid"], "previously-tolerated")]}
     headers = _token(kit.SIGN_AUD + "/feedback", caller, tenant)
     resp = client.post(SIGN + "/feedback", json=body, headers=headers)
@@ -63,7 +63,7 @@ def _snooze_rate_titration(client: FlaskClient, caller: str, tenant: str | None 
 
 def _later(client: FlaskClient, caller: str, tenant: str | None = None) -> list[tuple[str, str]]:
     """The same patient id in a new ordering session."""
-    body = with_session(load_request(RITUXIMAB), encounter="enc-later")
+    body = with_session(scenario(LATER_RITUXIMAB), encounter="enc-later")
     return topics(_call(client, body, caller, tenant))
 
 
@@ -97,7 +97,7 @@ def test_session_de_duplication_is_per_ehr(app: Flask) -> None:
 
 def test_feedback_on_another_ehr_s_card_snoozes_nothing(app: Flask, raw: sa.Engine) -> None:
     client = app.test_client()
-    card = card_for(_call(client, load_request(RITUXIMAB), "ehr"), "rate-titration")
+    card = card_for(_call(client, scenario(LATER_RITUXIMAB), "ehr"), "rate-titration")
     body = {"feedback": [overridden(card["uuid"], "previously-tolerated")]}
     other = _token(kit.SIGN_AUD + "/feedback", "other", None)
     assert client.post(SIGN + "/feedback", json=body, headers=other).status_code == 200
@@ -116,7 +116,7 @@ def test_cards_logged_before_callers_were_recorded_take_any_feedback(
     app: Flask, raw: sa.Engine
 ) -> None:
     client = app.test_client()
-    card = card_for(_call(client, load_request(RITUXIMAB), "ehr"), "rate-titration")
+    card = card_for(_call(client, scenario(LATER_RITUXIMAB), "ehr"), "rate-titration")
     get_store(app).flush()
     with raw.begin() as connection:  # as migration 0002 leaves earlier rows
         connection.execute(sa.text("UPDATE card_log SET caller_hash = NULL"))

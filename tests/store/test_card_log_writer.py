@@ -19,7 +19,7 @@ from cds_server.store.engine import make_engine
 from cds_server.store.writer import CardLogWriter
 from tests.conftest import load_request
 from tests.store.conftest import HASH_KEY, rows
-from tests.store.flows import overridden, with_session
+from tests.store.flows import LATER_RITUXIMAB, overridden, scenario, with_session
 
 
 class Gate:
@@ -169,9 +169,7 @@ def test_feedback_waits_for_its_card_to_be_logged(
     store, gate = held_store
     gate.open.clear()
     now = datetime.now(UTC)
-    result = pipeline.run(
-        load_request("order-sign-rituximab"), service_id="infusion-safety", kb=kb, now=now
-    )
+    result = pipeline.run(scenario(LATER_RITUXIMAB), service_id="infusion-safety", kb=kb, now=now)
     store.log_cards(result.situation.call, result.issued, issued_at=now, knowledge_version="t")
     threading.Timer(0.2, gate.open.set).start()  # the write completes while feedback waits
     began = time.monotonic()

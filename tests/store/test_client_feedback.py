@@ -154,12 +154,12 @@ def test_epic_reason_of_a_foreign_system_is_stored_without_snooze(
 
 
 def test_spec_override_reason_of_ours_still_snoozes(store_app: Flask, raw: sa.Engine) -> None:
-    card = rate_titration_card(store_app)
+    card = rate_titration_card(store_app, name=str(LATER))
     item = epic_feedback("feedback-override-reason", card["uuid"])
     item["overrideReason"] = item.pop("overrideReasons")  # the spec's key, same object
     assert post_feedback(store_app.test_client(), item).status_code == 200
     assert stored_reason(raw)[1] == "previously-tolerated"
-    assert ("rate-titration", "warning") not in shown_later(store_app)
+    assert ("rate-titration", "warning") not in shown_later(store_app, name=str(LATER))
 
 
 def test_epic_accepted_feedback_is_stored(store_app: Flask, raw: sa.Engine) -> None:

@@ -126,3 +126,32 @@ def test_cards_logged_under_0001_keep_their_rows_with_no_caller(db_url: str) -> 
             assert connection.execute(sa.text("SELECT card_uuid FROM card_log")).all() == [("u1",)]
     finally:
         engine.dispose()
+
+
+def test_cards_logged_before_0005_have_no_offered_reasons_recorded(db_url: str) -> None:
+    """0005 adds ``card_log.offered_reasons``: earlier rows get NULL (their snoozes keep their
+    rule's reasons), and a downgrade keeps the rows."""
+    engine = make_engine(db_url)
+    try:
+        assert db.upgrade(engine, "0003") == "0003"
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO card_log (card_uuid, issued_at, service_id, hook, hook_instance,"
+                    " patient_hash, rule, indicator, suggestion_uuids, knowledge_version)"
+                    " VALUES ('u1', CURRENT_TIMESTAMP, 's', 'order-sign', 'h', 'p', 'r', 'info',"
+                    " '[]', 'k')"
+                )
+            )
+        assert db.upgrade(engine, "0005") == "0005"
+        with engine.connect() as connection:
+            rows = connection.execute(sa.text("SELECT card_uuid, offered_reasons FROM card_log"))
+            assert rows.all() == [("u1", None)]
+        assert db.downgrade(engine, "0003") == "0003"
+        assert "offered_reasons" not in {
+            c["name"] for c in sa.inspect(engine).get_columns("card_log")
+        }
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT card_uuid FROM card_log")).all() == [("u1",)]
+    finally:
+        engine.dispose()
