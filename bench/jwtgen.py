@@ -23,8 +23,8 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 ISS = "urn:infusion-safety-cds:benchmark"
 ALGORITHMS = ("ES384", "RS384")  # the two CDS Hooks 2.0 recommends
 # The default: Epic's (the EHR whose order-sign calls the service answers; Oracle Health's
-# CDS Hooks supports patient-view only) — shared/reference/cds-hooks-2.0.md §10.4 and
-# card-design-and-clients.md. The CDS Hooks Sandbox signs ES384 (``--alg ES384``).
+# CDS Hooks documentation, cerner/fhir.cerner.com branch cds-hooks, lists patient-view
+# only). The CDS Hooks Sandbox signs ES384 (``--alg ES384``).
 ALGORITHM = "RS384"
 RSA_BITS = 2048  # the smallest RSA key the service accepts (PyJWT minimum, enforced)
 LIFETIME_SECONDS = 300  # as the CDS Hooks Sandbox signs them

@@ -1,6 +1,7 @@
 """CDS Hooks 2.0 response conformance: ``check_response(body) -> list[str]`` (empty = conformant).
 
-Implements the response/card rules of shared/reference/cds-hooks-2.0.md (G2, G3, C1–C8) plus
+Implements the response/card rules of CDS Hooks 2.0 (https://cds-hooks.hl7.org/2.0/: JSON
+without nulls, Card, Suggestion, Action, Link, Coding) plus
 our house rule that every card and suggestion carries a uuid (needed for feedback). Each
 problem is a short string starting with the JSON path it concerns.
 """

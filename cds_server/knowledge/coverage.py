@@ -217,11 +217,9 @@ def citation_summary(kb: KnowledgeBase) -> list[str]:
     )
     primary = sum(kinds.values())
     explained = sum(1 for s in sources if not s.primary_identifier and s.no_primary_id)
-    outside = sum(1 for s in sources if s.via)
     return [
         f"Facts: {facts} ({by_level}).",
         f"Sources: {len(sources)}; with a primary identifier {primary}"
         + (f" ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})" if kinds else "")
-        + f"; without, explained {explained}; without, unexplained "
-        f"{len(sources) - primary - explained}; citing a path outside the repository {outside}.",
+        + f"; without, explained why {explained}.",
     ]

@@ -109,7 +109,6 @@ class _FileContext:
                 title=s["title"],
                 url=s.get("url"),
                 label_version=s.get("label_version"),
-                via=s.get("via"),
                 jurisdiction=s.get("jurisdiction"),
                 kind=s.get("kind"),
                 spl_set_id=s.get("spl_set_id"),

@@ -34,7 +34,6 @@ class Source:
     title: str
     url: str | None = None
     label_version: str | None = None
-    via: str | None = None
     jurisdiction: str | None = None
     kind: str | None = None
     spl_set_id: str | None = None

@@ -59,7 +59,7 @@ class ReadCopySchema(_Strict):
 
 class SourceSchema(_Strict):
     title = fields.String(required=True, validate=NON_EMPTY)
-    kind = fields.String(validate=SOURCE_KINDS)
+    kind = fields.String(required=True, validate=SOURCE_KINDS)
     url = fields.Url(schemes={"http", "https"})
     label_version = fields.String()
     spl_set_id = fields.String(
@@ -78,8 +78,22 @@ class SourceSchema(_Strict):
     section = fields.String(validate=NON_EMPTY)
     read = fields.Nested(ReadCopySchema)
     no_primary_id = fields.String(validate=NON_EMPTY)
-    via = fields.String()
     jurisdiction = fields.String()
+
+    @validates_schema
+    def _primary_or_why_not(self, data: dict[str, Any], **_: Any) -> None:
+        """A reviewer must be able to open the primary document, or read why there is none."""
+        has_primary = any(data.get(k) for k in ("spl_set_id", "doi", "pmid", "pmcid")) or (
+            data.get("kind") in ("guideline", "dataset")
+            and data.get("publisher")
+            and data.get("year")
+        )
+        if not has_primary and not data.get("no_primary_id"):
+            raise ValidationError(
+                "name the primary document (spl_set_id, doi, pmid, pmcid, or publisher and "
+                "year for a guideline or dataset) or say why none exists in no_primary_id",
+                field_name="no_primary_id",
+            )
 
 
 class QuantitySchema(_Strict):

@@ -4,7 +4,7 @@ Every case is a MedicationRequest or AllergyIntolerance as an EHR sends it (RxNo
 SNOMED CT, Tall-Man displays, contained and referenced Medications, brand-only and
 free-text orders, biosimilars, and look-alike products that must NOT be recognised as the
 IV drug). Each is parsed with ``cds_server.fhirdata.parse`` and recognised against the real
-``cards/`` knowledge base. Codes are the ones in ``shared/reference/terminology.md``.
+``cards/`` knowledge base. Codes are the ones cited in ``cards/`` (RxNorm, WHO ATC, SNOMED CT).
 """
 
 from __future__ import annotations
