@@ -62,6 +62,13 @@ class Source:
             return f"{self.publisher} {self.year}" + (f", {self.section}" if self.section else "")
         return None
 
+    def shown_evidence(self, fact_evidence: Evidence) -> Evidence:
+        """The level a card shows beside this source: a website (a manufacturer, patient or
+        payer page) never verifies a fact by itself, so it is shown as secondary at most."""
+        if self.kind == "website" and fact_evidence == "verified":
+            return "secondary"
+        return fact_evidence
+
     @property
     def primary_url(self) -> str | None:
         """The primary document's address (DailyMed, doi.org, PubMed), else the given URL."""
@@ -92,7 +99,7 @@ class Provenance:
                 title=s.title,
                 url=s.primary_url,
                 label_version=s.label_version,
-                evidence=self.evidence,
+                evidence=s.shown_evidence(self.evidence),
                 jurisdiction=self.jurisdiction or s.jurisdiction,
             )
             for s in self.sources

@@ -87,3 +87,19 @@ def test_check_cards_reports_citation_coverage() -> None:
     with_primary = sum(1 for _, s in kb.sources if s.primary_identifier)
     assert f"Sources: {len(kb.sources)}; with a primary identifier {with_primary}" in sources
     assert sum(kb.fact_evidence.values()) > len(kb.drugs)
+
+
+def test_a_website_never_shows_as_verifying_a_fact() -> None:
+    """A patient or manufacturer page cited beside the label shows as secondary on the card."""
+    kb = load_knowledge()
+    glofitamab = kb.drug("glofitamab")
+    checked = 0
+    for fact in glofitamab.monitoring:
+        kinds = {s.kind for s in fact.provenance.sources}
+        if fact.provenance.evidence == "verified" and "website" in kinds:
+            checked += 1
+            pairs = zip(fact.provenance.sources, fact.provenance.citations(), strict=True)
+            for source, citation in pairs:
+                expected = "secondary" if source.kind == "website" else "verified"
+                assert citation.evidence == expected, source.id
+    assert checked, "glofitamab has a verified monitoring fact citing a website"
