@@ -811,7 +811,7 @@ def agent_page(agent: Agent, kb: KnowledgeBase) -> Page:
     if agent.market_status is not None:
         market.append(
             _fact(
-                "market-status",
+                "marketed",
                 "Marketed" if agent.marketed else "No longer marketed: never suggested",
                 agent.market_status,
                 text=agent.market_text,

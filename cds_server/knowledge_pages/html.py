@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
@@ -35,9 +36,16 @@ CSP = f"{CSP_META}; frame-ancestors 'none'"
 Overlays = Mapping[str, Sequence[OverlayEntry]]
 
 
+# Characters a URL may hold as they are; anything else (a quote, a space) is percent-encoded.
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~-._"
+
+
 def safe_url(url: str | None) -> str | None:
-    """The URL when it is http(s), else None (a knowledge file cannot inject a script link)."""
-    return url if url and url.startswith(("https://", "http://")) else None
+    """An http(s) URL as a valid link target (e.g. openFDA's ``search=…:"Rituxan"`` with its
+    quotes percent-encoded), else None: a knowledge file cannot inject a script link."""
+    if not url or not url.startswith(("https://", "http://")):
+        return None
+    return quote(url, safe=_URL_SAFE)
 
 
 def _environment() -> Environment:
