@@ -35,6 +35,8 @@ from cds_server.model import ATC, NDC, RXNORM, SNOMED, Evidence, Quantity
 from cds_server.reasoning.dosing import fmt_number, fmt_qty
 from cds_server.reasoning.premedication import ROLE_NAMES
 
+# The agent of ``Drug.tocilizumab`` (the readiness facts name no agent id: it is always this one).
+TOCILIZUMAB = "tocilizumab"
 # Sections that are not a card topic.
 CODES = "codes"
 SOURCES = "sources"
@@ -495,7 +497,7 @@ def _tocilizumab(drug: Drug, kb: KnowledgeBase) -> list[Fact]:
             t.provenance,
             applies=applies_in_words(t.applies, drug),
             details=(
-                ("Agent", (_subject_link(kb, "tocilizumab"),)),
+                ("Agent", (_subject_link(kb, TOCILIZUMAB),)),
                 (
                     "Doses on hand",
                     _words(str(t.doses_on_hand) if t.doses_on_hand is not None else "not given"),
@@ -647,16 +649,19 @@ def _topic_title(kb: KnowledgeBase, code: str) -> str:
 def drug_page(drug: Drug, kb: KnowledgeBase) -> Page:
     crs_intro = None
     if drug.crs_risk:
-        crs_intro = (
-            "This drug can cause cytokine release syndrome: the service checks CRS readiness."
-            + ("" if drug.tocilizumab else " The label gives no tocilizumab-on-hand requirement.")
+        crs_intro = "This drug can cause cytokine release syndrome (crs_risk)." + (
+            " A CRS-readiness card asks for tocilizumab on hand when a fact below applies to "
+            "the dose and none is ordered."
+            if drug.tocilizumab
+            else " The file has no tocilizumab-on-hand fact, so no CRS-readiness card is given."
         )
-    reactions_intro = None
-    if drug.desensitization_eligible:
-        reactions_intro = (
-            "Rapid desensitization has been reported for this drug: after a severe reaction the "
-            "card offers a desensitization schedule (protocols below)."
-        )
+    reactions_intro = (
+        "The references report rapid desensitization for this drug (desensitization_eligible): "
+        "a verified desensitization protocol can make the card critical after a definite "
+        "severe reaction to it."
+        if drug.desensitization_eligible
+        else None
+    )
     course = _course(drug)
     course_intro = None
     if drug.new_cycle_after_days is not None:
@@ -680,12 +685,15 @@ def drug_page(drug: Drug, kb: KnowledgeBase) -> Page:
         _section(code, _topic_title(kb, code), facts, topic=True, intro=intro)
         for code, facts, intro in topics
     ]
-    if drug.desensitization_eligible and kb.protocols:
+    if kb.protocols:
         sections.append(
             Section(
                 anchor="desensitization-protocols",
-                title="Desensitization protocols",
+                title="Desensitization protocol",
                 facts=tuple(_protocol_summary(p) for p in kb.protocols.values()),
+                intro="After a definite severe reaction to this drug, the prior-reaction card "
+                "shows this protocol's schedule computed from the order's dose, bag volume and "
+                "final rate.",
             )
         )
     sections.append(_section(CODES, "Names and codes", _identity(drug.identity), topic=False))
@@ -781,18 +789,19 @@ def _class_notes(cls: DrugClass) -> tuple[str, ...]:
 
 
 def agent_page(agent: Agent, kb: KnowledgeBase) -> Page:
-    used_by = [
-        Fact(
-            anchor=f"used-by-{drug.id}",
-            title=drug.display,
-            details=(
-                ("Drug", (Link(drug.display, page_path("drug", drug.id)),)),
-                ("As", _words(_series(sorted(roles)))),
-            ),
-        )
-        for drug in sorted(kb.drugs.values(), key=lambda d: d.id)
-        if (roles := _roles_for(agent.id, drug))
-    ]
+    uses = _uses(agent, kb)
+    used_by = (
+        [
+            Fact(
+                anchor="drugs",
+                title="Drugs whose facts name this agent",
+                details=tuple((use, tuple(links)) for use, links in uses.items()),
+                text="Each use is a fact on the drug's page, with its sources.",
+            )
+        ]
+        if uses
+        else []
+    )
     dosing = [
         _fact(
             f"dosing-{w.id}",
@@ -818,7 +827,7 @@ def agent_page(agent: Agent, kb: KnowledgeBase) -> Page:
             )
         )
     sections = [
-        _section("premedication", "Premedication entries naming this agent", used_by, topic=True),
+        _section("used-by", "Where the service uses this agent", used_by, topic=False),
         _section("weight-based-dosing", "Weight-based dosing", dosing, topic=False),
         _section("market-status", "Market status", market, topic=False),
         _section(CODES, "Names and codes", _identity(agent.identity), topic=False),
@@ -830,17 +839,33 @@ def agent_page(agent: Agent, kb: KnowledgeBase) -> Page:
     return _page("agent", agent.id, agent.name, overview, (), sections, agent.source_file)
 
 
-def _roles_for(agent_id: str, drug: Drug) -> set[str]:
-    roles = set()
-    for regimen in drug.premedication:
-        for entry in regimen.agents:
-            if entry.agent == agent_id:
-                roles.add(f"{ROLE_NAMES[entry.role]} (default)")
-            elif agent_id in entry.alternatives:
-                roles.add(f"{ROLE_NAMES[entry.role]} (alternative)")
-            elif any(x.agent == agent_id for x in entry.not_covered_by):
-                roles.add(f"not counted as the {ROLE_NAMES[entry.role]}")
-    return roles
+def _uses(agent: Agent, kb: KnowledgeBase) -> dict[str, list[Link]]:
+    """How drugs' facts use an agent ("H1 antihistamine (default)", "Pretreatment before"…),
+    each with the drugs, in drug-id order."""
+    uses: dict[str, list[Link]] = {}
+
+    def add(use: str, drug: Drug) -> None:
+        link = Link(drug.display, page_path("drug", drug.id))
+        if link not in uses.setdefault(use, []):
+            uses[use].append(link)
+
+    for drug in sorted(kb.drugs.values(), key=lambda d: d.id):
+        for regimen in drug.premedication:
+            for entry in regimen.agents:
+                role = ROLE_NAMES[entry.role]
+                if entry.agent == agent.id:
+                    add(f"Premedication: {role} (default)", drug)
+                elif agent.id in entry.alternatives:
+                    add(f"Premedication: {role} (alternative)", drug)
+                elif any(x.agent == agent.id for x in entry.not_covered_by):
+                    add(f"Does not count as the {role}", drug)
+        if any(p.requires_drug == agent.id for p in drug.prerequisites):
+            add("Pretreatment before the dose", drug)
+        if drug.tocilizumab and agent.id == TOCILIZUMAB:
+            add("On hand before the dose (CRS readiness)", drug)
+        if any(a.role in agent.roles for a in drug.avoided_agents):
+            add("Its role is to be avoided with", drug)
+    return uses
 
 
 def _band(low: float | None, high: float | None) -> str:
@@ -886,15 +911,25 @@ def protocol_page(p: DesensitizationProtocol, kb: KnowledgeBase) -> Page:
         table=(("Bag", "Concentration"), *bags),
         text="The bags' concentrations, as used by the schedule above (same sources).",
     )
-    users = [
-        Fact(
-            anchor=f"drug-{d.id}",
-            title=d.display,
-            details=(("Drug", (Link(d.display, page_path("drug", d.id)),)),),
-        )
+    eligible = tuple(
+        Link(d.display, page_path("drug", d.id))
         for d in sorted(kb.drugs.values(), key=lambda d: d.id)
         if d.desensitization_eligible
-    ]
+    )
+    users = (
+        [
+            Fact(
+                anchor="eligible",
+                title="Drugs with desensitization reported",
+                details=(("Drugs", eligible),),
+                text="For these drugs the protocol, when verified, can make the prior-reaction "
+                "card critical after a definite severe reaction. The schedule itself is shown "
+                "after a definite severe reaction to any drug.",
+            )
+        ]
+        if eligible
+        else []
+    )
     sections = [
         _section("desensitization", "Desensitization schedule", [schedule, dilutions], topic=False),
         _section("drugs", "Drugs with desensitization reported", users, topic=False),
