@@ -297,7 +297,7 @@ PAGE_PARAMETERS: tuple[tuple[PageKind, str], ...] = (
 
 def _knowledge_pages(spec: APISpec) -> None:
     """``/knowledge/…`` (cds_server/web/knowledge.py): HTML pages for people."""
-    html = {"content": {"text/html": {"schema": {"type": "string"}}}}
+    html = {"text/html": {"schema": {"type": "string"}}}
     access = (
         "Open in demo mode and with KNOWLEDGE_PAGES_PUBLIC; otherwise the admin token, as "
         "for the analytics."
