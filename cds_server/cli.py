@@ -3,6 +3,7 @@
 * ``demo``        — Flask's server on 127.0.0.1:8080, no authentication, for trying it out;
 * ``serve``       — production: gunicorn (threaded workers) running the same app;
 * ``check-cards`` — knowledge coverage report (``knowledge.coverage.format_coverage``);
+  ``--html DIR`` also writes the knowledge pages there (``knowledge_pages.html.write_site``);
 * ``explain``     — why a request gives the cards it gives (``explain.explain_request``);
 * ``report``      — cards issued, accepted, overridden, ignored per rule and drug (``store``);
 * ``db upgrade``  — migrate the database schema (``db current`` shows the revision).
@@ -408,11 +409,28 @@ def _require_data_location(data_dir: Path | None) -> None:
 
 @main.command("check-cards")
 @cards_option
-def check_cards(cards: Path | None) -> None:
+@click.option(
+    "--html",
+    "html_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write the knowledge pages into this folder as static files (index.html and "
+    "one page per drug, class, agent and protocol) for a committee's review.",
+)
+def check_cards(cards: Path | None, html_dir: Path | None) -> None:
     """Validate the knowledge and print its coverage."""
     from cds_server.knowledge.coverage import format_coverage
 
-    click.echo(format_coverage(_load_kb(cards)))
+    kb = _load_kb(cards)
+    click.echo(format_coverage(kb))
+    if html_dir is not None:
+        from cds_server.knowledge_pages.html import write_site
+
+        try:
+            written = write_site(kb, html_dir)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write the pages into {html_dir}: {exc}") from None
+        click.echo(f"Wrote {len(written)} pages into {html_dir} (open {written[0]}).")
 
 
 @main.command()

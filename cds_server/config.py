@@ -98,6 +98,10 @@ DEFAULTS: dict[str, Any] = {
     "CARD_LOG_LINGER_SECONDS": 0.2,
     # Bearer token for /analytics/*; None = analytics open in demo mode only (403 otherwise).
     "ADMIN_TOKEN": None,
+    # Serve the knowledge pages (/knowledge/) without a token, and link every card to them
+    # (source.url). Off: they need ADMIN_TOKEN like the analytics, and cards carry no link
+    # (open in demo mode). They hold the knowledge only, never patient data.
+    "KNOWLEDGE_PAGES_PUBLIC": False,
     # -- trust (cds_server/web/auth.py, trusted_clients.py): CDS client JWTs, SSRF, limits -------
     # Require a signed JWT from a trusted client on every call. ``serve`` forces it on; the
     # demo and the test app turn it off.
@@ -217,7 +221,7 @@ def check(cfg: Config | dict[str, Any]) -> None:
     if not isinstance(origins, list | tuple) or not all(isinstance(o, str) for o in origins):
         raise ConfigError("FHIR_ALLOWED_ORIGINS must be a list of origins")
     cfg["FHIR_ALLOWED_ORIGINS"] = [o.rstrip("/") for o in origins]
-    for key in ("FHIR_ALLOW_UNAUTHENTICATED", "DEMO", "SANDBOX_ENABLED"):
+    for key in ("FHIR_ALLOW_UNAUTHENTICATED", "DEMO", "SANDBOX_ENABLED", "KNOWLEDGE_PAGES_PUBLIC"):
         if not isinstance(cfg.get(key), bool):
             raise ConfigError(f"{key} must be true or false")
     cors = cfg.get("CORS_ORIGINS")

@@ -21,6 +21,7 @@ from cds_server.cdshooks import protocol, services
 from cds_server.fhirdata import prefetch, record
 from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase
+from cds_server.knowledge_pages.links import PageLinks
 from cds_server.model import Finding, HookCall, PatientRecord, Situation
 from cds_server.reasoning.orders import history_order_read
 from cds_server.render.cards import card, prepare, summary_text
@@ -57,12 +58,14 @@ def run(
     client_factory: prefetch.ClientFactory | None = None,
     history: suppression.GuidanceHistory | None = None,
     caller: str = "",
+    page_links: PageLinks | None = None,
 ) -> Evaluation:
     """Evaluate one hook request body against the service ``service_id``.
 
     ``history`` (read-only; ``cds_server.store`` in the app) lets snoozed and already-shown
     non-critical cards be held back; without it every card is shown. ``caller``: whose patient
-    ids the request's are (``HookCall.caller``).
+    ids the request's are (``HookCall.caller``). ``page_links``: the base URL and index of
+    the knowledge pages, for each card's ``source.url`` (None: no link).
 
     Raises ``CdsError`` subclasses: ``UnknownService`` (404), ``InvalidRequest`` and
     ``HookMismatch`` (400), ``PrefetchUnavailable`` (412).
@@ -149,6 +152,7 @@ def run(
             new_uuid=new_uuid,
             patient_id=context["patientId"],
             warnings=patient_record.warnings,
+            page_links=page_links,
         )
         for f in ready
         if (f.topic, f.drug_id) not in held

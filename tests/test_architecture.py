@@ -94,6 +94,7 @@ BELOW_THE_WEB = (
     "reasoning",
     "render",
     "knowledge",
+    "knowledge_pages",
     "store",
     "model.py",
     "suppression.py",

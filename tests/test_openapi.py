@@ -41,7 +41,7 @@ def _documented(app: Flask, document: dict[str, Any]) -> tuple[set[str], set[str
         paths = (
             [rule.rule.replace("<service_id>", sid) for sid in sorted(services.ids())]
             if "<service_id>" in rule.rule
-            else [rule.rule]
+            else [re.sub(r"<(\w+)>", r"{\1}", rule.rule)]  # /knowledge/drugs/{drug}.html
         )
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             routes.update(f"{method} {path}" for path in paths)

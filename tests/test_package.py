@@ -242,6 +242,12 @@ def test_the_installed_demo_serves_discovery_the_sandbox_patients_and_cards(
     with urllib.request.urlopen(call, timeout=10) as response:
         cards = json.load(response)["cards"]
     assert any("Rituximab" in c["summary"] and c["indicator"] == "warning" for c in cards)
+    # The card links its knowledge page, rendered from the templates in the wheel.
+    url = next(c["source"]["url"] for c in cards if c["summary"].startswith("Rituximab"))
+    assert url.startswith(f"{demo}/knowledge/drugs/rituximab.html#")
+    with urllib.request.urlopen(url, timeout=10) as page:
+        assert page.status == 200
+        assert b"<h1>Rituximab</h1>" in page.read()
 
     data = installed["cwd"] / "instance"
     assert (data / "cds-server.sqlite3").is_file()

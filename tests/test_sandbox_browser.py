@@ -38,7 +38,7 @@ HOW_TO_INSTALL = (
     "the browser tests need Debian's Chromium at /usr/bin/chromium and the Python package "
     "playwright (pip install -e '.[test]'); install the browser with: apt-get install -y chromium"
 )
-SCREENSHOTS = os.environ.get("SANDBOX_SCREENSHOTS")  # folder: save the order-sign screenshots
+SCREENSHOTS = os.environ.get("SANDBOX_SCREENSHOTS")  # folder: save screenshots (cards, pages)
 TIMEOUT_MS = 15_000
 
 
@@ -478,6 +478,54 @@ def test_narrow_side_panel_has_no_horizontal_scroll(
         screenshot(narrow, "sandbox-order-sign-narrow.png")
     finally:
         context.close()
+
+
+# The page's own stylesheet applies only if the CSP hash admits it: a blocked one leaves
+# Chromium's defaults (16px text, no card border).
+KNOWLEDGE_PAGE_STATE = """() => ({
+  font: getComputedStyle(document.body).fontSize,
+  border: getComputedStyle(document.querySelector('.fact')).borderTopStyle,
+  target: document.querySelector(':target') ? document.querySelector(':target').id : null,
+  top: document.querySelector(':target') ?
+       Math.round(document.querySelector(':target').getBoundingClientRect().top) : null,
+})"""
+
+
+def test_a_card_source_link_opens_its_topic_on_the_drug_page(
+    live: Callable[..., tuple[Flask, str]], page: Any
+) -> None:
+    _, base = live()
+    open_sandbox(page, base)
+    choose_patient(page, "scenarios/rituximab-first-rate-above")
+    page.get_by_role("button", name="Use this scenario's draft orders", exact=False).click()
+    send(page, "order-sign")
+    card = page.locator(".cds-card", has=page.locator(".card-summary", has_text="Rituximab:"))
+    card = card.filter(has_text="exceeds the start rate")
+    assert card.count() == 1
+    link = card.locator(".card-source a")
+    assert link.get_attribute("href") == (f"{base}/knowledge/drugs/rituximab.html#rate-titration")
+    errors: list[str] = []  # a CSP violation is a console error
+    page.context.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    with page.context.expect_page() as opened:
+        link.click()
+    knowledge = opened.value
+    knowledge.wait_for_load_state()
+    state = knowledge.evaluate(KNOWLEDGE_PAGE_STATE)
+    assert state["font"] == "14px" and state["border"] == "solid", state
+    assert state["target"] == "rate-titration"
+    assert 0 <= state["top"] < 50  # scrolled to the section
+    assert knowledge.locator("h1").inner_text() == "Rituximab"
+    section = knowledge.locator("section#rate-titration")
+    assert "Applies to the first infusion of this drug." in section.inner_text()
+    knowledge.goto(f"{base}/knowledge/drugs/rituximab.html")
+    screenshot(knowledge, "knowledge-rituximab.png")
+    knowledge.locator("nav.crumbs a").click()
+    knowledge.wait_for_url(f"{base}/knowledge/index.html")
+    assert knowledge.locator("h1").inner_text() == "Infusion safety CDS — knowledge pages"
+    screenshot(knowledge, "knowledge-index.png")
+    knowledge.get_by_role("link", name="Rituximab", exact=True).click()
+    knowledge.wait_for_url(f"{base}/knowledge/drugs/rituximab.html")
+    assert errors == []
 
 
 def test_missing_browser_skips_or_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:

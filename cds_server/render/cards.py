@@ -19,6 +19,7 @@ from functools import lru_cache
 from typing import Any
 
 from cds_server.knowledge.model import KnowledgeBase
+from cds_server.knowledge_pages.links import PageLinks
 from cds_server.model import Citation, Finding
 from cds_server.render import markdown
 from cds_server.render.suggestions import InvalidSuggestion, suggestion
@@ -217,19 +218,23 @@ def card(
     new_uuid: Callable[[], str],
     patient_id: str,
     warnings: Sequence[str] = (),
+    page_links: PageLinks | None = None,
 ) -> dict[str, Any]:
-    """One CDS Hooks card for one (merged, gated) finding."""
+    """One CDS Hooks card for one (merged, gated) finding. With ``page_links``, ``source.url``
+    is the knowledge page of the card's drug at its topic, when there is such a page."""
     policy = kb.policy
     topic = policy.topic(finding.topic)
+    source: dict[str, Any] = {"label": f"{policy.publisher} ({kb.version})"}
+    url = page_links.card_url(finding.drug_id, finding.topic) if page_links else None
+    if url:
+        source["url"] = url
+    source["topic"] = {"system": policy.system, "code": topic.code, "display": topic.display}
     out: dict[str, Any] = {
         "uuid": new_uuid(),
         "summary": summary_text(finding),
         "indicator": finding.indicator,
         "detail": detail_text(finding, warnings),
-        "source": {
-            "label": f"{policy.publisher} ({kb.version})",
-            "topic": {"system": policy.system, "code": topic.code, "display": topic.display},
-        },
+        "source": source,
     }
     suggestions = []
     for action in finding.actions:
@@ -265,10 +270,18 @@ def render_cards(
     new_uuid: Callable[[], str],
     patient_id: str = "unknown",
     warnings: Sequence[str] = (),
+    page_links: PageLinks | None = None,
 ) -> list[dict[str, Any]]:
     """Cards for all findings: merged per topic and drug, gated, sorted by indicator then drug."""
     return [
-        card(f, kb, new_uuid=new_uuid, patient_id=patient_id, warnings=warnings)
+        card(
+            f,
+            kb,
+            new_uuid=new_uuid,
+            patient_id=patient_id,
+            warnings=warnings,
+            page_links=page_links,
+        )
         for f in prepare(findings)
     ]
 

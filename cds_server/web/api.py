@@ -35,7 +35,7 @@ from cds_server.cdshooks.errors import (
 )
 from cds_server.fhirdata.client import HEAP
 from cds_server.socketwatch import WATCHDOG
-from cds_server.web import auth, limits, metrics
+from cds_server.web import auth, knowledge, limits, metrics
 from cds_server.web.runtime import EXTENSION, Runtime
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ def call_service(service_id: str) -> Response:
         ),
         history=cards_store,
         caller=auth.caller_namespace(),
+        page_links=knowledge.card_links(),
     )
     cards_store.log_cards(
         result.situation.call, result.issued, issued_at=now, knowledge_version=runtime.kb.version

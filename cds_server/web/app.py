@@ -51,10 +51,11 @@ def create_app(
         )
 
     from cds_server import analytics, sandbox
-    from cds_server.web import api, metrics, openapi, ops
+    from cds_server.web import api, knowledge, metrics, openapi, ops
 
     app.register_blueprint(api.bp)
     app.register_blueprint(analytics.bp)
+    app.register_blueprint(knowledge.bp)  # /knowledge/: demo, KNOWLEDGE_PAGES_PUBLIC or admin token
     app.register_blueprint(openapi.bp)  # GET /openapi.json (public: no data in it)
     ops.init_app(app)  # GET /healthz, GET /readyz (public: probes)
     metrics.init_app(app)  # GET /metrics (admin token, like analytics); counts CDS requests

@@ -21,6 +21,7 @@ from marshmallow import Schema, fields, validate
 
 from cds_server import __version__
 from cds_server.cdshooks import protocol, services
+from cds_server.knowledge_pages.links import FOLDERS, PageKind
 
 OPENAPI_VERSION = "3.0.3"
 bp = Blueprint("openapi", __name__)
@@ -285,6 +286,65 @@ def _analytics(path: str, media: str, summary: str) -> dict[str, Any]:
     }
 
 
+# Each kind of knowledge page and the name of its path parameter (cds_server/web/knowledge.py).
+PAGE_PARAMETERS: tuple[tuple[PageKind, str], ...] = (
+    ("drug", "drug"),
+    ("class", "class_id"),
+    ("agent", "agent"),
+    ("protocol", "protocol"),
+)
+
+
+def _knowledge_pages(spec: APISpec) -> None:
+    """``/knowledge/…`` (cds_server/web/knowledge.py): HTML pages for people."""
+    html = {"text/html": {"schema": {"type": "string"}}}
+    access = (
+        "Open in demo mode and with KNOWLEDGE_PAGES_PUBLIC; otherwise the admin token, as "
+        "for the analytics."
+    )
+    pages: list[tuple[str, str, str, str | None]] = [
+        ("/knowledge/", "knowledge-root", "The knowledge pages' index", None),
+        ("/knowledge/index.html", "knowledge-index", "The knowledge pages' index", None),
+    ]
+    pages += [
+        (
+            f"/knowledge/{FOLDERS[kind]}/{{{parameter}}}.html",
+            f"knowledge-{kind}",
+            f"The knowledge page of a {kind}: every fact with when it applies, its evidence "
+            "level and its sources",
+            parameter,
+        )
+        for kind, parameter in PAGE_PARAMETERS
+    ]
+    for path, operation_id, summary, parameter in pages:
+        operation: dict[str, Any] = {
+            "operationId": operation_id,
+            "summary": summary,
+            "description": access,
+            "tags": ["knowledge"],
+            "responses": {
+                "200": {
+                    "description": "The page (no script, no external resource)",
+                    "content": html,
+                },
+                "304": {"description": "Not modified since the ETag sent (same knowledge version)"},
+                **_errors(401, 403, 404, 405, 500),
+            },
+            "security": [{}, {"adminToken": []}],
+        }
+        if parameter:
+            operation["parameters"] = [
+                {
+                    "name": parameter,
+                    "in": "path",
+                    "required": True,
+                    "description": "Its id in cards/ (the file name without .yaml)",
+                    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
+                }
+            ]
+        spec.path(path=path, operations={"get": operation})
+
+
 def _probes(spec: APISpec) -> None:
     """``/healthz`` and ``/readyz`` (cds_server/web/ops.py): no authentication."""
     status = {"type": "object", "properties": {"status": {"type": "string"}}}
@@ -430,6 +490,7 @@ def build(version: str = __version__) -> dict[str, Any]:
         ("/analytics/report.html", "text/html", "The same report as an HTML page"),
     ):
         spec.path(path=path, operations={"get": _analytics(path, media, summary)})
+    _knowledge_pages(spec)
     _probes(spec)
     spec.path(
         path="/metrics",

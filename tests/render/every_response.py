@@ -3,7 +3,8 @@
 Each fixture request (``fixtures/fhir/requests/*.json``, posted as the file's text) and each
 scenario request (dates moved to today and posted as the scenario tests post it, keeping the
 literal ``1e400``) goes through the Flask test client of a fresh app, so no card is held back
-as a repeat of another call. The answers are computed once per test session.
+as a repeat of another call; the apps' knowledge pages are open, so cards carry their
+``source.url``. The answers are computed once per test session.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tests.conftest import REQUESTS, service_for
 from tests.scenarios.test_scenarios import load_scenario, request_text, scenario_names
 
 Response = dict[str, Any]
+OPEN = {"KNOWLEDGE_PAGES_PUBLIC": True}  # the settings of every app: pages open to browsers
 _CACHE: dict[str, Response] = {}
 _BODIES: dict[str, dict[str, Any]] = {}
 
@@ -41,11 +43,11 @@ def every_response(make_app: Callable[..., Flask]) -> dict[str, Response]:
         for path in sorted(REQUESTS.glob("*.json")):
             text = path.read_text()
             _BODIES[f"requests/{path.stem}"] = json.loads(text)
-            _CACHE[f"requests/{path.stem}"] = _post(make_app(), text, json.loads(text))
+            _CACHE[f"requests/{path.stem}"] = _post(make_app(**OPEN), text, json.loads(text))
         for name in scenario_names():
             body, _ = load_scenario(name)
             _BODIES[f"scenarios/{name}"] = body
-            _CACHE[f"scenarios/{name}"] = _post(make_app(), request_text(body), body)
+            _CACHE[f"scenarios/{name}"] = _post(make_app(**OPEN), request_text(body), body)
     return _CACHE
 
 

@@ -1,0 +1,1012 @@
+"""The knowledge pages as data: every fact of a drug, class, agent or protocol, in words.
+
+``build_site(kb)`` returns the index data and one ``Page`` per drug, class, agent and
+desensitization protocol. A page is a list of ``Section``s; on drug pages the sections are
+the card topics of ``cards/policy.yaml`` (anchor = topic id) that have facts for the drug.
+Each ``Fact`` carries when it applies (in words), its evidence level and its sources with
+their primary identifier and the copy read. Pure functions of the knowledge model.
+
+``OverlayEntry`` is the seam for a site's institution protocol: the page renderer takes, per
+section, the entries to show beside the label facts they change (none are built here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from types import MappingProxyType
+
+from cds_server.knowledge import coverage
+from cds_server.knowledge.model import (
+    Agent,
+    Applicability,
+    DesensitizationProtocol,
+    Drug,
+    DrugClass,
+    Identity,
+    KnowledgeBase,
+    PremedAgent,
+    Provenance,
+    Source,
+)
+from cds_server.knowledge_pages.links import INDEX, PageIndex, PageKind, page_path
+from cds_server.model import ATC, NDC, RXNORM, SNOMED, Evidence, Quantity
+from cds_server.reasoning.dosing import fmt_number, fmt_qty
+from cds_server.reasoning.premedication import ROLE_NAMES
+
+# The agent of ``Drug.tocilizumab`` (the readiness facts name no agent id: it is always this one).
+TOCILIZUMAB = "tocilizumab"
+# Sections that are not a card topic.
+CODES = "codes"
+SOURCES = "sources"
+SYSTEM_NAMES = {RXNORM: "RxNorm", ATC: "ATC", SNOMED: "SNOMED CT", NDC: "NDC"}
+KIND_TITLES: dict[PageKind, str] = {
+    "drug": "Drugs",
+    "class": "Drug classes",
+    "agent": "Premedication and rescue agents",
+    "protocol": "Desensitization protocols",
+}
+
+
+# -- the view model ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Link:
+    """A piece of text, linked to another page (``path`` below the pages' root) when given."""
+
+    text: str
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class CitedSource:
+    """A source as a reviewer needs it: what it is, which version, how to find the primary
+    document, and the copy actually read."""
+
+    id: str
+    title: str
+    kind: str | None
+    label_version: str | None
+    primary_identifier: str | None
+    primary_url: str | None
+    read_title: str | None
+    read_url: str | None
+    no_primary_id: str | None
+    jurisdiction: str | None
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One fact: a title, when it applies, its values, text, evidence and sources.
+
+    ``details`` are (label, value) rows, a value being a sequence of ``Link``s; ``table`` is a
+    header row and rows; ``parts`` are facts inside this one (a regimen's agents).
+    """
+
+    anchor: str
+    title: str
+    applies: str | None = None
+    details: tuple[tuple[str, tuple[Link, ...]], ...] = ()
+    text: str | None = None
+    table: tuple[tuple[str, ...], ...] = ()
+    evidence: Evidence | None = None
+    jurisdiction: str | None = None
+    note: str | None = None
+    sources: tuple[CitedSource, ...] = ()
+    parts: tuple[Fact, ...] = ()
+    # Sources listed with numbers (a table's rows refer to them).
+    numbered: bool = False
+
+
+@dataclass(frozen=True)
+class Section:
+    """A part of a page; ``topic`` is the card topic it holds the facts of, if any."""
+
+    anchor: str
+    title: str
+    facts: tuple[Fact, ...]
+    topic: str | None = None
+    intro: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    kind: PageKind
+    id: str
+    title: str
+    path: str
+    overview: tuple[tuple[str, tuple[Link, ...]], ...]
+    notes: tuple[str, ...]
+    sections: tuple[Section, ...]
+    sources: tuple[CitedSource, ...]
+    source_file: str
+
+    @property
+    def topics(self) -> frozenset[str]:
+        return frozenset(s.topic for s in self.sections if s.topic)
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """One line of the index: a page and its cells (``coverage``: mostly evidence levels)."""
+
+    link: Link
+    cells: tuple[Link, ...]
+
+
+@dataclass(frozen=True)
+class IndexTable:
+    kind: PageKind
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[IndexRow, ...]
+
+
+@dataclass(frozen=True)
+class Site:
+    """Every page, the index tables, and the card-link index."""
+
+    version: str
+    pages: tuple[Page, ...]
+    tables: tuple[IndexTable, ...]
+    coverage: tuple[str, ...]
+    index: PageIndex
+    index_path: str = INDEX
+    _by_key: MappingProxyType[tuple[str, str], Page] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        by_key = MappingProxyType({(p.kind, p.id): p for p in self.pages})
+        object.__setattr__(self, "_by_key", by_key)
+
+    def page(self, kind: str, page_id: str) -> Page | None:
+        return self._by_key.get((kind, page_id))
+
+
+@dataclass(frozen=True)
+class OverlayEntry:
+    """An institution protocol entry shown beside the label fact it changes (the seam for the
+    site overlay: its loader builds these; the pages only show them).
+
+    ``replaces`` is the anchor of the fact it changes on that page (None: it adds to the
+    section); ``document``/``version``/``approved_by``/``approved_on`` say which local protocol
+    and who approved it.
+    """
+
+    section: str
+    text: str
+    document: str
+    version: str
+    approved_by: str
+    approved_on: date
+    replaces: str | None = None
+
+
+# -- sources and evidence ----------------------------------------------------------------------
+
+
+def cited(source: Source, provenance: Provenance | None = None) -> CitedSource:
+    jurisdiction = (provenance.jurisdiction if provenance else None) or source.jurisdiction
+    return CitedSource(
+        id=source.id,
+        title=source.title,
+        kind=source.kind,
+        label_version=source.label_version,
+        primary_identifier=source.primary_identifier,
+        primary_url=source.primary_url,
+        read_title=source.read_title,
+        read_url=source.read_url,
+        no_primary_id=source.no_primary_id,
+        jurisdiction=jurisdiction,
+    )
+
+
+def _fact(
+    anchor: str,
+    title: str,
+    provenance: Provenance,
+    *,
+    applies: str | None = None,
+    details: Sequence[tuple[str, Sequence[Link]]] = (),
+    text: str | None = None,
+    table: Sequence[Sequence[str]] = (),
+    parts: Sequence[Fact] = (),
+) -> Fact:
+    return Fact(
+        anchor=anchor,
+        title=title,
+        applies=applies,
+        details=tuple((label, tuple(value)) for label, value in details if value),
+        text=text,
+        table=tuple(tuple(row) for row in table),
+        evidence=provenance.evidence,
+        jurisdiction=provenance.jurisdiction,
+        note=provenance.note,
+        sources=tuple(cited(s, provenance) for s in provenance.sources),
+        parts=tuple(parts),
+    )
+
+
+def _words(*texts: str) -> tuple[Link, ...]:
+    return tuple(Link(t) for t in texts if t)
+
+
+# -- applicability in words --------------------------------------------------------------------
+
+
+def _series(items: Sequence[str]) -> str:
+    """ "1", "1 and 2", "1, 2 and 3"."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def step_names(drug: Drug, step_ids: Iterable[str]) -> list[str]:
+    """ "step-up dose 1 (2.5 mg, cycle 1 day 8)" for each step id (the id when unknown)."""
+    wanted = list(step_ids)
+    known = {s.id: s for schedule in drug.step_up for s in schedule.steps}
+    out = []
+    for step_id in wanted:
+        step = known.get(step_id)
+        if step is None:
+            out.append(step_id)
+            continue
+        where = f", {step.day}" if step.day else ""
+        out.append(f"{step.label} ({fmt_qty(step.dose)}{where})")
+    return out
+
+
+def applies_in_words(app: Applicability, drug: Drug | None = None) -> str:
+    """When a fact applies, as a sentence; checked keys first, the unchecked condition last."""
+    parts: list[str] = []
+    if app.infusions == "first":
+        parts.append("the first infusion of this drug")
+    elif app.infusions == "subsequent":
+        parts.append("every infusion after the first")
+    if app.infusion_numbers:
+        numbers = [str(n) for n in app.infusion_numbers]
+        parts.append(f"infusion{'s' if len(numbers) > 1 else ''} {_series(numbers)} of this drug")
+    if app.steps:
+        names = step_names(drug, app.steps) if drug else list(app.steps)
+        parts.append(f"the step-up dose{'s' if len(names) > 1 else ''} {_series(names)}")
+    if app.exposures_at_least is not None:
+        parts.append(f"the {_ordinal(app.exposures_at_least)} exposure to the drug or later")
+    if app.gap_days is not None:
+        parts.append(f"a dose given when the time since the last dose is {app.gap_days.describe()}")
+    if app.cycle_start == "every":
+        parts.append("the first dose of every cycle")
+    elif app.cycle_start:
+        cycles = [str(c) for c in app.cycle_start]
+        parts.append(f"the first dose of cycle{'s' if len(cycles) > 1 else ''} {_series(cycles)}")
+    if app.restart is True:
+        parts.append("a dose that restarts the course after a delay (a restart row applies)")
+    elif app.restart is False:
+        parts.append("a dose that does not restart the course")
+    checked = "; ".join(parts) if parts else "every infusion"
+    text = f"Applies to {checked}."
+    if app.condition:
+        text += (
+            f" Only if: {app.condition} — the service cannot check this, so the card shows it "
+            "as a “consider” note and never as a one-click suggestion."
+        )
+    return text
+
+
+# -- drug pages --------------------------------------------------------------------------------
+
+
+def _agent_link(kb: KnowledgeBase, agent_id: str) -> Link:
+    agent = kb.agents.get(agent_id)
+    if agent is None:
+        return Link(agent_id)
+    name = agent.name + ("" if agent.marketed else " (no longer marketed)")
+    return Link(name, page_path("agent", agent_id))
+
+
+def _subject_link(kb: KnowledgeBase, subject: str) -> Link:
+    """A drug or agent id as a link to its page."""
+    if subject in kb.drugs:
+        return Link(kb.drugs[subject].display, page_path("drug", subject))
+    if subject in kb.agents:
+        return _agent_link(kb, subject)
+    return Link(subject)
+
+
+def _dose(entry: PremedAgent) -> str | None:
+    d = entry.dose
+    if d is None:
+        return None
+    amount = fmt_number(d.min) if d.single else f"{fmt_number(d.min)}–{fmt_number(d.max)}"
+    return f"{amount} {d.unit}"
+
+
+def _premed_agent(kb: KnowledgeBase, regimen_id: str, i: int, entry: PremedAgent) -> Fact:
+    role = ROLE_NAMES[entry.role]
+    excluded = tuple(
+        _fact(
+            f"premedication-{regimen_id}-{i}-not-{x.agent}",
+            f"Does not count as the {role}: {kb.agents[x.agent].name}"
+            if x.agent in kb.agents
+            else f"Does not count as the {role}: {x.agent}",
+            x.provenance,
+            text=x.reason,
+        )
+        for x in entry.not_covered_by
+    )
+    return _fact(
+        f"premedication-{regimen_id}-{i}",
+        role[0].upper() + role[1:],
+        entry.provenance,
+        details=(
+            (
+                "Agent",
+                (_agent_link(kb, entry.agent),) if entry.agent else _words("any of the role"),
+            ),
+            ("Alternatives", tuple(_agent_link(kb, a) for a in entry.alternatives)),
+            ("Dose", _words(_dose(entry) or "not given in the source: dose per prescriber")),
+            ("Route", _words(entry.route or "")),
+            ("Timing", _words(entry.timing)),
+            ("Required", _words("yes" if entry.required else "no (optional)")),
+        ),
+        parts=excluded,
+    )
+
+
+def _premedication(drug: Drug, kb: KnowledgeBase) -> list[Fact]:
+    return [
+        _fact(
+            f"premedication-{r.id}",
+            f"Regimen “{r.id}”",
+            r.provenance,
+            applies=applies_in_words(r.applies, drug),
+            text=r.text,
+            parts=[_premed_agent(kb, r.id, i, a) for i, a in enumerate(r.agents, 1)],
+        )
+        for r in drug.premedication
+    ]
+
+
+def _q(q: Quantity | None) -> str:
+    return fmt_qty(q) if q is not None else ""
+
+
+def _rates(drug: Drug) -> list[Fact]:
+    facts = []
+    for r in drug.rate_schedules:
+        increment = (
+            f"{fmt_qty(r.increment)} every {fmt_number(r.every_min)} min"
+            if r.increment is not None and r.every_min is not None
+            else _q(r.increment)
+        )
+        steps = ", ".join(fmt_qty(s) for s in r.steps)
+        if steps and r.every_min is not None:
+            steps += f" (each step {fmt_number(r.every_min)} min)"
+        facts.append(
+            _fact(
+                f"rate-{r.id}",
+                f"{r.label} ({r.kind})",
+                r.provenance,
+                applies=applies_in_words(r.applies, drug),
+                details=(
+                    ("Start", _words(_q(r.start))),
+                    ("Increase", _words(increment)),
+                    ("Steps", _words(steps)),
+                    ("Maximum", _words(_q(r.max))),
+                    ("Duration", _words(_q(r.duration))),
+                ),
+                text=r.text,
+            )
+        )
+    return facts
+
+
+def _course(drug: Drug) -> list[Fact]:
+    facts = [
+        _fact(
+            f"stepup-{s.id}",
+            f"Step-up schedule: {s.label}",
+            s.provenance,
+            table=[
+                ("Step", "Dose", "When"),
+                *((f"{d.label} ({d.id})", fmt_qty(d.dose), d.day or "") for d in s.steps),
+            ],
+        )
+        for s in drug.step_up
+    ]
+    facts += [
+        _fact(
+            f"restart-{r.id}",
+            "Restart after a delay",
+            r.provenance,
+            details=(
+                ("Last dose given", _words(_series(step_names(drug, r.after_steps)))),
+                ("Time since it", _words(r.gap_days.describe())),
+                (
+                    "Next dose",
+                    _words(
+                        _series(step_names(drug, [r.restart_at]))
+                        if r.restart_at
+                        else "continue the schedule"
+                    ),
+                ),
+            ),
+            text=r.text,
+        )
+        for r in drug.restart
+    ]
+    facts += [
+        _fact(
+            f"alert-{a.id}",
+            f"Course alert ({a.indicator}): {a.headline}",
+            a.provenance,
+            applies=applies_in_words(a.applies, drug),
+            text=a.text,
+        )
+        for a in drug.course_alerts
+    ]
+    return facts
+
+
+def _monitoring(drug: Drug) -> list[Fact]:
+    return [
+        _fact(
+            f"monitoring-{m.id}",
+            m.kind[0].upper() + m.kind[1:].replace("-", " "),
+            m.provenance,
+            applies=applies_in_words(m.applies, drug),
+            details=(("Duration", _words(_q(m.duration))),),
+            text=m.text,
+        )
+        for m in drug.monitoring
+    ]
+
+
+def _prerequisites(drug: Drug, kb: KnowledgeBase) -> list[Fact]:
+    return [
+        _fact(
+            f"prerequisite-{p.id}",
+            f"Pretreatment: {_subject_link(kb, p.requires_drug).text}",
+            p.provenance,
+            applies=applies_in_words(p.applies, drug),
+            details=(
+                ("Requires", (_subject_link(kb, p.requires_drug),)),
+                (
+                    "Within",
+                    _words(
+                        f"{p.lookback_days} days before the dose"
+                        if p.lookback_days is not None
+                        else "no time limit given"
+                    ),
+                ),
+            ),
+            text=p.text,
+        )
+        for p in drug.prerequisites
+    ]
+
+
+def _tocilizumab(drug: Drug, kb: KnowledgeBase) -> list[Fact]:
+    return [
+        _fact(
+            f"tocilizumab-{i}",
+            "Tocilizumab on hand before the dose",
+            t.provenance,
+            applies=applies_in_words(t.applies, drug),
+            details=(
+                ("Agent", (_subject_link(kb, TOCILIZUMAB),)),
+                (
+                    "Doses on hand",
+                    _words(str(t.doses_on_hand) if t.doses_on_hand is not None else "not given"),
+                ),
+            ),
+            text=t.text,
+        )
+        for i, t in enumerate(drug.tocilizumab, 1)
+    ]
+
+
+def _reactions(drug: Drug, kb: KnowledgeBase) -> list[Fact]:
+    facts = [
+        _fact(
+            f"reaction-{r.id}",
+            r.kind[0].upper()
+            + r.kind[1:].replace("-", " ")
+            + (f" (grades {r.grades})" if r.grades else ""),
+            r.provenance,
+            text=r.text,
+        )
+        for r in drug.reactions
+    ]
+    for cls in kb.classes_of(drug.id):
+        for x in cls.cross_reactivity:
+            if drug.id not in x.members:
+                continue
+            others = [m for m in x.members if m != drug.id]
+            facts.append(
+                _fact(
+                    f"cross-{cls.id}-{x.id}",
+                    f"Cross-reactivity in the class {cls.name}",
+                    x.provenance,
+                    details=(
+                        ("Class", (Link(cls.name, page_path("class", cls.id)),)),
+                        ("With", tuple(_subject_link(kb, m) for m in others)),
+                    ),
+                    text=x.text,
+                )
+            )
+    return facts
+
+
+def _precautions(drug: Drug, kb: KnowledgeBase) -> list[Fact]:
+    facts = [
+        _fact(
+            f"allergy-risk-{a.id}",
+            f"Allergy that raises the risk ({a.indicator}): {a.headline}",
+            a.provenance,
+            applies=applies_in_words(a.applies, drug),
+            details=(("Words matched in allergy records", _words(", ".join(a.terms))),),
+            text=a.text,
+        )
+        for a in drug.allergy_risks
+    ]
+    facts += [
+        _fact(
+            f"avoid-{a.id}",
+            f"Agent to avoid: {a.headline}",
+            a.provenance,
+            details=(
+                ("Role", _words(ROLE_NAMES[a.role])),
+                ("Agents of the role", tuple(_agent_link(kb, g.id) for g in _role(kb, a.role))),
+            ),
+            text=a.text,
+        )
+        for a in drug.avoided_agents
+    ]
+    return facts
+
+
+def _role(kb: KnowledgeBase, role: str) -> list[Agent]:
+    return sorted(kb.agents_with_role(role), key=lambda a: a.id)
+
+
+def _identity(identity: Identity) -> list[Fact]:
+    """Names, brands and exclusions (recognition lists, uncited), then the codes: one table,
+    each code with its evidence level and the numbers of its sources in the list below it."""
+    biosimilars = [f"{name} ({brand})" if brand else name for name, brand in identity.biosimilars]
+    names = Fact(
+        anchor="names",
+        title="Names the service recognises",
+        details=tuple(
+            (label, (Link(", ".join(values)),))
+            for label, values in (
+                ("Names", identity.names),
+                ("Brands", identity.brands),
+                ("Biosimilars", biosimilars),
+                ("Text that means another product", identity.exclude_terms),
+                ("Routes that mean another product", identity.exclude_routes),
+            )
+            if values
+        ),
+        text="Recognition lists, not clinical facts: they carry no citation.",
+    )
+    if not identity.codes:
+        return [names]
+    sources: dict[tuple[str, str], CitedSource] = {}
+    rows = []
+    for entry in identity.codes:
+        numbers = []
+        for source in entry.provenance.sources:
+            key = (source.id, source.title)
+            if key not in sources:
+                sources[key] = cited(source, entry.provenance)
+            numbers.append(str(list(sources).index(key) + 1))
+        system = entry.coding.system or ""
+        rows.append(
+            (
+                SYSTEM_NAMES.get(system, system or "(no system)"),
+                entry.coding.code or "",
+                entry.coding.display or "",
+                entry.tty or "",
+                entry.provenance.evidence,
+                ", ".join(numbers),
+            )
+        )
+    codes = Fact(
+        anchor="code-list",
+        title="Codes",
+        table=(("System", "Code", "Display", "Term type", "Evidence", "Sources"), *rows),
+        sources=tuple(sources.values()),
+        numbered=True,
+    )
+    return [names, codes]
+
+
+def _section(
+    anchor: str, title: str, facts: Sequence[Fact], *, topic: bool, intro: str | None = None
+) -> Section | None:
+    if not facts and intro is None:
+        return None
+    return Section(
+        anchor=anchor,
+        title=title,
+        facts=tuple(facts),
+        topic=anchor if topic else None,
+        intro=intro,
+    )
+
+
+def _topic_title(kb: KnowledgeBase, code: str) -> str:
+    try:
+        return kb.policy.topic(code).display
+    except KeyError:
+        return code
+
+
+def drug_page(drug: Drug, kb: KnowledgeBase) -> Page:
+    crs_intro = None
+    if drug.crs_risk:
+        crs_intro = "This drug can cause cytokine release syndrome (crs_risk)." + (
+            " A CRS-readiness card asks for tocilizumab on hand when a fact below applies to "
+            "the dose and none is ordered."
+            if drug.tocilizumab
+            else " The file has no tocilizumab-on-hand fact, so no CRS-readiness card is given."
+        )
+    reactions_intro = (
+        "The references report rapid desensitization for this drug (desensitization_eligible): "
+        "a verified desensitization protocol can make the card critical after a definite "
+        "severe reaction to it."
+        if drug.desensitization_eligible
+        else None
+    )
+    course = _course(drug)
+    course_intro = None
+    if drug.new_cycle_after_days is not None:
+        course_intro = (
+            f"Without a cycle in the order's text, a dose given more than "
+            f"{drug.new_cycle_after_days} days after the last one starts a new cycle "
+            "(new_cycle_after_days: the drug file gives this number without a citation of its "
+            "own; see the notes above)."
+        )
+    topics: list[tuple[str, list[Fact], str | None]] = [
+        ("premedication", _premedication(drug, kb), None),
+        ("rate-titration", _rates(drug), None),
+        ("treatment-course", course, course_intro),
+        ("monitoring-admission", _monitoring(drug), None),
+        ("pretreatment", _prerequisites(drug, kb), None),
+        ("crs-readiness", _tocilizumab(drug, kb), crs_intro),
+        ("prior-reaction", _reactions(drug, kb), reactions_intro),
+        ("label-precaution", _precautions(drug, kb), None),
+    ]
+    sections = [
+        _section(code, _topic_title(kb, code), facts, topic=True, intro=intro)
+        for code, facts, intro in topics
+    ]
+    if kb.protocols:
+        sections.append(
+            Section(
+                anchor="desensitization-protocols",
+                title="Desensitization protocol",
+                facts=tuple(_protocol_summary(p) for p in kb.protocols.values()),
+                intro="After a definite severe reaction to this drug, the prior-reaction card "
+                "shows this protocol's schedule computed from the order's dose, bag volume and "
+                "final rate.",
+            )
+        )
+    sections.append(_section(CODES, "Names and codes", _identity(drug.identity), topic=False))
+    cls = kb.classes.get(drug.drug_class or "")
+    overview: list[tuple[str, tuple[Link, ...]]] = [
+        ("Ingredient", _words(drug.name)),
+        (
+            "Class",
+            (Link(cls.name, page_path("class", cls.id)),)
+            if cls
+            else _words(drug.drug_class or "none"),
+        ),
+        ("Families", _words(", ".join(drug.families))),
+        ("Route", _words(drug.route or "")),
+        ("Main label", _words(drug.label.title if drug.label else "none named")),
+        ("CRS risk", _words("yes" if drug.crs_risk else "no")),
+        ("Desensitization reported", _words("yes" if drug.desensitization_eligible else "no")),
+    ]
+    label = (cited(drug.label),) if drug.label else ()
+    return _page(
+        "drug", drug.id, drug.display, overview, drug.notes, sections, drug.source_file, label
+    )
+
+
+def _protocol_summary(p: DesensitizationProtocol) -> Fact:
+    return Fact(
+        anchor=f"protocol-{p.id}",
+        title=p.name,
+        details=(("Steps, bags and sources", (Link(p.name, page_path("protocol", p.id)),)),),
+    )
+
+
+def _page(
+    kind: PageKind,
+    page_id: str,
+    title: str,
+    overview: Sequence[tuple[str, Sequence[Link]]],
+    notes: Sequence[str],
+    sections: Iterable[Section | None],
+    source_file: str,
+    extra_sources: Iterable[CitedSource] = (),
+) -> Page:
+    kept = tuple(s for s in sections if s is not None)
+    seen: dict[tuple[str, str], CitedSource] = {}
+    for source in (*extra_sources, *_all_sources(f for s in kept for f in s.facts)):
+        seen.setdefault((source.id, source.title), source)
+    return Page(
+        kind=kind,
+        id=page_id,
+        title=title,
+        path=page_path(kind, page_id),
+        overview=tuple((label, tuple(value)) for label, value in overview if value),
+        notes=tuple(notes),
+        sections=kept,
+        sources=tuple(seen.values()),
+        source_file=source_file,
+    )
+
+
+def _all_sources(facts: Iterable[Fact]) -> Iterable[CitedSource]:
+    for fact in facts:
+        yield from fact.sources
+        yield from _all_sources(fact.parts)
+
+
+# -- class, agent and protocol pages -----------------------------------------------------------
+
+
+def class_page(cls: DrugClass, kb: KnowledgeBase) -> Page:
+    cross = [
+        _fact(
+            f"cross-{x.id}",
+            "Cross-reactivity between " + _series([_subject_link(kb, m).text for m in x.members]),
+            x.provenance,
+            details=(("Members", tuple(_subject_link(kb, m) for m in x.members)),),
+            text=x.text,
+        )
+        for x in cls.cross_reactivity
+    ]
+    sections = [
+        _section("prior-reaction", _topic_title(kb, "prior-reaction"), cross, topic=True),
+        _section(CODES, "Names and codes", _identity(cls.identity), topic=False),
+    ]
+    overview = [("Members", tuple(_subject_link(kb, m) for m in cls.members))]
+    return _page("class", cls.id, cls.name, overview, _class_notes(cls), sections, cls.source_file)
+
+
+def _class_notes(cls: DrugClass) -> tuple[str, ...]:
+    return (
+        "An allergy recorded to the class (by one of its names or codes below) counts as a "
+        "reaction to each member.",
+    )
+
+
+def agent_page(agent: Agent, kb: KnowledgeBase) -> Page:
+    uses = _uses(agent, kb)
+    used_by = (
+        [
+            Fact(
+                anchor="drugs",
+                title="Drugs whose facts name this agent",
+                details=tuple((use, tuple(links)) for use, links in uses.items()),
+                text="Each use is a fact on the drug's page, with its sources.",
+            )
+        ]
+        if uses
+        else []
+    )
+    dosing = [
+        _fact(
+            f"dosing-{w.id}",
+            f"Weight-based dosing: {w.indication}",
+            w.provenance,
+            details=(("Route", _words(w.route or "")), ("Maximum dose", _words(_q(w.max_dose)))),
+            table=[
+                ("Weight", "Dose"),
+                *((_band(b.min_kg, b.max_kg), fmt_qty(b.dose)) for b in w.bands),
+            ],
+            text=w.text,
+        )
+        for w in agent.weight_based_dosing
+    ]
+    market = []
+    if agent.market_status is not None:
+        market.append(
+            _fact(
+                "marketed",
+                "Marketed" if agent.marketed else "No longer marketed: never suggested",
+                agent.market_status,
+                text=agent.market_text,
+            )
+        )
+    sections = [
+        _section("used-by", "Where the service uses this agent", used_by, topic=False),
+        _section("weight-based-dosing", "Weight-based dosing", dosing, topic=False),
+        _section("market-status", "Market status", market, topic=False),
+        _section(CODES, "Names and codes", _identity(agent.identity), topic=False),
+    ]
+    overview = [
+        ("Roles", _words(", ".join(ROLE_NAMES[r] for r in agent.roles))),
+        ("Marketed", _words("yes" if agent.marketed else "no (never suggested)")),
+    ]
+    return _page("agent", agent.id, agent.name, overview, (), sections, agent.source_file)
+
+
+def _uses(agent: Agent, kb: KnowledgeBase) -> dict[str, list[Link]]:
+    """How drugs' facts use an agent ("H1 antihistamine (default)", "Pretreatment before"…),
+    each with the drugs, in drug-id order."""
+    uses: dict[str, list[Link]] = {}
+
+    def add(use: str, drug: Drug) -> None:
+        link = Link(drug.display, page_path("drug", drug.id))
+        if link not in uses.setdefault(use, []):
+            uses[use].append(link)
+
+    for drug in sorted(kb.drugs.values(), key=lambda d: d.id):
+        for regimen in drug.premedication:
+            for entry in regimen.agents:
+                role = ROLE_NAMES[entry.role]
+                if entry.agent == agent.id:
+                    add(f"Premedication: {role} (default)", drug)
+                elif agent.id in entry.alternatives:
+                    add(f"Premedication: {role} (alternative)", drug)
+                elif any(x.agent == agent.id for x in entry.not_covered_by):
+                    add(f"Does not count as the {role}", drug)
+        if any(p.requires_drug == agent.id for p in drug.prerequisites):
+            add("Pretreatment before the dose", drug)
+        if drug.tocilizumab and agent.id == TOCILIZUMAB:
+            add("On hand before the dose (CRS readiness)", drug)
+        if any(a.role in agent.roles for a in drug.avoided_agents):
+            add("Its role is to be avoided with", drug)
+    return uses
+
+
+def _band(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f"{fmt_number(low)} kg to under {fmt_number(high)} kg"
+    if low is not None:
+        return f"{fmt_number(low)} kg or more"
+    if high is not None:
+        return f"under {fmt_number(high)} kg"
+    return "any weight"
+
+
+def protocol_page(p: DesensitizationProtocol, kb: KnowledgeBase) -> Page:
+    bags = [
+        (str(i), f"1/{fmt_number(d)} of the final concentration" if d != 1 else "full strength")
+        for i, d in enumerate(p.bag_dilutions, 1)
+    ]
+    steps = [
+        (str(i), str(bag), fmt_number(rate), fmt_number(p.step_minutes))
+        for i, (bag, rate) in enumerate(zip(p.step_bags, p.step_rates_ml_h, strict=True), 1)
+    ]
+    final = len(steps) + 1
+    steps.append((str(final), str(len(p.bag_dilutions)), "the order's final rate", "until empty"))
+    schedule = _fact(
+        "schedule",
+        p.name,
+        p.provenance,
+        details=(
+            ("Bag-3 convention", _words(p.convention)),
+            (
+                "Lowest final rate",
+                _words(
+                    f"{fmt_number(p.min_final_rate_ml_h)} mL/h" if p.min_final_rate_ml_h else ""
+                ),
+            ),
+        ),
+        table=[("Step", "Bag", "Rate (mL/h)", "Minutes"), *steps],
+        text=p.text,
+    )
+    dilutions = Fact(
+        anchor="bags",
+        title="Bags",
+        table=(("Bag", "Concentration"), *bags),
+        text="The bags' concentrations, as used by the schedule above (same sources).",
+    )
+    eligible = tuple(
+        Link(d.display, page_path("drug", d.id))
+        for d in sorted(kb.drugs.values(), key=lambda d: d.id)
+        if d.desensitization_eligible
+    )
+    users = (
+        [
+            Fact(
+                anchor="eligible",
+                title="Drugs with desensitization reported",
+                details=(("Drugs", eligible),),
+                text="For these drugs the protocol, when verified, can make the prior-reaction "
+                "card critical after a definite severe reaction. The schedule itself is shown "
+                "after a definite severe reaction to any drug.",
+            )
+        ]
+        if eligible
+        else []
+    )
+    sections = [
+        _section("desensitization", "Desensitization schedule", [schedule, dilutions], topic=False),
+        _section("drugs", "Drugs with desensitization reported", users, topic=False),
+    ]
+    return _page("protocol", p.id, p.name, (), (), sections, p.source_file)
+
+
+# -- the site ----------------------------------------------------------------------------------
+
+
+def build_site(kb: KnowledgeBase) -> Site:
+    """Every page of the knowledge base, the index tables and the card-link index."""
+    pages = (
+        *(drug_page(kb.drugs[k], kb) for k in sorted(kb.drugs)),
+        *(class_page(kb.classes[k], kb) for k in sorted(kb.classes)),
+        *(agent_page(kb.agents[k], kb) for k in sorted(kb.agents)),
+        *(protocol_page(kb.protocols[k], kb) for k in sorted(kb.protocols)),
+    )
+    # Cards name a drug; a class or agent page answers for an id that is no drug.
+    links: dict[str, tuple[str, frozenset[str]]] = {}
+    for kind in ("drug", "class", "agent"):
+        for page in pages:
+            if page.kind == kind:
+                links.setdefault(page.id, (page.path, page.topics))
+    return Site(
+        version=kb.version,
+        pages=pages,
+        tables=_tables(kb, pages),
+        coverage=tuple(coverage.citation_summary(kb)),
+        index=PageIndex(MappingProxyType(links)),
+    )
+
+
+def _tables(kb: KnowledgeBase, pages: Sequence[Page]) -> tuple[IndexTable, ...]:
+    titles = {(p.kind, p.id): p.title for p in pages}
+    rows = coverage.coverage_rows(kb)
+    tables = []
+    kinds: tuple[tuple[PageKind, tuple[str, ...]], ...] = (
+        ("drug", coverage.DRUG_COLUMNS),
+        ("class", coverage.CLASS_COLUMNS),
+        ("agent", coverage.AGENT_COLUMNS),
+    )
+    for kind, columns in kinds:
+        tables.append(
+            IndexTable(
+                kind=kind,
+                title=KIND_TITLES[kind],
+                columns=columns,
+                rows=tuple(
+                    IndexRow(
+                        Link(titles[(kind, r.id)], page_path(kind, r.id)),
+                        tuple(_cell(kb, column, r.cell(column)) for column in columns),
+                    )
+                    for r in rows
+                    if r.kind == kind
+                ),
+            )
+        )
+    tables.append(
+        IndexTable(
+            kind="protocol",
+            title=KIND_TITLES["protocol"],
+            columns=("evidence",),
+            rows=tuple(
+                IndexRow(
+                    Link(p.name, page_path("protocol", p.id)),
+                    (Link(coverage.evidence_cell([p.provenance])),),
+                )
+                for p in sorted(kb.protocols.values(), key=lambda p: p.id)
+            ),
+        )
+    )
+    return tuple(tables)
+
+
+def _cell(kb: KnowledgeBase, column: str, value: str) -> Link:
+    """A coverage cell; the drug's class as a link to its page."""
+    if column == "class" and value in kb.classes:
+        return Link(kb.classes[value].name, page_path("class", value))
+    return Link(value)
