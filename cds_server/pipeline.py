@@ -23,7 +23,7 @@ from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import Finding, HookCall, PatientRecord, Situation
 from cds_server.reasoning.orders import history_order_read
-from cds_server.render.cards import card, prepare, summary_text
+from cds_server.render.cards import card, prepare
 
 
 def _uuid4() -> str:
@@ -142,6 +142,7 @@ def run(
         if history is not None
         else {}
     )
+    shown = [f for f in ready if (f.topic, f.drug_id) not in held]
     cards = [
         card(
             f,
@@ -150,8 +151,7 @@ def run(
             patient_id=context["patientId"],
             warnings=patient_record.warnings,
         )
-        for f in ready
-        if (f.topic, f.drug_id) not in held
+        for f in shown
     ]
     return Evaluation(
         request=request,
@@ -161,9 +161,7 @@ def run(
         situation=situation,
         findings=findings,
         response=protocol.dump_response(cards),
-        issued=suppression.issued_cards(
-            cards, {(f.topic, summary_text(f)): f.drug_id for f in ready}
-        ),
+        issued=suppression.issued_cards(zip(shown, cards, strict=True)),
         suppressed=tuple(held.values()),
     )
 

@@ -246,7 +246,7 @@ def card(
         "detail": detail_text(finding, warnings),
         "source": {
             "label": f"{policy.publisher} ({kb.version})",
-            "topic": {"system": policy.system, "code": topic.code, "display": topic.display},
+            "topic": {"system": policy.system, "code": topic.wire_code, "display": topic.display},
         },
     }
     suggestions = []
