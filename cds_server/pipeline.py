@@ -24,6 +24,7 @@ from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import Finding, HookCall, PatientRecord, Situation
 from cds_server.reasoning.orders import history_order_read
 from cds_server.render.cards import card, prepare
+from cds_server.render.profiles import GENERIC, ClientProfile
 
 
 def _uuid4() -> str:
@@ -57,12 +58,14 @@ def run(
     client_factory: prefetch.ClientFactory | None = None,
     history: suppression.GuidanceHistory | None = None,
     caller: str = "",
+    profile: ClientProfile = GENERIC,
 ) -> Evaluation:
     """Evaluate one hook request body against the service ``service_id``.
 
     ``history`` (read-only; ``cds_server.store`` in the app) lets snoozed and already-shown
     non-critical cards be held back; without it every card is shown. ``caller``: whose patient
-    ids the request's are (``HookCall.caller``).
+    ids the request's are (``HookCall.caller``). ``profile``: the calling client's kind, which
+    shapes the cards (``render.profiles``; spec-pure CDS Hooks 2.0 by default).
 
     Raises ``CdsError`` subclasses: ``UnknownService`` (404), ``InvalidRequest`` and
     ``HookMismatch`` (400), ``PrefetchUnavailable`` (412).
@@ -150,6 +153,7 @@ def run(
             new_uuid=new_uuid,
             patient_id=context["patientId"],
             warnings=patient_record.warnings,
+            profile=profile,
         )
         for f in shown
     ]

@@ -20,6 +20,7 @@ from typing import Any
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import Citation, Finding
 from cds_server.render import markdown
+from cds_server.render.profiles import GENERIC, ClientProfile, shape_card
 from cds_server.render.suggestions import InvalidSuggestion, suggestion
 
 log = logging.getLogger(__name__)
@@ -235,8 +236,9 @@ def card(
     new_uuid: Callable[[], str],
     patient_id: str,
     warnings: Sequence[str] = (),
+    profile: ClientProfile = GENERIC,
 ) -> dict[str, Any]:
-    """One CDS Hooks card for one (merged, gated) finding."""
+    """One CDS Hooks card for one (merged, gated) finding, shaped for ``profile``'s client."""
     policy = kb.policy
     topic = policy.topic(finding.topic)
     out: dict[str, Any] = {
@@ -251,8 +253,10 @@ def card(
     }
     suggestions = []
     for action in finding.actions:
+        if not profile.takes(action):
+            continue
         try:
-            suggestions.append(suggestion(action, patient_id, new_uuid))
+            suggestions.append(suggestion(action, patient_id, new_uuid, profile))
         except InvalidSuggestion as exc:
             log.error("suggestion dropped for topic %s: %s", finding.topic, exc)
     if suggestions:
@@ -276,7 +280,7 @@ def card(
         out["links"] = links
     if not out["detail"]:
         del out["detail"]
-    return out
+    return shape_card(out, profile, new_uuid)
 
 
 def render_cards(
@@ -286,10 +290,11 @@ def render_cards(
     new_uuid: Callable[[], str],
     patient_id: str = "unknown",
     warnings: Sequence[str] = (),
+    profile: ClientProfile = GENERIC,
 ) -> list[dict[str, Any]]:
     """Cards for all findings: merged per topic and drug, gated, sorted by indicator then drug."""
     return [
-        card(f, kb, new_uuid=new_uuid, patient_id=patient_id, warnings=warnings)
+        card(f, kb, new_uuid=new_uuid, patient_id=patient_id, warnings=warnings, profile=profile)
         for f in prepare(findings)
     ]
 
