@@ -10,6 +10,7 @@ Epic's against what Epic documents. A trusted client's entry picks its profile.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import re
@@ -38,6 +39,8 @@ from tests.conformance import check_epic_response, check_response
 from tests.conftest import load_request, rule_of
 from tests.render.every_response import every_response
 from tests.scenarios.test_scenarios import load_scenario
+from tests.test_epic_requests import load as epic_request
+from tests.test_epic_requests import request_names as epic_request_names
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 SITE_CODES = {
@@ -134,6 +137,16 @@ def test_epic_differs_only_in_its_suggestions(make_app: Callable[..., Flask]) ->
             }, where
             changed += e.get("suggestions") != g.get("suggestions")
     assert changed >= 20
+
+
+@pytest.mark.parametrize("name", epic_request_names())
+def test_epic_fixtures_under_the_epic_profile(kb: KnowledgeBase, name: str) -> None:
+    """Epic's own requests get the same cards, in the shape Epic documents."""
+    body = epic_request(name)
+    generic = run(kb, copy.deepcopy(body), ClientProfile())
+    epic = run(kb, body, ClientProfile("epic"))
+    assert check_epic_response(epic) == []
+    assert [rule_of(c) for c in epic["cards"]] == [rule_of(c) for c in generic["cards"]]
 
 
 # -- epic: what each suggestion carries ------------------------------------------------------
