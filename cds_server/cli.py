@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from cds_server import __version__, config
+from cds_server.render.profiles import PROFILE_NAMES
 
 log = logging.getLogger("cds_server.cli")
 
@@ -125,6 +126,15 @@ def demo_base_urls(host: str, port: int, public_url: str | None) -> tuple[str, l
     "http://192.0.2.10:8080. Default: http://localhost:PORT, with http://127.0.0.1:PORT "
     "accepted too when listening on loopback.",
 )
+@click.option(
+    "--profile",
+    type=click.Choice(PROFILE_NAMES),
+    default="generic",
+    show_default=True,
+    help="Shape the cards as for this kind of client (epic: one action per suggestion, the "
+    "dose in each action's description, RxNorm also as Epic's OID; see the README). With "
+    "--auth, for clients whose entry names no profile.",
+)
 @data_dir_option
 def demo(
     host: str,
@@ -132,6 +142,7 @@ def demo(
     require_auth: bool,
     clients: Path | None,
     public_url: str | None,
+    profile: str,
     data_dir: Path | None,
 ) -> None:
     """Run the service locally for trying it out: NO authentication, demo settings."""
@@ -143,7 +154,7 @@ def demo(
         raise click.UsageError("--clients is used only with --auth")
     base, aliases = demo_base_urls(host, port, public_url)
     with tempfile.TemporaryDirectory(prefix="cds-demo-") as folder:
-        overrides = dict(DEMO_OVERRIDES)
+        overrides = dict(DEMO_OVERRIDES, CLIENT_PROFILE=profile)
         if require_auth:  # the test key's public half goes into a temporary clients file
             key = testkey.generate()
             overrides.update(testkey.demo_auth_overrides(key, Path(folder), base, clients, aliases))
@@ -166,6 +177,8 @@ def demo(
                 " and ".join(f"{url}/cds-services…" for url in (base, *aliases)),
                 " or ".join((base, *aliases)),
             )
+        if profile != "generic":
+            log.warning("Cards shaped for the %s client profile", profile)
         log.warning("Discovery: curl %s/cds-services", base)
         log.warning("Sandbox page: %s/sandbox/", base)
         app.run(host=host, port=port, debug=False, use_reloader=False)

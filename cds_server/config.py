@@ -60,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
     "FHIR_ALLOWED_ORIGINS": [],
     # Demo mode (set by ``cds-server demo``): no authentication. Never in production.
     "DEMO": False,
+    # Client profile (generic, epic, oracle, sandbox: how cards are shaped) of a trusted client
+    # whose entry names none, and of every call when authentication is off (the demo).
+    "CLIENT_PROFILE": "generic",
     # Level of the ``cds_server`` loggers when run from the command line.
     "LOG_LEVEL": "INFO",
     # -- sandbox page (cds_server/sandbox) ---------------------------------------------------
@@ -235,6 +238,10 @@ def check(cfg: Config | dict[str, Any]) -> None:
         isinstance(a, str) and a.startswith("http") for a in aliases
     ):
         raise ConfigError("PUBLIC_URL_ALIASES must be a list of http(s) URLs")
+    from cds_server.render.profiles import PROFILE_NAMES
+
+    if cfg.get("CLIENT_PROFILE") not in PROFILE_NAMES:
+        raise ConfigError(f"CLIENT_PROFILE must be one of {', '.join(PROFILE_NAMES)}")
     _check_store(cfg)
     _check_trust(cfg)
 

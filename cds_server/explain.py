@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import textwrap
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -279,14 +279,21 @@ def explain_evaluation(ev: pipeline.Evaluation, kb: KnowledgeBase) -> str:
     cards = ev.response.get("cards", [])
     lines.append(f"Cards ({len(cards)}):")
     for card in cards:
-        lines.append(
-            f"  [{card['indicator']}] {card['summary']}  <{card['source']['topic']['code']}>"
-        )
+        lines.append(f"  [{card['indicator']}] {card['summary']}  <{_rule_of(card, kb)}>")
         lines.extend(textwrap.indent(card.get("detail", ""), "      ").splitlines())
         for sug in card.get("suggestions", []):
             flag = " (recommended)" if sug.get("isRecommended") else ""
             lines.append(f"      > suggestion: {sug['label']}{flag}")
     return "\n".join(lines)
+
+
+def _rule_of(card: Mapping[str, Any], kb: KnowledgeBase) -> str:
+    """The card's rule and the topic code it was sent with: ``rate-titration/RateTitration``."""
+    sent = card["source"]["topic"]["code"]
+    try:
+        return f"{kb.policy.topic_sent_as(sent).code}/{sent}"
+    except KeyError:
+        return str(sent)
 
 
 def explain_request(path: str | Path, kb: KnowledgeBase) -> str:

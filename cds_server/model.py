@@ -252,7 +252,11 @@ class Citation:
 
 @dataclass(frozen=True)
 class ProposedMedication:
-    """A draft MedicationRequest to create (e.g. a missing premedication)."""
+    """A draft MedicationRequest to create (e.g. a missing premedication).
+
+    ``agent_id``: the knowledge's agent (``cards/agents/``), the key of a site's own order
+    codes for it (an Epic preference-list item).
+    """
 
     label: str
     agent_name: str
@@ -263,6 +267,7 @@ class ProposedMedication:
     timing_text: str
     recommended: bool
     for_order_ref: str | None = None
+    agent_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -275,15 +280,32 @@ class ProposedRateChange:
     recommended: bool = True
 
 
+# What a suggested ServiceRequest orders, as a site names it when it maps its own order codes
+# (Epic preference-list or order-set items) to ours: a monitoring kind of the knowledge
+# (``monitoring[].kind`` in cards/drugs/) or the allergy/immunology referral.
+SERVICE_ORDER_KEYS = (
+    "hospitalization",
+    "observation",
+    "proximity",
+    "vital-signs",
+    "allergy-immunology-referral",
+)
+
+
 @dataclass(frozen=True)
 class ProposedServiceRequest:
-    """A text-coded ServiceRequest to create (admission, observation, referral)."""
+    """A text-coded ServiceRequest to create (admission, observation, referral).
+
+    ``order_key``: what it orders, one of ``SERVICE_ORDER_KEYS`` (the key of a site's own
+    order codes for it).
+    """
 
     label: str
     text: str
     coding: Coding | None = None
     recommended: bool = True
     for_order_ref: str | None = None
+    order_key: str | None = None
 
 
 ProposedAction = ProposedMedication | ProposedRateChange | ProposedServiceRequest

@@ -24,7 +24,8 @@ from cds_server.knowledge.model import KnowledgeBase
 from cds_server.knowledge_pages.links import PageLinks
 from cds_server.model import Finding, HookCall, PatientRecord, Situation
 from cds_server.reasoning.orders import history_order_read
-from cds_server.render.cards import card, prepare, summary_text
+from cds_server.render.cards import card, prepare
+from cds_server.render.profiles import GENERIC, ClientProfile
 
 
 def _uuid4() -> str:
@@ -59,13 +60,16 @@ def run(
     history: suppression.GuidanceHistory | None = None,
     caller: str = "",
     page_links: PageLinks | None = None,
+    profile: ClientProfile = GENERIC,
 ) -> Evaluation:
     """Evaluate one hook request body against the service ``service_id``.
 
     ``history`` (read-only; ``cds_server.store`` in the app) lets snoozed and already-shown
     non-critical cards be held back; without it every card is shown. ``caller``: whose patient
     ids the request's are (``HookCall.caller``). ``page_links``: the base URL and index of
-    the knowledge pages, for each card's ``source.url`` (None: no link).
+    the knowledge pages, for each card's ``source.url`` (None: no link). ``profile``: the
+    calling client's kind, which shapes the cards (``render.profiles``; spec-pure CDS Hooks
+    2.0 by default).
 
     Raises ``CdsError`` subclasses: ``UnknownService`` (404), ``InvalidRequest`` and
     ``HookMismatch`` (400), ``PrefetchUnavailable`` (412).
@@ -145,6 +149,7 @@ def run(
         if history is not None
         else {}
     )
+    shown = [f for f in ready if (f.topic, f.drug_id) not in held]
     cards = [
         card(
             f,
@@ -153,9 +158,9 @@ def run(
             patient_id=context["patientId"],
             warnings=patient_record.warnings,
             page_links=page_links,
+            profile=profile,
         )
-        for f in ready
-        if (f.topic, f.drug_id) not in held
+        for f in shown
     ]
     return Evaluation(
         request=request,
@@ -165,9 +170,7 @@ def run(
         situation=situation,
         findings=findings,
         response=protocol.dump_response(cards),
-        issued=suppression.issued_cards(
-            cards, {(f.topic, summary_text(f)): f.drug_id for f in ready}
-        ),
+        issued=suppression.issued_cards(zip(shown, cards, strict=True)),
         suppressed=tuple(held.values()),
     )
 

@@ -131,23 +131,22 @@ def _shown_in_session(f: Finding, call: HookCall, shown: Sequence[ShownCard]) ->
     return False
 
 
-def issued_cards(
-    cards: Sequence[Mapping[str, Any]], drugs: Mapping[tuple[str, str], str]
-) -> tuple[IssuedCard, ...]:
-    """Card-log records for rendered ``cards``; ``drugs`` maps (topic code, summary) → drug."""
-    out = []
-    for card in cards:
-        rule = str(card.get("source", {}).get("topic", {}).get("code", ""))
-        out.append(
-            IssuedCard(
-                uuid=str(card["uuid"]),
-                rule=rule,
-                drug=drugs.get((rule, str(card.get("summary", "")))),
-                indicator=str(card.get("indicator", "")),
-                suggestion_uuids=tuple(
-                    str(s["uuid"]) for s in card.get("suggestions", ()) if s.get("uuid")
-                ),
-                offered_reasons=tuple(str(r["code"]) for r in card.get("overrideReasons", ())),
-            )
+def issued_cards(shown: Iterable[tuple[Finding, Mapping[str, Any]]]) -> tuple[IssuedCard, ...]:
+    """Card-log records for the cards sent, each with the finding it was rendered from.
+
+    The rule is the finding's topic (``Topic.code``), not the card's ``source.topic.code``
+    (the wire code): the card log, snoozes and reports keep the rule's own name.
+    """
+    return tuple(
+        IssuedCard(
+            uuid=str(card["uuid"]),
+            rule=f.topic,
+            drug=f.drug_id,
+            indicator=str(card.get("indicator", "")),
+            suggestion_uuids=tuple(
+                str(s["uuid"]) for s in card.get("suggestions", ()) if s.get("uuid")
+            ),
+            offered_reasons=tuple(str(r["code"]) for r in card.get("overrideReasons", ())),
         )
-    return tuple(out)
+        for f, card in shown
+    )

@@ -198,3 +198,50 @@ def check_response(body: Any) -> list[str]:
                 problems.append(f"{path}: uuid repeats {seen[value]}")
             seen.setdefault(value, path)
     return problems
+
+
+# -- Epic's documented constraints (fhir.epic.com CDS Hooks tutorial: "Card Attributes",
+# "Suggestion Attributes", "HTTP Response Fields", "Codesets for Create APIs") ------------------
+
+EPIC_TOPIC_CODE = re.compile(r"^[A-Za-z0-9]{1,100}$")
+EPIC_ORDER_RESOURCES = {"MedicationRequest", "ServiceRequest", "ProcedureRequest"}
+EPIC_ORDER_SYSTEMS = {
+    "urn:oid:2.16.840.1.113883.6.88",  # RxNorm
+    "urn:oid:2.16.840.1.113883.6.69",  # NDC
+    "urn:com.epic.cdshooks.action.code.system.preference-list-item",
+    "urn:com.epic.cdshooks.action.code.system.orderset-item",
+}
+
+
+def _order_codings(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    concept = resource.get("medicationCodeableConcept") or resource.get("code") or {}
+    return [c for c in concept.get("coding") or () if isinstance(c, dict)]
+
+
+def check_epic_response(body: Any) -> list[str]:
+    """Every way ``body`` breaks what Epic documents it accepts (beyond ``check_response``)."""
+    problems = []
+    for i, card in enumerate(body.get("cards") or ()):
+        path = f"$.cards[{i}]"
+        topic = (card.get("source") or {}).get("topic") or {}
+        if not EPIC_TOPIC_CODE.match(str(topic.get("code", ""))):
+            problems.append(f"{path}.source.topic.code: Epic takes 1-100 letters and digits")
+        if card.get("suggestions") and card.get("selectionBehavior") != "any":
+            problems.append(f"{path}.selectionBehavior: Epic supports only 'any'")
+        for j, sug in enumerate(card.get("suggestions") or ()):
+            spath = f"{path}.suggestions[{j}]"
+            actions = sug.get("actions") or []
+            if len(actions) != 1:
+                problems.append(f"{spath}.actions: Epic takes one action per suggestion")
+            for action in actions:
+                resource = action.get("resource") or {}
+                kind = resource.get("resourceType")
+                if kind in EPIC_ORDER_RESOURCES and action.get("type") not in ("create", "delete"):
+                    problems.append(f"{spath}: Epic creates or deletes {kind}, never updates")
+                if action.get("type") == "create" and kind in EPIC_ORDER_RESOURCES:
+                    systems = {c.get("system") for c in _order_codings(resource)}
+                    if not systems & EPIC_ORDER_SYSTEMS:
+                        problems.append(f"{spath}: no code Epic can order {kind} by")
+                if not _nonempty_str(action.get("description")):
+                    problems.append(f"{spath}.description: what Epic shows; required")
+    return problems

@@ -115,6 +115,13 @@ def runner(app: Flask) -> FlaskCliRunner:
     return app.test_cli_runner()
 
 
+def rule_of(card: dict[str, Any]) -> str:
+    """The rule (``Topic.code``, e.g. ``rate-titration``) of a card, from the wire code it
+    was sent with (``source.topic.code``, e.g. ``RateTitration``); KeyError if none has it."""
+    kb = _cached_load(config.load()["CARDS_DIR"])
+    return kb.policy.topic_sent_as(card["source"]["topic"]["code"]).code
+
+
 def load_request(name: str) -> dict[str, Any]:
     """A fresh copy of ``fixtures/fhir/requests/<name>.json``."""
     return copy.deepcopy(json.loads((REQUESTS / f"{name}.json").read_text()))

@@ -50,6 +50,25 @@ def test_demo_runs_flask_on_loopback_with_demo_settings(
     assert "anyone who can reach it" in caplog.text
 
 
+def test_demo_profile_shapes_the_cards_for_that_client(
+    cli_runner: CliRunner, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_run(self: Flask, host: str, port: int, **kw: Any) -> None:
+        seen["profile"] = self.config["CLIENT_PROFILE"]
+
+    monkeypatch.setattr(Flask, "run", fake_run)
+    assert cli_runner.invoke(cli.main, ["demo"]).exit_code == 0
+    assert seen["profile"] == "generic"
+    result = cli_runner.invoke(cli.main, ["demo", "--profile", "epic"])
+    assert result.exit_code == 0, result.output
+    assert seen["profile"] == "epic"
+    assert "Cards shaped for the epic client profile" in caplog.text
+    result = cli_runner.invoke(cli.main, ["demo", "--profile", "cerner"])
+    assert result.exit_code == 2 and "'cerner' is not one of" in result.output
+
+
 def test_serve_configures_gunicorn(cli_runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     from gunicorn.app.base import BaseApplication
 

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from cds_server.cdshooks import services
 from cds_server.fhirdata import templates
 from cds_server.knowledge.model import KnowledgeBase
-from tests.conftest import load_request, service_for
+from tests.conftest import load_request, rule_of, service_for
 
 
 def test_discovery_structure(client: FlaskClient, kb: KnowledgeBase) -> None:
@@ -111,9 +111,9 @@ def test_deprecated_shared_id_is_not_listed_but_answers_both_hooks(
         assert old.status_code == 200, old.get_data(as_text=True)
         body = load_request(name)
         new = make_app().test_client().post(f"/cds-services/{service_for(body)}", json=body)
-        topics = [c["source"]["topic"]["code"] for c in old.get_json()["cards"]]
+        topics = [rule_of(c) for c in old.get_json()["cards"]]
         assert "rate-titration" in topics
-        assert topics == [c["source"]["topic"]["code"] for c in new.get_json()["cards"]]
+        assert topics == [rule_of(c) for c in new.get_json()["cards"]]
     feedback = {
         "feedback": [
             {"card": "c1", "outcome": "overridden", "outcomeTimestamp": "2026-11-21T10:05:31Z"}
@@ -140,14 +140,14 @@ def test_order_sign_after_order_select_holds_back_across_ids(
     client = make_app().test_client()
     sign = load_request("order-sign-rituximab")
     alone = make_app().test_client().post(f"/cds-services/{sign_id}", json=sign)
-    assert "rate-titration" in [c["source"]["topic"]["code"] for c in alone.get_json()["cards"]]
+    assert "rate-titration" in [rule_of(c) for c in alone.get_json()["cards"]]
     select = load_request("order-select-rituximab")
     assert select["context"]["encounterId"] == sign["context"]["encounterId"]
     shown = client.post(f"/cds-services/{select_id}", json=select).get_json()["cards"]
-    assert "rate-titration" in [c["source"]["topic"]["code"] for c in shown]
+    assert "rate-titration" in [rule_of(c) for c in shown]
     later = client.post(f"/cds-services/{sign_id}", json=load_request("order-sign-rituximab"))
     assert later.status_code == 200
-    assert "rate-titration" not in [c["source"]["topic"]["code"] for c in later.get_json()["cards"]]
+    assert "rate-titration" not in [rule_of(c) for c in later.get_json()["cards"]]
 
 
 def test_each_order_id_answers_only_its_hook(client: FlaskClient) -> None:

@@ -18,7 +18,7 @@ from cds_server.cdshooks import protocol
 from cds_server.fhirdata import prefetch
 from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase
-from tests.conftest import FIXTURES, service_for
+from tests.conftest import FIXTURES, rule_of, service_for
 from tests.scenarios.test_scenarios import ANCHOR, _shift_dates, call, card_problems, keys, today
 
 EPIC = FIXTURES / "clients" / "epic"
@@ -63,9 +63,7 @@ def test_epic_request_gives_its_cards(client: FlaskClient, kb: KnowledgeBase, na
     expected = json.loads((EPIC / f"{name}.expected.json").read_text())
     result = call(client, copy.deepcopy(body))  # HTTP, conformance checked
     problems: list[str] = []
-    by_key = {
-        (c["source"]["topic"]["code"], c["summary"].split(": ", 1)[0]): c for c in result["cards"]
-    }
+    by_key = {(rule_of(c), c["summary"].split(": ", 1)[0]): c for c in result["cards"]}
     for want in expected["cards"]:
         found = by_key.get((want["topic"], want["drug"]))
         if found is None:

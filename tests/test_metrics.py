@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cds_server.web import auth, metrics
 from tests import jwtkit as kit
-from tests.conftest import FHIR, ROOT, TOKEN, load_fixture, load_request
+from tests.conftest import FHIR, ROOT, TOKEN, load_fixture, load_request, rule_of
 from tests.fakefhir import FakeFhir
 from tests.test_sharedcache import redis_url  # noqa: F401 (fixture)
 
@@ -67,7 +67,7 @@ def test_a_hook_call_counts_its_request_latency_and_cards(client: FlaskClient) -
     )
     shown: dict[tuple[str, str], int] = {}
     for card in cards:
-        key = (card["indicator"], card["source"]["topic"]["code"])
+        key = (card["indicator"], rule_of(card))  # the label is the rule, not the wire code
         shown[key] = shown.get(key, 0) + 1
     for (indicator, topic), count in shown.items():
         card_labels = {**labels, "indicator": indicator, "topic": topic}

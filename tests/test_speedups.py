@@ -674,7 +674,8 @@ def _fixture_card_inputs(kb: Any) -> list[list[dict[str, Any]]]:
     with mock.patch.object(protocol, "dump_response", recording):
         for path in sorted(FIXTURES.rglob("*.json")):
             body = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(body, dict) and "hookInstance" in body:
+            # Calls without prefetch (Oracle's) read a FHIR server, which is not emulated here.
+            if isinstance(body, dict) and "hookInstance" in body and "prefetch" in body:
                 pipeline.evaluate(body, service_id=service_for(body), kb=kb)
     return seen
 

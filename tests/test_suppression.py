@@ -80,18 +80,24 @@ def test_patient_view_is_not_deduplicated() -> None:
     assert decide([finding("info")], call("order-sign"), prior, NOW) == {}
 
 
-def test_issued_cards_map_rule_drug_and_suggestions() -> None:
+def test_issued_cards_record_the_rule_not_the_wire_code() -> None:
     cards = [
         {
             "uuid": "c1",
             "summary": "Rituximab: premeds",
             "indicator": "warning",
-            "source": {"topic": {"code": "premedication"}},
+            "source": {"topic": {"code": "Premedication"}},
             "suggestions": [{"uuid": "s1"}, {"uuid": "s2"}],
         },
-        {"uuid": "c2", "summary": "Other", "indicator": "info", "source": {}},
+        {"uuid": "c2", "summary": "Obinutuzumab: rate", "indicator": "info", "source": {}},
     ]
-    out = issued_cards(cards, {("premedication", "Rituximab: premeds"): "rituximab"})
+    findings = [finding(), finding("info", "rate-titration", "obinutuzumab")]
+    out = issued_cards(zip(findings, cards, strict=True))
     assert out[0].rule == "premedication" and out[0].drug == "rituximab"
     assert out[0].suggestion_uuids == ("s1", "s2")
-    assert out[1].drug is None and out[1].rule == ""
+    assert (out[1].rule, out[1].drug, out[1].indicator) == (
+        "rate-titration",
+        "obinutuzumab",
+        "info",
+    )
+    assert out[1].suggestion_uuids == ()

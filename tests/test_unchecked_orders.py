@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 
 from cds_server.recognition import ndc_product
 from tests.conformance import check_response
-from tests.conftest import load_request
+from tests.conftest import load_request, rule_of
 
 SIGN = "/cds-services/infusion-safety"
 TOPIC = "order-not-checked"
@@ -92,7 +92,7 @@ def test_each_bad_element_gets_a_card_naming_order_and_element(
     assert resp.status_code == 200, resp.get_json()
     result = resp.get_json()
     assert check_response(result) == []
-    cards = [c for c in result["cards"] if c["source"]["topic"]["code"] == TOPIC]
+    cards = [c for c in result["cards"] if rule_of(c) == TOPIC]
     assert len(cards) == 1, [c["summary"] for c in result["cards"]]
     (card,) = cards
     assert card["indicator"] == "warning"
@@ -109,7 +109,7 @@ def test_unresolvable_reference_is_an_unidentified_infusion(client: FlaskClient)
     order["medicationReference"] = {"reference": "Medication/not-there"}
     resp = client.post(SIGN, json=body)
     assert resp.status_code == 200
-    cards = [c for c in resp.get_json()["cards"] if c["source"]["topic"]["code"] == TOPIC]
+    cards = [c for c in resp.get_json()["cards"] if rule_of(c) == TOPIC]
     (card,) = cards
     assert card["indicator"] == "warning"  # IV route and a rate: an infusion
     assert card["summary"].startswith("Unidentified order: could not tell which medicine")
@@ -125,7 +125,7 @@ def test_unidentified_order_without_infusion_signs_is_info(client: FlaskClient) 
     order.pop("dispenseRequest", None)
     order["dosageInstruction"] = [{"route": {"text": "oral"}}]
     resp = client.post(SIGN, json=body)
-    (card,) = [c for c in resp.get_json()["cards"] if c["source"]["topic"]["code"] == TOPIC]
+    (card,) = [c for c in resp.get_json()["cards"] if rule_of(c) == TOPIC]
     assert card["indicator"] == "info"
     assert "LOCAL-77" in card["detail"] and "https://ehr.example.org/formulary" in card["detail"]
 
@@ -145,7 +145,7 @@ def test_entry_that_is_not_a_medication_request_gets_a_card(
     body["context"]["draftOrders"]["entry"].append({"resource": resource})
     resp = client.post(SIGN, json=body)
     assert resp.status_code == 200
-    cards = [c for c in resp.get_json()["cards"] if c["source"]["topic"]["code"] == TOPIC]
+    cards = [c for c in resp.get_json()["cards"] if rule_of(c) == TOPIC]
     (card,) = cards
     assert card["indicator"] == "warning"
     assert card["summary"].startswith("Unreadable draft order: draft order 2 could not be read")
@@ -168,7 +168,7 @@ def test_order_select_reports_only_selected_orders(client: FlaskClient) -> None:
     order["authoredOn"] = "yesterday"
     resp = client.post("/cds-services/infusion-safety", json=body)
     assert resp.status_code == 200
-    codes = [c["source"]["topic"]["code"] for c in resp.get_json()["cards"]]
+    codes = [rule_of(c) for c in resp.get_json()["cards"]]
     assert TOPIC not in codes
 
 

@@ -484,6 +484,18 @@ def _build_protocol(ctx: _FileContext, d: Mapping[str, Any]) -> DesensitizationP
 
 def _build_policy(d: Mapping[str, Any], problems: list[Problem], census: _Census) -> CardPolicy:
     reason_codes = {r["code"] for r in d["override_reasons"]}
+    for key in ("code", "wire_code"):
+        first: dict[str, int] = {}
+        for i, t in enumerate(d["topics"]):
+            if t[key].casefold() in first:
+                problems.append(
+                    Problem(
+                        "policy.yaml",
+                        f"topics.{i}.{key}",
+                        f"'{t[key]}' is already topic {first[t[key].casefold()]}'s",
+                    )
+                )
+            first.setdefault(t[key].casefold(), i)
     for i, t in enumerate(d["topics"]):
         for code in t["override_reasons"]:
             if code not in reason_codes:
@@ -513,7 +525,8 @@ def _build_policy(d: Mapping[str, Any], problems: list[Problem], census: _Census
         engine=engine,
         system=d["topic_system"],
         topics=tuple(
-            Topic(t["code"], t["display"], tuple(t["override_reasons"])) for t in d["topics"]
+            Topic(t["code"], t["display"], t["wire_code"], tuple(t["override_reasons"]))
+            for t in d["topics"]
         ),
         override_system=d["override_reason_system"],
         override_reasons=tuple(

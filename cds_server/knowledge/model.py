@@ -494,10 +494,16 @@ class DesensitizationProtocol:
 
 @dataclass(frozen=True)
 class Topic:
-    """A rule topic (``source.topic`` coding on cards) and the override reasons it offers."""
+    """A rule topic and the override reasons it offers.
+
+    ``code`` names the rule inside the service (knowledge, site overlays, the card log,
+    snoozes, metrics); ``wire_code`` is what cards send as ``source.topic.code`` (letters and
+    digits only, at most 100: what Epic accepts).
+    """
 
     code: str
     display: str
+    wire_code: str
     override_reasons: tuple[str, ...] = ()
 
 
@@ -559,6 +565,13 @@ class CardPolicy:
             if t.code == code:
                 return t
         raise KeyError(code)
+
+    def topic_sent_as(self, wire_code: str) -> Topic:
+        """The topic whose cards carry ``source.topic.code`` ``wire_code``."""
+        for t in self.topics:
+            if t.wire_code == wire_code:
+                return t
+        raise KeyError(wire_code)
 
     def reason(self, code: str) -> OverrideReason:
         for r in self.override_reasons:

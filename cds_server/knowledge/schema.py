@@ -425,7 +425,16 @@ class CodeDisplaySchema(_Strict):
     display = fields.String(required=True, validate=NON_EMPTY)
 
 
+# What cards send as ``source.topic.code``: Epic accepts only ASCII letters and digits, at most
+# 100 characters, and ties a clinician's override to the code (Epic's CDS Hooks tutorial,
+# "Card Attributes"), so every client gets codes of that shape.
+WIRE_CODE = validate.Regexp(
+    r"^[A-Za-z0-9]{1,100}$", error="must be 1 to 100 ASCII letters and digits (no '-', no space)"
+)
+
+
 class TopicSchema(CodeDisplaySchema):
+    wire_code = fields.String(required=True, validate=WIRE_CODE)
     override_reasons = fields.List(fields.String(validate=ID), load_default=list)
 
 

@@ -104,6 +104,7 @@ def _for_order(
         "available before the infusion",
         recommended=True,
         for_order_ref=recognised.order.ref,
+        agent_id=TOCILIZUMAB,
     )
     return Finding(
         topic=TOPIC,

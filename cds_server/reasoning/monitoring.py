@@ -150,6 +150,7 @@ def _for_order(
             text=f"{drug.display}: {req.text}",
             recommended=req.kind in _INTERRUPTIVE or req.duration is not None,
             for_order_ref=recognised.order.ref,
+            order_key=req.kind,
         )
         for req in shown + maybe
     )

@@ -219,6 +219,7 @@ def _for_order(
             timing_text=f"{agent.timing} ({drug.name})",
             recommended=agent.required and agent.provenance.evidence == "verified",
             for_order_ref=recognised.order.ref,
+            agent_id=chosen,
         )
         for role, (agent, _) in missing.items()
         # a class-only label ("an H2 antagonist") is listed, not ordered; an agent no longer

@@ -22,6 +22,7 @@ from cds_server.knowledge.model import KnowledgeBase
 from cds_server.knowledge_pages.links import PageLinks
 from cds_server.model import Citation, Finding
 from cds_server.render import markdown
+from cds_server.render.profiles import GENERIC, ClientProfile, shape_card
 from cds_server.render.suggestions import InvalidSuggestion, suggestion
 
 log = logging.getLogger(__name__)
@@ -219,16 +220,18 @@ def card(
     patient_id: str,
     warnings: Sequence[str] = (),
     page_links: PageLinks | None = None,
+    profile: ClientProfile = GENERIC,
 ) -> dict[str, Any]:
-    """One CDS Hooks card for one (merged, gated) finding. With ``page_links``, ``source.url``
-    is the knowledge page of the card's drug at its topic, when there is such a page."""
+    """One CDS Hooks card for one (merged, gated) finding, shaped for ``profile``'s client.
+    With ``page_links``, ``source.url`` is the knowledge page of the card's drug at its topic,
+    when there is such a page."""
     policy = kb.policy
     topic = policy.topic(finding.topic)
     source: dict[str, Any] = {"label": f"{policy.publisher} ({kb.version})"}
     url = page_links.card_url(finding.drug_id, finding.topic) if page_links else None
     if url:
         source["url"] = url
-    source["topic"] = {"system": policy.system, "code": topic.code, "display": topic.display}
+    source["topic"] = {"system": policy.system, "code": topic.wire_code, "display": topic.display}
     out: dict[str, Any] = {
         "uuid": new_uuid(),
         "summary": summary_text(finding),
@@ -238,8 +241,10 @@ def card(
     }
     suggestions = []
     for action in finding.actions:
+        if not profile.takes(action):
+            continue
         try:
-            suggestions.append(suggestion(action, patient_id, new_uuid))
+            suggestions.append(suggestion(action, patient_id, new_uuid, profile))
         except InvalidSuggestion as exc:
             log.error("suggestion dropped for topic %s: %s", finding.topic, exc)
     if suggestions:
@@ -260,7 +265,7 @@ def card(
         ]
     if not out["detail"]:
         del out["detail"]
-    return out
+    return shape_card(out, profile, new_uuid)
 
 
 def render_cards(
@@ -271,6 +276,7 @@ def render_cards(
     patient_id: str = "unknown",
     warnings: Sequence[str] = (),
     page_links: PageLinks | None = None,
+    profile: ClientProfile = GENERIC,
 ) -> list[dict[str, Any]]:
     """Cards for all findings: merged per topic and drug, gated, sorted by indicator then drug."""
     return [
@@ -281,6 +287,7 @@ def render_cards(
             patient_id=patient_id,
             warnings=warnings,
             page_links=page_links,
+            profile=profile,
         )
         for f in prepare(findings)
     ]

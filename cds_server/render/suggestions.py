@@ -1,4 +1,5 @@
-"""Turns proposed actions into CDS Hooks suggestions carrying FHIR R4 resources (R4B-validated)."""
+"""Turns proposed actions into CDS Hooks suggestions carrying FHIR R4 resources (R4B-validated),
+shaped for the client's profile (``render.profiles``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
 from cds_server.model import (
+    RXNORM,
     UCUM,
+    Coding,
     ProposedAction,
     ProposedMedication,
     ProposedRateChange,
@@ -19,6 +22,13 @@ from cds_server.model import (
     Quantity,
 )
 from cds_server.plainfhir import is_plain
+from cds_server.render.profiles import (
+    EPIC_ORDER_NOTE,
+    GENERIC,
+    RXNORM_OID,
+    ClientProfile,
+    fhir_coding,
+)
 
 _UCUM_CODES = {"mg": "mg", "mg/h": "mg/h", "mL/h": "mL/h", "mL/min": "mL/min", "mg/min": "mg/min"}
 
@@ -34,21 +44,25 @@ def _quantity(q: Quantity) -> dict[str, Any]:
     return out
 
 
-def medication_request(p: ProposedMedication, patient_id: str) -> dict[str, Any]:
+def _codings(p: ProposedMedication, profile: ClientProfile) -> list[dict[str, str]]:
+    """The site's own codes first (``epic``), then ours; RxNorm also under Epic's OID."""
+    out = profile.site_codings(p.agent_id)
+    if p.coding is not None:
+        ours = fhir_coding(p.coding)
+        out.append(ours)
+        if profile.epic and p.coding.system == RXNORM:
+            out.append({**ours, "system": RXNORM_OID})
+    return out
+
+
+def medication_request(
+    p: ProposedMedication, patient_id: str, profile: ClientProfile = GENERIC
+) -> dict[str, Any]:
     """A draft MedicationRequest for a missing agent."""
     concept: dict[str, Any] = {"text": p.agent_name}
-    if p.coding is not None:
-        concept["coding"] = [
-            {
-                k: v
-                for k, v in (
-                    ("system", p.coding.system),
-                    ("code", p.coding.code),
-                    ("display", p.coding.display),
-                )
-                if v
-            }
-        ]
+    codings = _codings(p, profile)
+    if codings:
+        concept["coding"] = codings
     dose = ""
     if p.dose_low is not None and p.dose_high is not None:
         low, high = p.dose_low, p.dose_high
@@ -79,11 +93,16 @@ def medication_request(p: ProposedMedication, patient_id: str) -> dict[str, Any]
     return _validated(MedicationRequest, resource)
 
 
-def service_request(p: ProposedServiceRequest, patient_id: str) -> dict[str, Any]:
+def service_request(
+    p: ProposedServiceRequest, patient_id: str, profile: ClientProfile = GENERIC
+) -> dict[str, Any]:
     """A draft, text-coded ServiceRequest (admission, observation, referral)."""
     code: dict[str, Any] = {"text": p.label.removeprefix("Order ")}
+    codings = profile.site_codings(p.order_key)
     if p.coding is not None:
-        code["coding"] = [{"system": p.coding.system, "code": p.coding.code}]
+        codings.append(fhir_coding(Coding(p.coding.system, p.coding.code)))
+    if codings:
+        code["coding"] = codings
     resource = {
         "resourceType": "ServiceRequest",
         "status": "draft",
@@ -127,21 +146,37 @@ def _validated(model: Any, resource: dict[str, Any]) -> dict[str, Any]:
     return resource
 
 
+def description(action: ProposedAction, profile: ClientProfile = GENERIC) -> str:
+    """What the clinician reads of an action: its label, which names the dose, route and
+    timing (or the new rate). Epic ignores the suggested resource's details, so there it
+    also says to check them, and a service request carries its reason."""
+    if not profile.epic:
+        return action.label
+    if isinstance(action, ProposedMedication):
+        return f"{action.label}. {EPIC_ORDER_NOTE}"
+    if isinstance(action, ProposedServiceRequest):
+        return f"{action.label} — {action.text}"
+    return action.label
+
+
 def suggestion(
-    action: ProposedAction, patient_id: str, new_uuid: Callable[[], str]
+    action: ProposedAction,
+    patient_id: str,
+    new_uuid: Callable[[], str],
+    profile: ClientProfile = GENERIC,
 ) -> dict[str, Any]:
     """One CDS Hooks suggestion with a single action."""
     if isinstance(action, ProposedMedication):
         act = {
             "type": "create",
-            "description": action.label,
-            "resource": medication_request(action, patient_id),
+            "description": description(action, profile),
+            "resource": medication_request(action, patient_id, profile),
         }
     elif isinstance(action, ProposedServiceRequest):
         act = {
             "type": "create",
-            "description": action.label,
-            "resource": service_request(action, patient_id),
+            "description": description(action, profile),
+            "resource": service_request(action, patient_id, profile),
         }
     else:
         act = {"type": "update", "description": action.label, "resource": rate_update(action)}

@@ -121,6 +121,7 @@ def call_service(service_id: str) -> Response:
         max_prefetch=current_app.config["MAX_PREFETCH_RESOURCES"],
     )
     runtime = _runtime()
+    profile = runtime.profiles[auth.client_profile()]
     now = datetime.now(UTC)
     cards_store = store.get_store()
     result = pipeline.run(
@@ -135,6 +136,7 @@ def call_service(service_id: str) -> Response:
         history=cards_store,
         caller=auth.caller_namespace(),
         page_links=knowledge.card_links(),
+        profile=profile,
     )
     cards_store.log_cards(
         result.situation.call, result.issued, issued_at=now, knowledge_version=runtime.kb.version
@@ -142,9 +144,11 @@ def call_service(service_id: str) -> Response:
     metrics.record_call(service_id, result.service.hook, result.response["cards"], runtime.kb)
     trigger = result.request.epic_trigger
     log.info(
-        "call service=%s hook=%s%s hookInstance=%s cards=%d held=%d fetched=%s warnings=%d ms=%.0f",
+        "call service=%s hook=%s%s%s hookInstance=%s cards=%d held=%d fetched=%s warnings=%d "
+        "ms=%.0f",
         result.service.id,
         result.service.hook,
+        f" profile={profile.name}" if profile.name != "generic" else "",
         f" epic-trigger={trigger} ({protocol.EPIC_TRIGGERS.get(trigger, 'undocumented')})"
         if trigger
         else "",

@@ -367,6 +367,14 @@ def caller_namespace() -> str:
     return caller.namespace if caller else ""
 
 
+def client_profile() -> str:
+    """The profile of this request's client (``render.profiles``): its trusted-clients entry's,
+    else the ``CLIENT_PROFILE`` setting (the only one with authentication off)."""
+    caller: Caller | None = g.get("cds_caller") if EXTENSION in current_app.extensions else None
+    named = caller.client.profile if caller else None
+    return named or str(current_app.config["CLIENT_PROFILE"])
+
+
 def init_app(app: Flask, *, blueprint: str) -> None:
     """Require authentication on ``blueprint`` unless ``AUTH_REQUIRED`` is off (demo, tests).
 

@@ -9,7 +9,7 @@ hookInstance, card id, URL or token):
   ``unknown``; ``hook`` the service's hook, ``unknown`` when it could not be told, ``""`` for
   discovery and feedback);
 * ``cds_cards_total{service, hook, indicator, topic}``: cards returned (``topic`` is the rule's
-  ``source.topic`` code from the knowledge);
+  code in the knowledge, ``premedication``…, found from the card's ``source.topic`` wire code);
 * ``cds_fhir_requests_total{hook, kind, resource}`` and ``cds_fhir_failures_total{…}``: reads
   and searches sent to the EHR's FHIR server when prefetch lacked the data (each with its pages);
 * ``cds_feedback_items_total{service, result}``: stored (about a logged card), unknown_card
@@ -207,7 +207,7 @@ def record_call(
 ) -> None:
     """A hook call was answered with ``cards`` (topics outside ``kb``'s policy: unknown)."""
     g.cds_hook = hook
-    topics = {t.code for t in kb.policy.topics}
+    rules = {t.wire_code: t.code for t in kb.policy.topics}
     service, hook_name = service_label(service_id), hook_label(service_id, hook)
     for card in cards:
         indicator = card.get("indicator")
@@ -218,7 +218,7 @@ def record_call(
             service,
             hook_name,
             indicator if indicator in INDICATORS else UNKNOWN,
-            code if code in topics else UNKNOWN,
+            rules.get(code, UNKNOWN) if isinstance(code, str) else UNKNOWN,
         ).inc()
 
 

@@ -10,8 +10,11 @@ as ``clients.<n>.<field>: message``)::
         tenant: optional-tenant-id            # if set, the JWT "tenant" claim must equal it
         fhir_servers: [https://ehr.example.org/fhir]   # where fhirAuthorization may be sent
         algorithms: [ES384, RS384]            # optional; ES256 and RS256 only if listed here
+        profile: epic                         # optional: generic, epic, oracle or sandbox
 
 Entries are keyed by (``iss``, ``tenant``); an entry without ``tenant`` accepts any tenant.
+``profile`` shapes the cards sent to that client (``render.profiles``); without it, the
+``CLIENT_PROFILE`` setting (default ``generic``: spec-pure CDS Hooks 2.0).
 Only public keys are accepted (a key with ``d`` is refused); ``none`` and HS* never are.
 """
 
@@ -30,6 +33,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from cds_server.config import ConfigError
 from cds_server.fhirdata.client import base_url_key
+from cds_server.render.profiles import PROFILE_NAMES
 
 DEFAULT_ALGORITHMS = frozenset({"ES384", "RS384"})
 OPTIONAL_ALGORITHMS = frozenset({"ES256", "RS256"})
@@ -49,6 +53,7 @@ class TrustedClient:
     jku: str | None = None  # or: the one JWKS URL fetched for this client
     fhir_servers: tuple[str, ...] = ()  # base_url_key() of each allowed fhirServer
     algorithms: frozenset[str] = DEFAULT_ALGORITHMS
+    profile: str | None = None  # a ``render.profiles`` name; None = the CLIENT_PROFILE setting
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,7 @@ class _ClientSchema(Schema):
     tenant = fields.String(validate=validate.Length(min=1, max=256))
     fhir_servers = fields.List(fields.String(validate=_fhir_base))
     algorithms = fields.List(fields.String(validate=_algorithm), validate=validate.Length(min=1))
+    profile = fields.String(validate=validate.OneOf(PROFILE_NAMES))
 
     @validates_schema(skip_on_field_errors=True)
     def _keys(self, data: dict[str, Any], **kw: Any) -> None:
@@ -234,6 +240,7 @@ def _build(entry: Mapping[str, Any]) -> TrustedClient:
         jku=entry.get("jku"),
         fhir_servers=tuple(base_url_key(u) for u in entry.get("fhir_servers", ())),
         algorithms=frozenset(entry.get("algorithms") or DEFAULT_ALGORITHMS),
+        profile=entry.get("profile"),
     )
 
 

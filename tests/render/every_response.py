@@ -21,7 +21,7 @@ from tests.scenarios.test_scenarios import load_scenario, request_text, scenario
 
 Response = dict[str, Any]
 OPEN = {"KNOWLEDGE_PAGES_PUBLIC": True}  # the settings of every app: pages open to browsers
-_CACHE: dict[str, Response] = {}
+_CACHE: dict[str, dict[str, Response]] = {}  # per client profile
 _BODIES: dict[str, dict[str, Any]] = {}
 
 
@@ -37,18 +37,22 @@ def _post(app: Flask, body_text: str, hook_body: dict[str, Any]) -> Response:
     return result
 
 
-def every_response(make_app: Callable[..., Flask]) -> dict[str, Response]:
-    """``{"requests/<name>" | "scenarios/<name>": response}`` for every fixture and scenario."""
-    if not _CACHE:
+def every_response(make_app: Callable[..., Flask], profile: str = "generic") -> dict[str, Response]:
+    """``{"requests/<name>" | "scenarios/<name>": response}`` for every fixture and scenario,
+    as a client of ``profile`` (``CLIENT_PROFILE``) gets them."""
+    if profile not in _CACHE:
+        cache = _CACHE[profile] = {}
         for path in sorted(REQUESTS.glob("*.json")):
             text = path.read_text()
             _BODIES[f"requests/{path.stem}"] = json.loads(text)
-            _CACHE[f"requests/{path.stem}"] = _post(make_app(**OPEN), text, json.loads(text))
+            app = make_app(CLIENT_PROFILE=profile, **OPEN)
+            cache[f"requests/{path.stem}"] = _post(app, text, json.loads(text))
         for name in scenario_names():
             body, _ = load_scenario(name)
             _BODIES[f"scenarios/{name}"] = body
-            _CACHE[f"scenarios/{name}"] = _post(make_app(**OPEN), request_text(body), body)
-    return _CACHE
+            app = make_app(CLIENT_PROFILE=profile, **OPEN)
+            cache[f"scenarios/{name}"] = _post(app, request_text(body), body)
+    return _CACHE[profile]
 
 
 def request_of(where: str) -> dict[str, Any]:

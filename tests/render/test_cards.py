@@ -55,7 +55,7 @@ def test_card_shape(kb):
     assert card["uuid"] and card["indicator"] == "warning"
     assert card["source"]["topic"] == {
         "system": kb.policy.system,
-        "code": "premedication",
+        "code": "Premedication",
         "display": kb.policy.topic("premedication").display,
     }
     assert kb.version in card["source"]["label"]

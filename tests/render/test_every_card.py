@@ -19,7 +19,7 @@ from cds_server.model import Situation
 from cds_server.render import markdown
 from cds_server.render.cards import DETAIL_BUDGET, MAX_SOURCES, TABLE_HEADING
 from cds_server.render.markdown import SEMANTIC_TAG
-from tests.conftest import service_for
+from tests.conftest import rule_of, service_for
 from tests.render.every_response import every_card, every_response, request_of
 
 GIVEN = frozenset({"completed", "stopped"})
@@ -70,8 +70,7 @@ def test_previously_tolerated_only_with_a_prior_reaction_or_dose(
     offered = withheld = 0
     wrong = []
     for where, card in every_card(make_app):
-        topic = card["source"]["topic"]["code"]
-        if "previously-tolerated" not in kb.policy.topic(topic).override_reasons:
+        if "previously-tolerated" not in kb.policy.topic(rule_of(card)).override_reasons:
             continue
         drug_id = _drug_id(card, kb)
         assert drug_id is not None, where
@@ -89,7 +88,7 @@ def test_first_infusion_rate_card_offers_no_tolerance_reason(
     make_app: Callable[..., Flask],
 ) -> None:
     [card] = every_response(make_app)["requests/order-sign-rituximab"]["cards"]
-    assert card["source"]["topic"]["code"] == "rate-titration"
+    assert card["source"]["topic"]["code"] == "RateTitration"
     assert list(_reasons(card)) == ["rate-per-institutional-protocol", "not-applicable"]
 
 

@@ -35,7 +35,7 @@ from cds_server import pipeline
 from cds_server.fhirdata.client import FhirSettings
 from cds_server.knowledge.model import KnowledgeBase
 from tests.conformance import check_response
-from tests.conftest import FHIR, FIXTURES, service_for
+from tests.conftest import FHIR, FIXTURES, rule_of, service_for
 from tests.fakefhir import FakeFhir
 
 SCENARIOS = FIXTURES / "scenarios"
@@ -44,7 +44,7 @@ ANCHOR = date(2026, 11, 21)  # the "today" the fixtures were written for
 R4_MODELS = {"MedicationRequest": MedicationRequest, "ServiceRequest": ServiceRequest}
 _ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?=$|T)")
 
-CardKey = tuple[str, str, str]  # (topic code, indicator, drug shown before ":" in the summary)
+CardKey = tuple[str, str, str]  # (rule, indicator, drug shown before ":" in the summary)
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -121,7 +121,7 @@ def drug_of(card: dict[str, Any]) -> str:
 
 
 def key_of(card: dict[str, Any]) -> CardKey:
-    return (card["source"]["topic"]["code"], card["indicator"], drug_of(card))
+    return (rule_of(card), card["indicator"], drug_of(card))
 
 
 def keys(response: dict[str, Any]) -> list[CardKey]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from tests.conftest import FIXTURES, service_for
+from tests.conftest import FIXTURES, rule_of, service_for
 
 OUR_REASONS = "urn:infusion-safety-cds:override-reason"
 
@@ -59,11 +59,11 @@ def call(client: FlaskClient, body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def topics(cards: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    return sorted((c["source"]["topic"]["code"], c["indicator"]) for c in cards)
+    return sorted((rule_of(c), c["indicator"]) for c in cards)
 
 
 def card_for(cards: list[dict[str, Any]], topic: str) -> dict[str, Any]:
-    return next(c for c in cards if c["source"]["topic"]["code"] == topic)
+    return next(c for c in cards if rule_of(c) == topic)
 
 
 def iso(when: datetime | None = None) -> str:

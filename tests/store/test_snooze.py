@@ -16,7 +16,7 @@ from cds_server import pipeline
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.store import get_store
 from cds_server.store.identity import keyed_hash
-from tests.conftest import FIXTURES, load_request
+from tests.conftest import FIXTURES, load_request, rule_of
 from tests.store.conftest import HASH_KEY, as_utc, rows
 from tests.store.flows import (
     LATER_RITUXIMAB,
@@ -59,7 +59,7 @@ def at(app: Flask, kb: KnowledgeBase, name: str, now: datetime) -> list[tuple[st
     result = pipeline.run(
         body, service_id="infusion-safety", kb=kb, now=now, history=get_store(app)
     )
-    return sorted((c["source"]["topic"]["code"], c["indicator"]) for c in result.response["cards"])
+    return sorted((rule_of(c), c["indicator"]) for c in result.response["cards"])
 
 
 def test_snoozed_rule_is_not_shown_again_for_that_patient_and_drug(
