@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 Indicator = Literal["info", "warning", "critical"]
 Evidence = Literal["verified", "secondary", "unverified"]
+# How a card's source is tagged: a knowledge fact's evidence level, or ``institution`` for a
+# site's own approved protocol (a site overlay: ``cds_server.knowledge.sitefile``).
+SourceTag = Literal["verified", "secondary", "unverified", "institution"]
 # What an order's medicine is to the rules: a knowledge-base drug, or a premedication/rescue agent.
 MedicineKind = Literal["drug", "agent"]
 
@@ -246,7 +249,7 @@ class Citation:
     title: str
     url: str | None
     label_version: str | None
-    evidence: Evidence
+    evidence: SourceTag
     jurisdiction: str | None = None
 
 
@@ -263,6 +266,8 @@ class ProposedMedication:
     timing_text: str
     recommended: bool
     for_order_ref: str | None = None
+    # The knowledge's agent id (``cards/agents/``), e.g. for a site's order codes.
+    agent_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -284,6 +289,9 @@ class ProposedServiceRequest:
     coding: Coding | None = None
     recommended: bool = True
     for_order_ref: str | None = None
+    # What is referred to, as a site's order codes name it: ``allergy-immunology``, or a
+    # monitoring kind (``hospitalization``, ``observation``, ``proximity``, ``vital-signs``).
+    referral: str | None = None
 
 
 ProposedAction = ProposedMedication | ProposedRateChange | ProposedServiceRequest
