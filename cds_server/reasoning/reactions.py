@@ -381,6 +381,7 @@ def _finding(
                 "evaluate for rapid drug desensitization before re-exposure.",
                 recommended=indicator == "critical",
                 for_order_ref=recognised.order.ref,
+                referral="allergy-immunology",
             ),
         )
     return Finding(
