@@ -10,8 +10,11 @@ as ``clients.<n>.<field>: message``)::
         tenant: optional-tenant-id            # if set, the JWT "tenant" claim must equal it
         fhir_servers: [https://ehr.example.org/fhir]   # where fhirAuthorization may be sent
         algorithms: [ES384, RS384]            # optional; ES256 and RS256 only if listed here
+        site: sites/north-hospital            # optional: this client's site overlay folder
 
 Entries are keyed by (``iss``, ``tenant``); an entry without ``tenant`` accepts any tenant.
+A ``site`` folder (relative to the file's own folder) gives that client's calls its own site
+overlay (``cds_server.knowledge.overlay``); other clients never see it.
 Only public keys are accepted (a key with ``d`` is refused); ``none`` and HS* never are.
 """
 
@@ -49,6 +52,7 @@ class TrustedClient:
     jku: str | None = None  # or: the one JWKS URL fetched for this client
     fhir_servers: tuple[str, ...] = ()  # base_url_key() of each allowed fhirServer
     algorithms: frozenset[str] = DEFAULT_ALGORITHMS
+    site: str | None = None  # this client's site overlay folder (absolute path), if any
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,7 @@ class _ClientSchema(Schema):
     tenant = fields.String(validate=validate.Length(min=1, max=256))
     fhir_servers = fields.List(fields.String(validate=_fhir_base))
     algorithms = fields.List(fields.String(validate=_algorithm), validate=validate.Length(min=1))
+    site = fields.String(validate=validate.Length(min=1, max=4096))
 
     @validates_schema(skip_on_field_errors=True)
     def _keys(self, data: dict[str, Any], **kw: Any) -> None:
@@ -221,7 +226,7 @@ def _flatten(messages: Any, prefix: str = "") -> list[str]:
     return [f"{prefix or '(file)'}: {messages}"]
 
 
-def _build(entry: Mapping[str, Any]) -> TrustedClient:
+def _build(entry: Mapping[str, Any], folder: Path | None = None) -> TrustedClient:
     keys = None
     if "jwks" in entry:
         keys = MappingProxyType(
@@ -234,11 +239,13 @@ def _build(entry: Mapping[str, Any]) -> TrustedClient:
         jku=entry.get("jku"),
         fhir_servers=tuple(base_url_key(u) for u in entry.get("fhir_servers", ())),
         algorithms=frozenset(entry.get("algorithms") or DEFAULT_ALGORITHMS),
+        site=str((folder or Path.cwd()) / entry["site"]) if "site" in entry else None,
     )
 
 
-def parse(data: Any, source: str = "trusted clients") -> TrustedClients:
-    """Validate already-parsed YAML/JSON data; ``ConfigError`` lists every problem."""
+def parse(data: Any, source: str = "trusted clients", folder: Path | None = None) -> TrustedClients:
+    """Validate already-parsed YAML/JSON data; ``ConfigError`` lists every problem. A
+    client's ``site`` is taken relative to ``folder`` (the file's; default the working one)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: must be a mapping with a 'clients' list (see the README)")
     try:
@@ -246,7 +253,7 @@ def parse(data: Any, source: str = "trusted clients") -> TrustedClients:
     except ValidationError as exc:
         lines = "\n".join(f"  {line}" for line in sorted(_flatten(exc.messages)))
         raise ConfigError(f"{source} is invalid:\n{lines}") from None
-    return TrustedClients(tuple(_build(entry) for entry in loaded["clients"]))
+    return TrustedClients(tuple(_build(entry, folder) for entry in loaded["clients"]))
 
 
 def load(path: str | Path) -> TrustedClients:
@@ -263,4 +270,4 @@ def load(path: str | Path) -> TrustedClients:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigError(f"{source} is not valid YAML{where}") from None
-    return parse(data, source)
+    return parse(data, source, Path(path).resolve().parent)
