@@ -11,6 +11,7 @@ once in a ``SiteError``, as ``file: field: problem``, like ``KnowledgeError``.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -73,6 +74,9 @@ DOSE_UNITS = ("mg", "mg/kg", *sorted(MICROGRAM_UNITS))
 TIME_UNITS = ("min", "h")
 EPIC_PREFERENCE_LIST = "urn:com.epic.cdshooks.action.code.system.preference-list-item"
 _SHARE_TOLERANCE = 1e-6
+# marshmallow files a mapping's value errors under "value": "protocols.x.approved_by" reads
+# better than "protocols.x.value.approved_by".
+_DICT_VALUE = re.compile(r"((?:protocols|based_on)\.[^.]+)\.value(?=\.|$)")
 
 
 class SiteError(KnowledgeError):
@@ -290,7 +294,10 @@ class _Folder:
             try:
                 data = SiteFileSchema().load(raw)
             except ValidationError as err:
-                self.problems.extend(Problem(name, f, m) for f, m in flatten_errors(err.messages))
+                self.problems.extend(
+                    Problem(name, _DICT_VALUE.sub(r"\1", f), m)
+                    for f, m in flatten_errors(err.messages)
+                )
                 continue
             self._collect(name, data)
 
@@ -509,6 +516,8 @@ class _Builder:
                 self.problem(raw, "dose.unit", f"must be one of {', '.join(DOSE_UNITS)}")
                 continue
             changed, replaced = self._preference_targets(raw, scope, target, role, agent_id)
+            if replaced == ("refused",):
+                continue
             if not changed:
                 where = f"{scope} '{target}'"
                 self.problem(
@@ -561,6 +570,7 @@ class _Builder:
         label rules out for a drug's role is refused."""
         changed: list[str] = []
         replaced: list[str] = []
+        refused: set[str] = set()
         for drug_id in self._drugs_of(scope, target):
             drug = self.kb.drugs[drug_id]
             for regimen in drug.premedication:
@@ -571,12 +581,14 @@ class _Builder:
                         continue
                     excluded = {x.agent: x.reason for x in entry.not_covered_by}
                     if agent_id in excluded:
-                        self.problem(
-                            raw,
-                            "agent",
-                            f"{drug_id}'s label rules '{agent_id}' out as its {role}: "
-                            f"{excluded[agent_id]}",
-                        )
+                        if drug_id not in refused:
+                            self.problem(
+                                raw,
+                                "agent",
+                                f"{drug_id}'s label rules '{agent_id}' out as its {role}: "
+                                f"{excluded[agent_id]}",
+                            )
+                        refused.add(drug_id)
                         continue
                     if drug_id not in changed:
                         changed.append(drug_id)
@@ -584,6 +596,8 @@ class _Builder:
                         f"{drug.source_file}: premedication '{regimen.id}', {role}: "
                         f"{entry.agent or 'no agent named'}"
                     )
+        if refused and not changed:
+            return (), ("refused",)  # said above; not "changes nothing" as well
         return tuple(changed), tuple(replaced)
 
     def _regimens(self) -> Iterator[LocalRegimen]:

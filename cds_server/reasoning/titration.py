@@ -292,8 +292,8 @@ def _accepted(
     protocol = regimen.site.protocol
     points = [
         f"- **{protocol.name}** ({protocol.approval}): {regimen.label} instead of the label's "
-        f"{schedule.label.lower()} (start {fmt_qty(schedule.start)}); the order's "
-        f"**{fmt_qty(recognised.order.rate)}** is within its first phase.",
+        f"{schedule.label.lower()} (start {fmt_qty(schedule.start)}); "
+        f"{fmt_qty(recognised.order.rate)} is within its first phase.",
         *_eligibility_points(assessment),
     ]
     if regimen.text:
@@ -344,7 +344,7 @@ def _local_notes(
     order = recognised.order
     if assessment.eligible is None:
         why = "; ".join(assessment.unknown)
-        return [], (), [f"whether the institution's {regimen.label} applies ({why})"]
+        return [], (), [f"whether the institution's {regimen.label} applies: {why}"]
     if assessment.eligible is False:
         if not assessment.by_patient:
             return [], (), []  # e.g. a first infusion: the regimen is for later ones

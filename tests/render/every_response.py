@@ -3,7 +3,9 @@
 Each fixture request (``fixtures/fhir/requests/*.json``, posted as the file's text) and each
 scenario request (dates moved to today and posted as the scenario tests post it, keeping the
 literal ``1e400``) goes through the Flask test client of a fresh app, so no card is held back
-as a repeat of another call. The answers are computed once per test session.
+as a repeat of another call; so does each request of the example site overlay
+(``fixtures/site-example/requests/``), to an app running that overlay. The answers are
+computed once per test session.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import Any
 from flask import Flask
 
 from tests.conformance import check_response
-from tests.conftest import REQUESTS, service_for
+from tests.conftest import REQUESTS, ROOT, service_for
 from tests.scenarios.test_scenarios import load_scenario, request_text, scenario_names
 
 Response = dict[str, Any]
+SITE_EXAMPLE = ROOT / "fixtures" / "site-example"
 _CACHE: dict[str, Response] = {}
 _BODIES: dict[str, dict[str, Any]] = {}
 
@@ -46,6 +49,11 @@ def every_response(make_app: Callable[..., Flask]) -> dict[str, Response]:
             body, _ = load_scenario(name)
             _BODIES[f"scenarios/{name}"] = body
             _CACHE[f"scenarios/{name}"] = _post(make_app(), request_text(body), body)
+        for path in sorted((SITE_EXAMPLE / "requests").glob("*.json")):
+            text = path.read_text()
+            _BODIES[f"site-example/{path.stem}"] = json.loads(text)
+            app = make_app(SITE_DIR=str(SITE_EXAMPLE))
+            _CACHE[f"site-example/{path.stem}"] = _post(app, text, json.loads(text))
     return _CACHE
 
 
