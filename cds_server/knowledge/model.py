@@ -707,7 +707,8 @@ SiteScope = Literal["site", "drug", "class", "agent", "referral"]
 class SiteEntry:
     """One approved entry of a site overlay as a reviewer lists it: what it changes, where,
     on whose authority. ``drugs``: the drugs whose facts it changes (resolved against the
-    label knowledge); ``replaces``: the label facts it stands in for."""
+    label knowledge); ``agents``: the agents it chooses or replaces; ``replaces``: the label
+    facts it stands in for."""
 
     id: str
     kind: SiteEntryKind
@@ -718,6 +719,7 @@ class SiteEntry:
     source_file: str
     drugs: tuple[str, ...] = ()
     replaces: tuple[str, ...] = ()
+    agents: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -776,12 +778,15 @@ class Site:
         return (topic, drug_id) in self.rules_off
 
     def entries_for(self, scope: SiteScope, target: str) -> tuple[SiteEntry, ...]:
-        """The entries about a drug, class, agent or referral (a drug's include those of its
-        class and of agents it uses that changed it), with their approval metadata."""
+        """The entries about a drug, class, agent or referral, with their approval metadata:
+        a drug's include those of its class and the agent-wide ones that change it; an
+        agent's, the preferences that choose or replace it."""
         return tuple(
             e
             for e in self.entries
-            if (e.scope == scope and e.target == target) or (scope == "drug" and target in e.drugs)
+            if (e.scope == scope and e.target == target)
+            or (scope == "drug" and target in e.drugs)
+            or (scope == "agent" and target in e.agents)
         )
 
 

@@ -391,6 +391,17 @@ def load_site(folder: Path | str, base: KnowledgeBase) -> Site:
     return site
 
 
+@dataclass(frozen=True)
+class _Targets:
+    """What a preference changes: drugs, the label entries it replaces (described), the
+    label's agents it replaces; ``refused``: the label rules the agent out somewhere."""
+
+    drugs: tuple[str, ...]
+    replaced: tuple[str, ...]
+    agents: tuple[str, ...]
+    refused: bool
+
+
 class _Builder:
     """Checks the collected entries against the label knowledge and builds the ``Site``."""
 
@@ -409,6 +420,14 @@ class _Builder:
         observations = tuple(self._observations())
         rules_off = frozenset(self._rules_off())
         order_codes = self._order_codes()
+        for regimen in regimens:  # a regimen the same site would never show
+            if ("rate-titration", regimen.drug_id) in rules_off:
+                raw = next(
+                    r for r in self.found.sections["rate_schedules"] if r.data["id"] == regimen.id
+                )
+                self.problem(
+                    raw, "drug", f"{regimen.drug_id}'s rate-titration rule is switched off here"
+                )
         found = self.found
         return Site(
             name=found.names[0] if found.names else found.folder.name,
@@ -435,6 +454,7 @@ class _Builder:
         protocol: LocalProtocol,
         drugs: tuple[str, ...] = (),
         replaces: tuple[str, ...] = (),
+        agents: tuple[str, ...] = (),
     ) -> None:
         self.entries.append(
             SiteEntry(
@@ -447,6 +467,7 @@ class _Builder:
                 source_file=raw.file,
                 drugs=drugs,
                 replaces=replaces,
+                agents=agents,
             )
         )
 
@@ -515,9 +536,10 @@ class _Builder:
             if dose is not None and dose.unit not in DOSE_UNITS:
                 self.problem(raw, "dose.unit", f"must be one of {', '.join(DOSE_UNITS)}")
                 continue
-            changed, replaced = self._preference_targets(raw, scope, target, role, agent_id)
-            if replaced == ("refused",):
-                continue
+            targets = self._preference_targets(raw, scope, target, role, agent_id)
+            changed = targets.drugs
+            if not changed and targets.refused:
+                continue  # said: the label rules the agent out (not "changes nothing" as well)
             if not changed:
                 where = f"{scope} '{target}'"
                 self.problem(
@@ -549,7 +571,8 @@ class _Builder:
                 f"{' '.join(parts)} as the {ROLE_NAMES[role]}",
                 protocol,
                 drugs=changed,
-                replaces=replaced,
+                replaces=targets.replaced,
+                agents=(agent_id, *targets.agents),
             )
             yield AgentPreference(
                 entry_id=d["id"],
@@ -565,11 +588,12 @@ class _Builder:
 
     def _preference_targets(
         self, raw: _Raw, scope: SiteScope, target: str, role: str, agent_id: str
-    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """The drugs a preference changes, and the label entries it replaces; an agent the
-        label rules out for a drug's role is refused."""
+    ) -> _Targets:
+        """What a preference changes; an agent the label rules out for a drug's role is
+        refused (one problem per drug)."""
         changed: list[str] = []
         replaced: list[str] = []
+        agents: list[str] = []
         refused: set[str] = set()
         for drug_id in self._drugs_of(scope, target):
             drug = self.kb.drugs[drug_id]
@@ -592,13 +616,13 @@ class _Builder:
                         continue
                     if drug_id not in changed:
                         changed.append(drug_id)
+                    if entry.agent and entry.agent not in agents:
+                        agents.append(entry.agent)
                     replaced.append(
                         f"{drug.source_file}: premedication '{regimen.id}', {role}: "
                         f"{entry.agent or 'no agent named'}"
                     )
-        if refused and not changed:
-            return (), ("refused",)  # said above; not "changes nothing" as well
-        return tuple(changed), tuple(replaced)
+        return _Targets(tuple(changed), tuple(replaced), tuple(agents), bool(refused))
 
     def _regimens(self) -> Iterator[LocalRegimen]:
         per_drug: dict[str, str] = {}

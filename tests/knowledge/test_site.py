@@ -67,7 +67,14 @@ def test_the_example_lists_every_entry_with_its_approval(example: KnowledgeBase)
     # Per drug, the entries that change it (its class's included), for the knowledge pages.
     about_rituximab = {e.id for e in site.entries_for("drug", "rituximab")}
     assert about_rituximab == {"anti-cd20-h1-cetirizine", "rituximab-90-minute"}
-    assert {e.id for e in site.entries_for("agent", "cetirizine")} == {"cetirizine-preference-list"}
+    assert {e.id for e in site.entries_for("agent", "cetirizine")} == {
+        "anti-cd20-h1-cetirizine",
+        "cetirizine-preference-list",
+    }
+    assert {e.id for e in site.entries_for("agent", "diphenhydramine")} == {
+        "anti-cd20-h1-cetirizine"
+    }
+    assert {e.id for e in site.entries_for("class", "anti-cd20")} == {"anti-cd20-h1-cetirizine"}
 
 
 def test_order_codes_are_keyed_by_agent_or_referral(example: KnowledgeBase) -> None:
@@ -263,6 +270,21 @@ def test_a_preference_stays_within_the_role_and_the_label(
     data["premedication"] = [{"id": "under-test", "protocol": "onc-pre-07", **change}]
     found = problems_of(write_site(tmp_path, data), kb)
     assert len(found) == 1 and problem in found[0], found
+
+
+def test_a_regimen_of_a_rule_switched_off_is_refused(kb: KnowledgeBase, tmp_path: Path) -> None:
+    data = example_data()
+    data["rules_off"].append(
+        {
+            "id": "anti-cd20-rates-off",
+            "for": {"class": "anti-cd20"},
+            "topic": "rate-titration",
+            "protocol": "onc-rit-04",
+        }
+    )
+    assert problems_of(write_site(tmp_path, data), kb) == [
+        "site.yaml: rate_schedules.0.drug: rituximab's rate-titration rule is switched off here"
+    ]
 
 
 def test_two_files_share_protocols_and_ids_are_unique(kb: KnowledgeBase, tmp_path: Path) -> None:
