@@ -1,4 +1,5 @@
-"""Build step: a wheel carries the knowledge, the fictional fixtures and the example files.
+"""Build step: a wheel carries the knowledge, the fictional fixtures and the example files
+(the trusted-clients example, the example site overlay).
 
 ``cards/`` and ``fixtures/`` stay the source, at the top level of the repository; the build
 copies them into the package (``cds_server/bundled/``) so that an installed service runs
@@ -16,7 +17,7 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 # Source folder (relative to ROOT) → the same path under cds_server/bundled/ in the wheel.
-BUNDLED = ("cards", "fixtures/fhir", "fixtures/trusted-clients")
+BUNDLED = ("cards", "fixtures/fhir", "fixtures/trusted-clients", "fixtures/site-example")
 TARGET = Path("cds_server", "bundled")
 
 

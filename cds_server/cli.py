@@ -36,12 +36,18 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
     logformat.setup(level, log_format)
 
 
-def _load_kb(cards: Path | None) -> Any:
+def _load_kb(cards: Path | None, site: Path | None = None) -> Any:
+    """The knowledge (``--cards`` or ``CDS_CARDS_DIR``) with the site overlay of ``--site``
+    (else ``CDS_SITE_DIR``), if any; every problem of either stops the command."""
     from cds_server.knowledge.loader import KnowledgeError, load_knowledge
+    from cds_server.knowledge.overlay import load_view
 
     try:
-        return load_knowledge(cards or config.load()["CARDS_DIR"])
-    except KnowledgeError as exc:
+        settings = config.load()
+        return load_view(
+            load_knowledge(cards or settings["CARDS_DIR"]), site or settings["SITE_DIR"]
+        )
+    except (KnowledgeError, config.ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -60,6 +66,14 @@ cards_option = click.option(
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
     help="Knowledge folder (default: CDS_CARDS_DIR or the bundled cards/).",
+)
+
+site_option = click.option(
+    "--site",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Site folder: the institution's overlay on the knowledge (default: CDS_SITE_DIR; "
+    "none = the label knowledge alone). Format: cards/README.md.",
 )
 
 data_dir_option = click.option(
@@ -135,6 +149,7 @@ def demo_base_urls(host: str, port: int, public_url: str | None) -> tuple[str, l
     "dose in each action's description, RxNorm also as Epic's OID; see the README). With "
     "--auth, for clients whose entry names no profile.",
 )
+@site_option
 @data_dir_option
 def demo(
     host: str,
@@ -143,6 +158,7 @@ def demo(
     clients: Path | None,
     public_url: str | None,
     profile: str,
+    site: Path | None,
     data_dir: Path | None,
 ) -> None:
     """Run the service locally for trying it out: NO authentication, demo settings."""
@@ -155,12 +171,15 @@ def demo(
     base, aliases = demo_base_urls(host, port, public_url)
     with tempfile.TemporaryDirectory(prefix="cds-demo-") as folder:
         overrides = dict(DEMO_OVERRIDES, CLIENT_PROFILE=profile)
+        if site is not None:
+            overrides["SITE_DIR"] = str(site)
         if require_auth:  # the test key's public half goes into a temporary clients file
             key = testkey.generate()
             overrides.update(testkey.demo_auth_overrides(key, Path(folder), base, clients, aliases))
         app = _create_app(overrides, data_dir)
         _setup_logging(app.config["LOG_LEVEL"])
         log.warning("Data folder (database, patient-hash key): %s", app.instance_path)
+        _log_site(app)
         if not require_auth:
             log.warning(
                 "*** DEMO MODE: no authentication, http FHIR servers allowed on loopback only. "
@@ -182,6 +201,23 @@ def demo(
         log.warning("Discovery: curl %s/cds-services", base)
         log.warning("Sandbox page: %s/sandbox/", base)
         app.run(host=host, port=port, debug=False, use_reloader=False)
+
+
+def _log_site(app: Any) -> None:
+    """Say at start-up which site overlays the service applies (none: the label knowledge)."""
+    runtime = app.extensions["cds_server"]
+    site = runtime.kb.site
+    if site is not None:
+        log.warning(
+            "Site overlay %s: %s, %d entries, jurisdiction %s (knowledge %s)",
+            site.folder,
+            site.name,
+            len(site.entries),
+            site.jurisdiction,
+            runtime.kb.version,
+        )
+    for folder, view in runtime.sites.items():
+        log.warning("Site overlay of a trusted client: %s (knowledge %s)", folder, view.version)
 
 
 def quiet_probes_logger(log_format: str = "text") -> type:
@@ -252,6 +288,7 @@ def quiet_probes_logger(log_format: str = "text") -> type:
     help="Logs of the app and gunicorn's access log: plain text, or one JSON object a line "
     "(CDS_LOG_FORMAT).",
 )
+@site_option
 @data_dir_option
 def serve(
     host: str,
@@ -261,6 +298,7 @@ def serve(
     public_url: str | None,
     clients: Path | None,
     log_format: str,
+    site: Path | None,
     data_dir: Path | None,
 ) -> None:
     """Production entry point: gunicorn with threaded workers (put TLS in front of it).
@@ -273,7 +311,7 @@ def serve(
     _require_data_location(data_dir)
     # Before the app is built: workers then share their counts (GET /metrics sums them).
     with metrics.shared_between_workers():
-        _serve(host, port, workers, threads, public_url, clients, data_dir, log_format)
+        _serve(host, port, workers, threads, public_url, clients, data_dir, log_format, site)
 
 
 def _serve(
@@ -285,6 +323,7 @@ def _serve(
     clients: Path | None,
     data_dir: Path | None,
     log_format: str = "text",
+    site: Path | None = None,
 ) -> None:
     from gunicorn.app.base import BaseApplication
 
@@ -293,8 +332,11 @@ def _serve(
         overrides["PUBLIC_URL"] = public_url.rstrip("/")
     if clients:
         overrides["CLIENTS_FILE"] = str(clients)
+    if site is not None:
+        overrides["SITE_DIR"] = str(site)
     _setup_logging("INFO", log_format)  # start-up errors in the chosen format too
     app = _create_app(overrides, data_dir)
+    _log_site(app)
     logging.getLogger().setLevel(
         getattr(logging, str(app.config["LOG_LEVEL"]).upper(), logging.INFO)
     )
@@ -430,12 +472,19 @@ def _require_data_location(data_dir: Path | None) -> None:
     help="Also write the knowledge pages into this folder as static files (index.html and "
     "one page per drug, class, agent and protocol) for a committee's review.",
 )
-def check_cards(cards: Path | None, html_dir: Path | None) -> None:
-    """Validate the knowledge and print its coverage."""
+@site_option
+def check_cards(cards: Path | None, html_dir: Path | None, site: Path | None) -> None:
+    """Validate the knowledge and print its coverage; with a site folder, validate its
+    overlay against the knowledge and list what it overrides."""
     from cds_server.knowledge.coverage import format_coverage
 
-    kb = _load_kb(cards)
-    click.echo(format_coverage(kb))
+    kb = _load_kb(cards, site)
+    click.echo(format_coverage(kb.label_knowledge))
+    if kb.site is not None:
+        from cds_server.knowledge.coverage import format_site
+
+        click.echo("")
+        click.echo(format_site(kb))
     if html_dir is not None:
         from cds_server.knowledge_pages.html import write_site
 
@@ -449,11 +498,12 @@ def check_cards(cards: Path | None, html_dir: Path | None) -> None:
 @main.command()
 @click.argument("request_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @cards_option
-def explain(request_file: Path, cards: Path | None) -> None:
+@site_option
+def explain(request_file: Path, cards: Path | None, site: Path | None) -> None:
     """Explain how a hook request (a JSON file) is evaluated."""
     from cds_server.explain import explain_request
 
-    click.echo(explain_request(request_file, _load_kb(cards)))
+    click.echo(explain_request(request_file, _load_kb(cards, site)))
 
 
 def _open_store(data_dir: Path | None, upgrade: bool = True) -> Any:

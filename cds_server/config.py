@@ -33,6 +33,10 @@ DEFAULT_DATA_DIR = "instance"  # relative to the working directory
 DEFAULTS: dict[str, Any] = {
     # Knowledge folder (cards/*.yaml); None = the one shipped (in the wheel, or the checkout's).
     "CARDS_DIR": None,
+    # Site folder: the institution's overlay on the knowledge (its approved protocols:
+    # preferred agents, local regimens, observation times, rules switched off, jurisdiction,
+    # order codes). None = the label knowledge alone. A trusted client may name its own.
+    "SITE_DIR": None,
     # Largest accepted request body, in bytes (Flask enforces it; larger → 413).
     "MAX_CONTENT_LENGTH": 8 * MiB,
     # Base URL clients call (e.g. https://cds.example.org); used for JWT audience checks.
@@ -230,6 +234,9 @@ def check(cfg: Config | dict[str, Any]) -> None:
     cors = cfg.get("CORS_ORIGINS")
     if cors is not None and not isinstance(cors, str | list | tuple):
         raise ConfigError("CORS_ORIGINS must be a string or a list of origins")
+    site = cfg.get("SITE_DIR")
+    if site is not None and not (isinstance(site, str) and site.strip()):
+        raise ConfigError("SITE_DIR must be the path of a site folder (or unset)")
     public = cfg.get("PUBLIC_URL")
     if public is not None and not (isinstance(public, str) and public.startswith("http")):
         raise ConfigError("PUBLIC_URL must be an http(s) URL")

@@ -19,7 +19,15 @@ from cds_server.fhirdata.client import FhirSettings
 from cds_server.fhirdata.parse import NOT_GIVEN
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import RecognisedOrder, Situation
-from cds_server.reasoning import RULES, crs, monitoring, premedication, pretreatment, reactions
+from cds_server.reasoning import (
+    RULES,
+    crs,
+    monitoring,
+    premedication,
+    pretreatment,
+    reactions,
+    regimens,
+)
 from cds_server.reasoning.course import TreatmentCourse
 from cds_server.reasoning.dosing import DosePosition, applies, fmt_qty, position, step_labels
 from cds_server.reasoning.orders import (
@@ -66,7 +74,18 @@ def _why_premedication(
     return out + (f"; ordered but ruled out for this drug: {out_of_role}" if out_of_role else "")
 
 
-def _why_titration(r: RecognisedOrder, kb: KnowledgeBase, pos: DosePosition) -> str:
+def _why_titration(s: Situation, r: RecognisedOrder, kb: KnowledgeBase, pos: DosePosition) -> str:
+    drug = kb.drug(r.drug_id)
+    local = "".join(
+        f"; site regimen {a.regimen.id}: "
+        + {True: "eligible", False: "not eligible", None: "undecided"}[a.eligible]
+        + (f" ({'; '.join(a.failed or a.unknown)})" if a.failed or a.unknown else "")
+        for a in (regimens.assess(x, s, r, pos, kb) for x in drug.local_regimens)
+    )
+    return _why_standard(r, kb, pos) + local
+
+
+def _why_standard(r: RecognisedOrder, kb: KnowledgeBase, pos: DosePosition) -> str:
     drug = kb.drug(r.drug_id)
     standard, _, _ = choose(drug.rate_schedules, pos)
     titrated = most_specific([x for x in standard if x.kind == "titrated" and x.start])
@@ -222,6 +241,11 @@ def explain_evaluation(ev: pipeline.Evaluation, kb: KnowledgeBase) -> str:
         f"{'' if rec.history_known else '; history UNKNOWN'}"
         f"{'' if rec.allergies_known else '; allergies UNKNOWN'}",
     ]
+    if kb.site is not None:
+        lines.append(
+            f"Site overlay: {kb.site.name} ({len(kb.site.entries)} entries, jurisdiction "
+            f"{kb.jurisdiction}; check-cards --site lists them)"
+        )
     for warning in rec.warnings:
         lines.append(f"  ! {warning}")
     lines.append("Recognised draft orders:")
@@ -254,7 +278,7 @@ def explain_evaluation(ev: pipeline.Evaluation, kb: KnowledgeBase) -> str:
     produced = {(f.topic, f.drug_id) for f in ev.findings}
     why: dict[str, Callable[[RecognisedOrder, DosePosition], str]] = {
         "premedication": lambda r, p: _why_premedication(s, r, kb, p),
-        "rate-titration": lambda r, p: _why_titration(r, kb, p),
+        "rate-titration": lambda r, p: _why_titration(s, r, kb, p),
         "monitoring-admission": lambda r, p: _why_monitoring(r, kb, p),
         "pretreatment": lambda r, p: _why_pretreatment(s, r, kb, p),
         "crs-readiness": lambda r, p: _why_crs(s, r, kb, p),
@@ -273,6 +297,9 @@ def explain_evaluation(ev: pipeline.Evaluation, kb: KnowledgeBase) -> str:
             lines.append(f"  {topic}: {'FIRED' if fired else 'no finding'}")
             continue
         for r in target_orders(s):
+            if kb.site is not None and kb.site.switched_off(topic, r.drug_id):
+                lines.append(f"  {topic} / {r.drug_id}: SWITCHED OFF by the site overlay")
+                continue
             pos = position(s, r, kb)
             mark = "FIRED" if (topic, r.drug_id) in produced else "no card"
             lines.append(f"  {topic} / {r.drug_id}: {mark} — {why[topic](r, pos)}")

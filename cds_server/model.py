@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 Indicator = Literal["info", "warning", "critical"]
 Evidence = Literal["verified", "secondary", "unverified"]
+# How a card's source is tagged: a knowledge fact's evidence level, or ``institution`` for a
+# site's own approved protocol (a site overlay: ``cds_server.knowledge.sitefile``).
+SourceTag = Literal["verified", "secondary", "unverified", "institution"]
 # What an order's medicine is to the rules: a knowledge-base drug, or a premedication/rescue agent.
 MedicineKind = Literal["drug", "agent"]
 
@@ -246,7 +249,7 @@ class Citation:
     title: str
     url: str | None
     label_version: str | None
-    evidence: Evidence
+    evidence: SourceTag
     jurisdiction: str | None = None
 
 
@@ -281,23 +284,19 @@ class ProposedRateChange:
 
 
 # What a suggested ServiceRequest orders, as a site names it when it maps its own order codes
-# (Epic preference-list or order-set items) to ours: a monitoring kind of the knowledge
-# (``monitoring[].kind`` in cards/drugs/) or the allergy/immunology referral.
-SERVICE_ORDER_KEYS = (
-    "hospitalization",
-    "observation",
-    "proximity",
-    "vital-signs",
-    "allergy-immunology-referral",
-)
+# (Epic preference-list or order-set items) to ours: the allergy/immunology referral or a
+# monitoring kind of the knowledge (``monitoring[].kind`` in cards/drugs/).
+# Epic's code system for a site's preference-list items in suggested orders.
+EPIC_PREFERENCE_LIST_ITEM = "urn:com.epic.cdshooks.action.code.system.preference-list-item"
+REFERRALS = ("allergy-immunology", "hospitalization", "observation", "proximity", "vital-signs")
 
 
 @dataclass(frozen=True)
 class ProposedServiceRequest:
     """A text-coded ServiceRequest to create (admission, observation, referral).
 
-    ``order_key``: what it orders, one of ``SERVICE_ORDER_KEYS`` (the key of a site's own
-    order codes for it).
+    ``referral``: what it orders, one of ``REFERRALS`` (the key of a site's own order codes
+    for it).
     """
 
     label: str
@@ -305,7 +304,7 @@ class ProposedServiceRequest:
     coding: Coding | None = None
     recommended: bool = True
     for_order_ref: str | None = None
-    order_key: str | None = None
+    referral: str | None = None
 
 
 ProposedAction = ProposedMedication | ProposedRateChange | ProposedServiceRequest

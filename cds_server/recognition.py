@@ -467,8 +467,9 @@ def _cached_recogniser(key: _KbKey) -> Recogniser:
 
 
 def recogniser_for(kb: KnowledgeBase) -> Recogniser:
-    """The ``Recogniser`` of a knowledge base, built on first use and then reused."""
-    return _cached_recogniser(_KbKey(kb))
+    """The ``Recogniser`` of a knowledge base, built on first use and then reused. A site's
+    view shares its label knowledge's: an overlay never changes names or codes."""
+    return _cached_recogniser(_KbKey(kb.label_knowledge))
 
 
 def recognise_orders(

@@ -126,7 +126,7 @@ def test_the_wheel_carries_knowledge_fixtures_examples_and_migrations(
     with zipfile.ZipFile(dist["wheel"]) as archive:
         names = set(archive.namelist())
     bundled = "cds_server/bundled/"
-    for folder in ("cards", "fixtures/fhir", "fixtures/trusted-clients"):
+    for folder in ("cards", "fixtures/fhir", "fixtures/trusted-clients", "fixtures/site-example"):
         source = {
             str(p.relative_to(ROOT))
             for p in (ROOT / folder).rglob("*")
@@ -153,7 +153,8 @@ def test_the_installed_wheel_runs_outside_the_tree(installed: dict[str, Path]) -
         "import cds_server, cds_server.shipped as s\n"
         "print(cds_server.__file__)\n"
         "print(s.shipped_path('cards'))\n"
-        "print(s.shipped_path('fixtures/fhir'))",
+        "print(s.shipped_path('fixtures/fhir'))\n"
+        "print(s.shipped_path('fixtures/site-example'))",
     ).splitlines()
     venv = installed["venv"].resolve()
     for line in where:
@@ -172,7 +173,10 @@ def test_the_installed_wheel_runs_outside_the_tree(installed: dict[str, Path]) -
     )
     assert f"knowledge {kb.version}" in explained
     assert "rate-titration / rituximab: FIRED" in explained
-    assert not (installed["cwd"] / "instance").exists()  # these two keep no data
+    site = _in_venv(installed, installed["cds"], "check-cards", "--site", where[3])
+    assert "anti-cd20-h1-cetirizine (premedication, class anti-cd20" in site
+    assert "overrides drugs/rituximab.yaml: premedication 'every-infusion'" in site
+    assert not (installed["cwd"] / "instance").exists()  # these keep no data
 
 
 def _free_port() -> int:
@@ -297,7 +301,7 @@ def test_the_docker_build_context_builds_the_same_wheel(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
-    for folder in ("cards", "fixtures/fhir", "fixtures/trusted-clients"):
+    for folder in ("cards", "fixtures/fhir", "fixtures/trusted-clients", "fixtures/site-example"):
         files = [p for p in (ROOT / folder).rglob("*") if p.is_file()]
         assert files
         for path in files:

@@ -24,10 +24,9 @@ from flask import Flask
 from cds_server import pipeline
 from cds_server.config import ConfigError
 from cds_server.knowledge.model import KnowledgeBase
-from cds_server.model import SERVICE_ORDER_KEYS, Coding
+from cds_server.model import EPIC_PREFERENCE_LIST_ITEM, REFERRALS, Coding
 from cds_server.render.profiles import (
     EPIC_ORDER_SET_ITEM,
-    EPIC_PREFERENCE_LIST_ITEM,
     PROFILE_NAMES,
     RXNORM_OID,
     ClientProfile,
@@ -36,7 +35,7 @@ from cds_server.render.profiles import (
 from cds_server.web import trusted_clients
 from tests import jwtkit as kit
 from tests.conformance import check_epic_response, check_response
-from tests.conftest import load_request, rule_of
+from tests.conftest import ROOT, load_request, rule_of
 from tests.render.every_response import every_response
 from tests.scenarios.test_scenarios import load_scenario
 from tests.test_epic_requests import load as epic_request
@@ -45,7 +44,7 @@ from tests.test_epic_requests import request_names as epic_request_names
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 SITE_CODES = {
     "diphenhydramine": (Coding(EPIC_PREFERENCE_LIST_ITEM, "EXAMPLE-DIPHENHYDRAMINE-IV"),),
-    "allergy-immunology-referral": (Coding(EPIC_ORDER_SET_ITEM, "EXAMPLE-DESENSITIZATION"),),
+    "allergy-immunology": (Coding(EPIC_ORDER_SET_ITEM, "EXAMPLE-DESENSITIZATION"),),
     "hospitalization": (Coding(EPIC_PREFERENCE_LIST_ITEM, "EXAMPLE-ADMIT-48H"),),
 }
 EPIC_SITE = ClientProfile("epic", SITE_CODES)
@@ -294,7 +293,7 @@ def test_service_order_keys_cover_every_suggested_service_request(kb: KnowledgeB
     from cds_server.knowledge.schema import MonitoringSchema
 
     kinds = MonitoringSchema().fields["kind"].validate.choices  # type: ignore[union-attr]
-    assert set(kinds) | {"allergy-immunology-referral"} == set(SERVICE_ORDER_KEYS)
+    assert set(kinds) | {"allergy-immunology"} == set(REFERRALS)
 
 
 def test_an_unknown_profile_is_refused() -> None:
@@ -361,3 +360,31 @@ def test_each_client_gets_its_own_profile(make_app: Callable[..., Flask], tmp_pa
         "check them against this line" not in s["actions"][0]["description"]
         for s in generic["suggestions"]
     )
+
+
+def test_epic_gets_the_preference_list_codes_of_its_site_overlay(
+    make_app: Callable[..., Flask],
+) -> None:
+    """The example site maps cetirizine to a preference-list item: an Epic client of that site
+    gets it first in the suggested order; a generic client of the same site does not."""
+    example = ROOT / "fixtures" / "site-example"
+    body = json.loads((example / "requests" / "order-sign-rituximab-cycle-2.json").read_text())
+    preference = {"system": EPIC_PREFERENCE_LIST_ITEM, "code": "EXAMPLE-PL-10001"}
+
+    def cetirizine_codings(**settings: Any) -> list[dict[str, Any]]:
+        response = (
+            make_app(**settings).test_client().post("/cds-services/infusion-safety-sign", json=body)
+        )
+        found = [
+            action["resource"]["medicationCodeableConcept"]["coding"]
+            for _, suggestion in suggestions(response.get_json())
+            for action in suggestion["actions"]
+            if "cetirizine" in json.dumps(action.get("resource", {})).lower()
+        ]
+        assert len(found) == 1, found
+        return [{k: c[k] for k in ("system", "code")} for c in found[0]]
+
+    epic_site = cetirizine_codings(CLIENT_PROFILE="epic", SITE_DIR=str(example))
+    assert epic_site[0] == preference
+    assert {"system": RXNORM_OID, "code": epic_site[1]["code"]} in epic_site
+    assert preference not in cetirizine_codings(SITE_DIR=str(example))

@@ -223,3 +223,38 @@ def citation_summary(kb: KnowledgeBase) -> list[str]:
         + (f" ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})" if kinds else "")
         + f"; without, explained why {explained}.",
     ]
+
+
+def format_site(kb: KnowledgeBase) -> str:
+    """A site overlay as ``check-cards --site`` lists it: each entry with what it changes, the
+    label facts it overrides, and its protocol's approval; then the protocols themselves."""
+    site = kb.site
+    if site is None:
+        return "No site overlay."
+    lines = [
+        f"Site overlay {site.folder}: {site.name} ({len(site.files)} file(s), "
+        f"{len(site.entries)} entries); jurisdiction {site.jurisdiction}; "
+        f"knowledge version {kb.version}",
+    ]
+    for entry in site.entries:
+        target = entry.target if entry.scope == "site" else f"{entry.scope} {entry.target}"
+        lines.append(
+            f"- {entry.id} ({entry.kind}, {target or 'the whole site'}; {entry.source_file}): "
+            f"{entry.summary}"
+        )
+        if entry.drugs and entry.scope != "drug":
+            lines.append(f"    drugs: {', '.join(entry.drugs)}")
+        for replaced in entry.replaces:
+            lines.append(f"    overrides {replaced}")
+        lines.append(f"    {entry.protocol.attribution}")
+    lines.append("Protocols:")
+    for protocol in site.protocols.values():
+        cited = sum(1 for e in site.entries if e.protocol.id == protocol.id)
+        lines.append(
+            f"- {protocol.attribution}: {protocol.title}; cited by {cited} entr"
+            + ("y" if cited == 1 else "ies")
+        )
+        for source in protocol.based_on:
+            where = source.primary_identifier or source.no_primary_id or "no identifier"
+            lines.append(f"    based on: {source.title} [{where}]")
+    return "\n".join(lines)

@@ -164,6 +164,7 @@ def _applies(data: Mapping[str, Any]) -> Applicability:
         gap_days=_days(data.get("gap_days")),
         cycle_start=tuple(cycles) if isinstance(cycles, list) else cycles,
         restart=data.get("restart"),
+        jurisdictions=tuple(data.get("jurisdictions", ())),
     )
 
 

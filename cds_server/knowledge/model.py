@@ -6,7 +6,9 @@ citations; rules read these objects and never the YAML.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from types import MappingProxyType
 from typing import Literal
 
@@ -24,6 +26,19 @@ AgentRole = Literal[
     "anaphylaxis-treatment",
     "antiemetic",
 ]
+# How a role is named in prose ("H1 antihistamine").
+ROLE_NAMES: Mapping[str, str] = MappingProxyType(
+    {
+        "h1-antihistamine": "H1 antihistamine",
+        "h2-antagonist": "H2 antagonist",
+        "corticosteroid": "corticosteroid",
+        "antipyretic": "antipyretic/analgesic",
+        "leukotriene-antagonist": "leukotriene antagonist",
+        "il6-antagonist": "IL-6 antagonist",
+        "anaphylaxis-treatment": "anaphylaxis treatment",
+        "antiemetic": "antiemetic",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -84,17 +99,78 @@ class Source:
 
 
 @dataclass(frozen=True)
+class LocalProtocol:
+    """An institution's own approved protocol document, which site overlay entries cite."""
+
+    id: str
+    document: str
+    title: str
+    version: str
+    approved_by: str
+    approved_on: date
+    url: str | None = None
+    # The published sources the protocol rests on (for reviewers; cards cite the protocol).
+    based_on: tuple[Source, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """ "Institution protocol ONC-PRE-07 v3"."""
+        return f"Institution protocol {self.document} v{self.version}"
+
+    @property
+    def approval(self) -> str:
+        """ "Pharmacy & Therapeutics Committee, approved 2026-09-14"."""
+        return f"{self.approved_by}, approved {self.approved_on.isoformat()}"
+
+    @property
+    def attribution(self) -> str:
+        """ "Institution protocol ONC-PRE-07 v3 (Pharmacy & Therapeutics Committee, approved
+        2026-09-14)"."""
+        return f"{self.name} ({self.approval})"
+
+    def citation(self) -> Citation:
+        """The protocol as a card's source, tagged ``institution``."""
+        return Citation(
+            title=f"{self.attribution}: {self.title}",
+            url=self.url,
+            label_version=None,
+            evidence="institution",
+        )
+
+
+@dataclass(frozen=True)
+class SiteChange:
+    """What a site overlay entry changed in one fact, said on the card next to the label fact:
+    "Institution protocol ONC-PRE-07 v3 (…, approved 2026-09-14): cetirizine instead of
+    diphenhydramine"."""
+
+    entry_id: str
+    protocol: LocalProtocol
+    statement: str
+
+    @property
+    def line(self) -> str:
+        return f"{self.protocol.attribution}: {self.statement}"
+
+
+@dataclass(frozen=True)
 class Provenance:
-    """Evidence level plus the sources of one fact."""
+    """Evidence level plus the sources of one fact.
+
+    ``institution``: the site's protocol that changed this fact (a site overlay); it is cited
+    first, beside the label sources the fact keeps.
+    """
 
     evidence: Evidence
     sources: tuple[Source, ...]
     jurisdiction: str | None = None
     note: str | None = None
+    institution: LocalProtocol | None = None
 
     def citations(self) -> tuple[Citation, ...]:
         """Render-ready citations for this fact."""
-        return tuple(
+        local = (self.institution.citation(),) if self.institution else ()
+        return local + tuple(
             Citation(
                 title=s.title,
                 url=s.primary_url,
@@ -158,7 +234,8 @@ class Applicability:
     treatment cycle (``"every"`` or the cycle numbers). ``restart``: this dose restarts the
     course after a delay (a ``restart`` row of the drug applies). ``condition``: a clinical
     condition the service cannot check; facts with a condition are shown as "consider" notes
-    and never turned into suggestions.
+    and never turned into suggestions. ``jurisdictions``: the fact holds only where the
+    service's jurisdiction (a site overlay's setting, default ``US``) is one of these.
     """
 
     infusions: Literal["first", "subsequent", "all"] = "all"
@@ -169,6 +246,7 @@ class Applicability:
     gap_days: DayRange | None = None
     cycle_start: tuple[int, ...] | Literal["every"] | None = None
     restart: bool | None = None
+    jurisdictions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -207,6 +285,8 @@ class PremedAgent:
     required: bool
     provenance: Provenance
     not_covered_by: tuple[NotCovering, ...] = ()
+    # Set when a site overlay chose this agent (and its dose, route, timing) for the role.
+    site: SiteChange | None = None
 
 
 @dataclass(frozen=True)
@@ -236,6 +316,58 @@ class RateSchedule:
     duration: Quantity | None
     text: str | None
     provenance: Provenance
+
+
+@dataclass(frozen=True)
+class RatePhase:
+    """One part of a local regimen: a share of the dose (percent) over a time (minutes)."""
+
+    percent: float
+    minutes: float
+
+    @property
+    def fraction(self) -> float:
+        """The share as a fraction of the dose (20 % → 0.2)."""
+        return self.percent / 100
+
+
+@dataclass(frozen=True)
+class Eligibility:
+    """Who a site's local regimen is for: what the engine checks, and what it cannot.
+
+    ``from_infusion``: this dose is at least the N-th of the drug (prior doses on record).
+    ``no_reaction_on_record``: no allergy record (not refuted or entered in error) of a
+    reaction to the drug itself. ``not_checked``: conditions the service cannot check (a lab
+    value, a diagnosis): named on the card for the prescriber to confirm, never assumed.
+    """
+
+    from_infusion: int | None
+    no_reaction_on_record: bool
+    not_checked: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LocalRegimen:
+    """A site's own rate regimen for a drug (e.g. a 90-minute rapid infusion), offered to
+    eligible patients; ``replaces`` is the label schedule it stands in for (still cited)."""
+
+    id: str
+    drug_id: str
+    label: str
+    phases: tuple[RatePhase, ...]
+    eligibility: Eligibility
+    text: str | None
+    site: SiteChange
+    replaces: RateSchedule | None = None
+
+    @property
+    def minutes(self) -> float:
+        return sum(p.minutes for p in self.phases)
+
+    def citations(self) -> tuple[Citation, ...]:
+        """The institution's protocol first, then the label fact it replaces."""
+        label = self.replaces.provenance.citations() if self.replaces else ()
+        return (self.site.protocol.citation(), *label)
 
 
 @dataclass(frozen=True)
@@ -324,6 +456,8 @@ class MonitoringRequirement:
     duration: Quantity | None
     text: str
     provenance: Provenance
+    # Set when a site overlay changed the duration (an observation time).
+    site: SiteChange | None = None
 
 
 @dataclass(frozen=True)
@@ -444,6 +578,8 @@ class Drug:
     # Days without a dose after which the next dose starts a new cycle (blinatumomab: an
     # interruption of more than 7 days); None when the label gives no such rule.
     new_cycle_after_days: int | None = None
+    # A site overlay's own regimens for this drug (none in the label knowledge).
+    local_regimens: tuple[LocalRegimen, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -580,6 +716,99 @@ class CardPolicy:
         raise KeyError(code)
 
 
+SiteEntryKind = Literal[
+    "jurisdiction", "premedication", "rate-schedule", "observation-time", "rule-off", "order-codes"
+]
+SiteScope = Literal["site", "drug", "class", "agent", "referral"]
+
+
+@dataclass(frozen=True)
+class SiteEntry:
+    """One approved entry of a site overlay as a reviewer lists it: what it changes, where,
+    on whose authority. ``drugs``: the drugs whose facts it changes (resolved against the
+    label knowledge); ``agents``: the agents it chooses or replaces; ``replaces``: the label
+    facts it stands in for."""
+
+    id: str
+    kind: SiteEntryKind
+    scope: SiteScope
+    target: str
+    summary: str
+    protocol: LocalProtocol
+    source_file: str
+    drugs: tuple[str, ...] = ()
+    replaces: tuple[str, ...] = ()
+    agents: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AgentPreference:
+    """A site's preferred agent for a premedication role, for a drug, a class, or wherever
+    the label suggests one agent (``scope``/``target``). Dose, route and timing are the
+    site's (its protocol), given or left to the protocol."""
+
+    entry_id: str
+    scope: Literal["drug", "class", "agent"]
+    target: str
+    role: AgentRole
+    agent: str
+    dose: DoseRange | None
+    route: str | None
+    timing: str | None
+    protocol: LocalProtocol
+
+
+@dataclass(frozen=True)
+class ObservationTime:
+    """A site's observation time for one of a drug's observation requirements."""
+
+    entry_id: str
+    drug_id: str
+    requirement: str
+    duration: Quantity
+    protocol: LocalProtocol
+
+
+@dataclass(frozen=True)
+class Site:
+    """A validated site overlay: an institution's approved changes to the label knowledge.
+
+    ``rules_off`` holds (rule topic, drug id) pairs the site switched off; ``order_codes``
+    the site's preference-list/order-set codes by agent id or referral id.
+    """
+
+    name: str
+    folder: str
+    digest: str
+    jurisdiction: str
+    protocols: Mapping[str, LocalProtocol]
+    entries: tuple[SiteEntry, ...] = ()
+    preferences: tuple[AgentPreference, ...] = ()
+    regimens: tuple[LocalRegimen, ...] = ()
+    observation_times: tuple[ObservationTime, ...] = ()
+    rules_off: frozenset[tuple[str, str]] = frozenset()
+    order_codes: Mapping[str, tuple[Coding, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    files: tuple[str, ...] = ()
+
+    def switched_off(self, topic: str, drug_id: str) -> bool:
+        """Did the site switch the rule ``topic`` off for this drug?"""
+        return (topic, drug_id) in self.rules_off
+
+    def entries_for(self, scope: SiteScope, target: str) -> tuple[SiteEntry, ...]:
+        """The entries about a drug, class, agent or referral, with their approval metadata:
+        a drug's include those of its class and the agent-wide ones that change it; an
+        agent's, the preferences that choose or replace it."""
+        return tuple(
+            e
+            for e in self.entries
+            if (e.scope == scope and e.target == target)
+            or (scope == "drug" and target in e.drugs)
+            or (scope == "agent" and target in e.agents)
+        )
+
+
 @dataclass(frozen=True)
 class KnowledgeBase:
     """The whole validated knowledge base, with lookup indexes, read-only."""
@@ -596,6 +825,17 @@ class KnowledgeBase:
     # (what ``check-cards`` reports as citation coverage).
     sources: tuple[tuple[str, Source], ...] = field(default=())
     fact_evidence: MappingProxyType[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    # The jurisdiction facts are shown for (``Applicability.jurisdictions``): a site
+    # overlay's setting, else US. ``site``: the overlay this view applies (None: the label
+    # knowledge alone); ``base``: the label knowledge the view was built from.
+    jurisdiction: str = "US"
+    site: Site | None = None
+    base: KnowledgeBase | None = None
+
+    @property
+    def label_knowledge(self) -> KnowledgeBase:
+        """The knowledge without any site overlay (identities, codes: never changed by one)."""
+        return self.base or self
 
     def drug(self, drug_id: str) -> Drug:
         return self.drugs[drug_id]

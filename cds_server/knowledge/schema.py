@@ -30,6 +30,10 @@ ROLES = validate.OneOf(
 )
 CODE_SYSTEMS = validate.OneOf(["rxnorm", "atc", "snomed", "ndc"])
 ID = validate.Regexp(r"^[a-z0-9][a-z0-9-]*$", error="must be lower-case letters, digits and '-'")
+# A jurisdiction setting: an ISO 3166 country code (US, CH, GB…) or EU.
+JURISDICTION = validate.Regexp(
+    r"^[A-Z]{2}$", error="must be a 2-letter code in capitals: a country (US, CH, GB…) or EU"
+)
 NON_EMPTY = validate.Length(min=1)
 
 
@@ -167,6 +171,7 @@ class ApplicabilitySchema(_Strict):
     gap_days = fields.Nested(DayRangeSchema)
     cycle_start = CycleStartField()
     restart = fields.Boolean(truthy={True}, falsy={False})
+    jurisdictions = fields.List(fields.String(validate=JURISDICTION), validate=NON_EMPTY)
 
 
 class CodeSchema(ProvenanceFields):

@@ -36,11 +36,15 @@ RULES = (
 
 
 def run(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
-    """Run every rule in ``RULES`` order and return their findings, after precedence, each
-    with the override reasons that fit it (``reasons.fit``)."""
+    """Run every rule in ``RULES`` order and return their findings, less those of rules the
+    knowledge's site switched off for a drug, after precedence, each with the override
+    reasons that fit it (``reasons.fit``)."""
     findings: list[Finding] = []
     for rule in RULES:
         findings.extend(rule.evaluate(situation, kb))
+    if kb.site is not None and kb.site.rules_off:
+        # Rules a site switched off for a drug give no card (nothing logged, nothing counted).
+        findings = [f for f in findings if not kb.site.switched_off(f.topic, f.drug_id)]
     return reasons.fit(apply_precedence(findings), situation, kb)
 
 

@@ -35,7 +35,8 @@ class DosePosition:
     ``number`` is None when the history is unknown or incomplete; ``min_number`` is then
     what the history we do have proves (2 once one earlier dose is seen). ``steps`` is None
     when the step cannot be determined (no dose, or an mg/kg step without a weight), and
-    empty when the dose is not a step-up dose.
+    empty when the dose is not a step-up dose. ``jurisdiction``: the knowledge's setting,
+    against which facts restricted to some jurisdictions are checked.
     """
 
     number: int | None
@@ -45,6 +46,7 @@ class DosePosition:
     unknowns: tuple[str, ...] = ()
     min_number: int = 1
     course: TreatmentCourse | None = None
+    jurisdiction: str = "US"
 
     @property
     def restarted(self) -> bool:
@@ -111,7 +113,14 @@ def _position(situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBa
     if ordered_unit == "mg/kg" and weight is None:
         unknowns.append("the patient's weight (the dose is ordered in mg/kg)")
     return DosePosition(
-        number, steps, prior, dose_mg, tuple(unknowns), len(prior) + 1, course=course
+        number,
+        steps,
+        prior,
+        dose_mg,
+        tuple(unknowns),
+        len(prior) + 1,
+        course=course,
+        jurisdiction=kb.jurisdiction,
     )
 
 
@@ -175,6 +184,8 @@ def applies(app: Applicability, pos: DosePosition) -> Applies:
     ``value`` is False as soon as one key fails, None when one cannot be determined.
     """
     checks: list[bool | None] = []
+    if app.jurisdictions:  # a setting, always known
+        checks.append(pos.jurisdiction in app.jurisdictions)
     if app.steps:
         checks.append(None if pos.steps is None else bool(pos.steps & set(app.steps)))
     if app.infusion_numbers:

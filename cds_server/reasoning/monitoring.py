@@ -24,6 +24,7 @@ from cds_server.model import (
 from cds_server.reasoning import wording
 from cds_server.reasoning.dosing import DosePosition, applies, fmt_qty, position, step_labels
 from cds_server.reasoning.orders import each_order
+from cds_server.reasoning.regimens import institution_point
 
 TOPIC = "monitoring-admission"
 _INTERRUPTIVE = ("hospitalization", "proximity")
@@ -130,6 +131,8 @@ def _for_order(
     for req in shown:
         duration = f" ({fmt_qty(req.duration)})" if req.duration else ""
         points.append(f"- **{req.kind.capitalize()}{duration}:** {req.text}")
+        if req.site is not None:  # the site's time, beside the label's text (still cited)
+            points.append(institution_point(req.site))
     for req in maybe:
         points.append(f"- **If this is the dose concerned — {req.kind}:** {req.text}")
     for req in conditional:
@@ -150,7 +153,7 @@ def _for_order(
             text=f"{drug.display}: {req.text}",
             recommended=req.kind in _INTERRUPTIVE or req.duration is not None,
             for_order_ref=recognised.order.ref,
-            order_key=req.kind,
+            referral=req.kind,
         )
         for req in shown + maybe
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from cds_server.knowledge.model import (
+    ROLE_NAMES,
     KnowledgeBase,
     NotCovering,
     PremedAgent,
@@ -35,19 +36,9 @@ from cds_server.model import (
 from cds_server.reasoning import wording
 from cds_server.reasoning.dosing import DosePosition, applies, fmt_number, position
 from cds_server.reasoning.orders import each_order, ordered_agents, role_covered, ruled_out
+from cds_server.reasoning.regimens import institution_point
 
 TOPIC = "premedication"
-
-ROLE_NAMES = {
-    "h1-antihistamine": "H1 antihistamine",
-    "h2-antagonist": "H2 antagonist",
-    "corticosteroid": "corticosteroid",
-    "antipyretic": "antipyretic/analgesic",
-    "leukotriene-antagonist": "leukotriene antagonist",
-    "il6-antagonist": "IL-6 antagonist",
-    "anaphylaxis-treatment": "anaphylaxis treatment",
-    "antiemetic": "antiemetic",
-}
 
 
 def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
@@ -124,8 +115,9 @@ def _merged(*lists: tuple[NotCovering, ...]) -> tuple[NotCovering, ...]:
 
 
 def prefilled_dose(entry: PremedAgent) -> tuple[Quantity | None, Quantity | None]:
-    """The dose to pre-fill in a suggestion: only a verified dose, never a guess."""
-    if entry.dose is None or entry.provenance.evidence != "verified":
+    """The dose to pre-fill in a suggestion: only a verified dose, or the dose of the site's
+    own protocol for the agent it chose (a site overlay), never a guess."""
+    if entry.dose is None or (entry.site is None and entry.provenance.evidence != "verified"):
         return None, None
     return Quantity(entry.dose.min, entry.dose.unit), Quantity(entry.dose.max, entry.dose.unit)
 
@@ -176,10 +168,14 @@ def _for_order(
     }
     if not missing:
         return None
-    points = [
-        f"- **Missing:** {describe_agent(agent, kb)}" + ("" if agent.required else " (optional)")
-        for agent, _ in missing.values()
-    ]
+    points = []
+    for agent, _ in missing.values():
+        points.append(
+            f"- **Missing:** {describe_agent(agent, kb)}"
+            + ("" if agent.required else " (optional)")
+        )
+        if agent.site is not None:  # the site's agent, beside the label's (still cited)
+            points.append(institution_point(agent.site))
     not_counted = [
         (role, x) for role, (agent, _) in missing.items() for x in ruled_out(agent, ordered)
     ]

@@ -385,7 +385,7 @@ def _finding(
                 f"{drug.name}; evaluate for rapid drug desensitization before re-exposure.",
                 recommended=indicator == "critical",
                 for_order_ref=recognised.order.ref,
-                order_key="allergy-immunology-referral",
+                referral="allergy-immunology",
             ),
         )
     return Finding(

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.model import Citation, Finding, Indicator, RecognisedOrder, Situation
+from cds_server.reasoning import monitoring
 from cds_server.reasoning.dosing import IN_FORCE, fmt_qty, position, step_labels
 from cds_server.reasoning.monitoring import applicable, dose_specific
 from cds_server.reasoning.reactions import assess, describe, relevant_allergies
+from cds_server.reasoning.regimens import institution_point
 
 TOPIC = "patient-summary"
 
@@ -38,6 +40,8 @@ def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
         drug = kb.drug(drug_id)
         pos = position(situation, recognised, kb)
         firm, _, undecided = applicable(drug.monitoring, pos)
+        if kb.site is not None and kb.site.switched_off(monitoring.TOPIC, drug_id):
+            firm, undecided = [], []  # the site switched this drug's monitoring rule off
         needs = [
             r
             for r in firm
@@ -48,6 +52,8 @@ def evaluate(situation: Situation, kb: KnowledgeBase) -> list[Finding]:
         for req in needs:
             duration = f" {fmt_qty(req.duration)}" if req.duration else ""
             lines.append(f"- **{drug.display}** next dose{which}: {req.kind}{duration}. {req.text}")
+            if req.site is not None:
+                lines.append(institution_point(req.site, indent="  "))
             short.append(f"{drug.display} next dose needs {req.kind}{duration}")
             citations.extend(req.provenance.citations())
         if undecided:

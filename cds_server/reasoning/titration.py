@@ -9,6 +9,13 @@ rate gets no card (already handled). Rapid schedules whose conditions the servic
 check are mentioned as "may be eligible" notes only. Rates in different units (mg/h vs mL/h)
 are converted through the bag concentration when dose and volume are known; otherwise the
 card says the rate could not be compared.
+
+A site's local regimen for the drug (a site overlay, e.g. a 90-minute rituximab infusion) is
+checked for eligibility (``regimens.assess``): for an eligible patient, an order at or below
+its first-phase rate gets an ``info`` card naming the conditions to confirm instead of a
+warning, and a faster or rate-less order is offered it beside the label's schedule; for an
+ineligible one the label's schedule applies as without the overlay, with a note when the
+patient (a reaction on record) rules it out.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from cds_server.model import (
     RecognisedOrder,
     Situation,
 )
+from cds_server.reasoning import regimens
 from cds_server.reasoning.dosing import DosePosition, applies, fmt_number, fmt_qty, position
 from cds_server.reasoning.orders import each_order
 
@@ -156,6 +164,14 @@ def _for_order(
     order = recognised.order
     assert schedule.start is not None
     comparable = _comparable_rate(order, schedule.start.unit)
+    local = [regimens.assess(r, situation, recognised, pos, kb) for r in drug.local_regimens]
+    offered = next((a for a in local if a.eligible), None)
+    # Above the label's start rate (a warning without the overlay), but within an eligible
+    # local regimen's first phase: the order follows the institution's protocol.
+    if offered is not None and comparable is not None and comparable.value > schedule.start.value:
+        accepted = _accepted(situation, recognised, kb, pos, schedule, offered)
+        if accepted is not None:
+            return accepted
     points: list[str] = []
     actions: tuple[ProposedRateChange, ...] = ()
     indicator: Indicator
@@ -225,6 +241,15 @@ def _for_order(
     citations = schedule.provenance.citations() + tuple(
         c for opt in optional for c in opt.provenance.citations()
     )
+    for assessment in local:
+        more_points, more_actions, unknown = _local_notes(
+            situation, recognised, assessment, indicator
+        )
+        points.extend(more_points)
+        actions += more_actions
+        unknowns.extend(unknown)
+        if more_points:
+            citations = assessment.regimen.citations() + citations
     return Finding(
         topic=TOPIC,
         drug_id=drug.id,
@@ -238,3 +263,113 @@ def _for_order(
         unknowns=tuple(unknowns),
         order_ref=order.ref,
     )
+
+
+def _in_mg_per_hour(order: MedicationOrder) -> Quantity | None:
+    return _comparable_rate(order, "mg/h")
+
+
+def _accepted(
+    situation: Situation,
+    recognised: RecognisedOrder,
+    kb: KnowledgeBase,
+    pos: DosePosition,
+    schedule: RateSchedule,
+    assessment: regimens.Assessment,
+) -> Finding | None:
+    """The info card of an order that follows an eligible local regimen (its rate at or below
+    the regimen's first phase), or None when it does not."""
+    regimen = assessment.regimen
+    phases = regimens.phases_for(regimen, recognised, situation)
+    rate = _in_mg_per_hour(recognised.order)
+    if phases is None or rate is None or recognised.order.rate is None:
+        return None
+    tolerance = kb.policy.engine.dose_match_tolerance  # rounding of a computed rate
+    if rate.value > phases[0].rate.value * (1 + tolerance):
+        return None
+    assert schedule.start is not None
+    drug = kb.drug(recognised.drug_id)
+    protocol = regimen.site.protocol
+    points = [
+        f"- **{protocol.name}** ({protocol.approval}): {regimen.label} instead of the label's "
+        f"{schedule.label.lower()} (start {fmt_qty(schedule.start)}); "
+        f"{fmt_qty(recognised.order.rate)} is within its first phase.",
+        *_eligibility_points(assessment),
+    ]
+    if regimen.text:
+        points.append(f"- {regimen.text}")
+    return Finding(
+        topic=TOPIC,
+        drug_id=drug.id,
+        drug_name=drug.display,
+        indicator="info",
+        headline=(
+            f"rate follows the institution's {regimen.label} "
+            f"({regimen.site.protocol.document} v{regimen.site.protocol.version})"
+        ),
+        points=tuple(points),
+        table=regimens.phase_table(phases),
+        table_notes=(f"Computed from the ordered dose of {fmt_qty(recognised.order.dose)}.",)
+        if recognised.order.dose
+        else (),
+        citations=regimen.citations() + schedule.provenance.citations(),
+        unknowns=pos.unknowns,
+        order_ref=recognised.order.ref,
+    )
+
+
+def _eligibility_points(assessment: regimens.Assessment) -> list[str]:
+    """What was checked, and what the prescriber must confirm."""
+    points = []
+    if assessment.met:
+        points.append(f"- Checked: {'; '.join(assessment.met)}.")
+    if assessment.regimen.eligibility.not_checked:
+        points.append(
+            "- **Confirm (not checked):** "
+            + "; ".join(assessment.regimen.eligibility.not_checked)
+            + "."
+        )
+    return points
+
+
+def _local_notes(
+    situation: Situation,
+    recognised: RecognisedOrder,
+    assessment: regimens.Assessment,
+    indicator: Indicator,
+) -> tuple[list[str], tuple[ProposedRateChange, ...], list[str]]:
+    """A local regimen beside the label's schedule: offered when eligible, said when the
+    patient rules it out, named as unknown when it could not be decided."""
+    regimen = assessment.regimen
+    order = recognised.order
+    if assessment.eligible is None:
+        why = "; ".join(assessment.unknown)
+        return [], (), [f"whether the institution's {regimen.label} applies: {why}"]
+    if assessment.eligible is False:
+        if not assessment.by_patient:
+            return [], (), []  # e.g. a first infusion: the regimen is for later ones
+        note = (
+            f"- {regimen.site.protocol.name}: the {regimen.label} is not for this patient "
+            f"({'; '.join(assessment.failed)})."
+        )
+        return [note], (), []
+    phases = regimens.phases_for(regimen, recognised, situation)
+    points = [
+        regimens.institution_point(regimen.site)[:-1]
+        + f"; for this dose: {regimens.describe_phases(regimen, phases)}.",
+        *_eligibility_points(assessment),
+    ]
+    actions: tuple[ProposedRateChange, ...] = ()
+    if indicator == "warning" and phases and order.rate is not None and order.resource is not None:
+        first = convert(phases[0].rate, order.rate.unit, concentration(order))
+        if first is not None:
+            actions = (
+                ProposedRateChange(
+                    label=f"Set the rate to {fmt_qty(first)} (first phase of the institution's "
+                    f"{regimen.label})",
+                    order=order,
+                    new_rate=first,
+                    recommended=False,
+                ),
+            )
+    return points, actions, []

@@ -81,7 +81,8 @@ def summary_text(finding: Finding) -> str:
 DETAIL_BUDGET = 700
 MAX_SOURCES = 4
 TABLE_HEADING = "**Schedule:**"
-_EVIDENCE_RANK = {"verified": 0, "secondary": 1, "unverified": 2}
+# An institution's own protocol (a site overlay) comes first: it is what changed the card.
+_EVIDENCE_RANK = {"institution": 0, "verified": 1, "secondary": 2, "unverified": 3}
 # Points shown only when a condition the service cannot check holds: dropped first.
 _CONDITIONAL = re.compile(
     r"^- (?:(?:Consider|Also), if|May be eligible if)\b|^- (?:Consider|Also): "

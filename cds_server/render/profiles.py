@@ -36,9 +36,9 @@ from cds_server.model import (
 ProfileName = Literal["generic", "epic", "oracle", "sandbox"]
 PROFILE_NAMES: tuple[ProfileName, ...] = ("generic", "epic", "oracle", "sandbox")
 
-# Epic's code systems for suggested orders ("Codesets for Create APIs").
+# Epic's code systems for suggested orders ("Codesets for Create APIs"; its preference-list
+# item system is ``model.EPIC_PREFERENCE_LIST_ITEM``, which site files also name).
 RXNORM_OID = "urn:oid:2.16.840.1.113883.6.88"
-EPIC_PREFERENCE_LIST_ITEM = "urn:com.epic.cdshooks.action.code.system.preference-list-item"
 EPIC_ORDER_SET_ITEM = "urn:com.epic.cdshooks.action.code.system.orderset-item"
 
 # Epic fills a suggested order from its own medication record or preference list.
@@ -56,7 +56,7 @@ class ClientProfile:
     """How cards are shaped for one kind of client (see the module docstring).
 
     ``order_codes``: the site's own codes for what we suggest ordering, keyed by agent id
-    (``diphenhydramine``) or ``model.SERVICE_ORDER_KEYS`` entry; sent (``epic`` only) as
+    (``diphenhydramine``) or ``model.REFERRALS`` entry; sent (``epic`` only) as
     extra codings of the suggested resource.
     """
 
@@ -85,7 +85,7 @@ class ClientProfile:
         if isinstance(action, ProposedMedication):
             rxnorm = action.coding is not None and action.coding.system == RXNORM
             return rxnorm or bool(self.order_codes.get(action.agent_id or ""))
-        return bool(self.order_codes.get(action.order_key or ""))
+        return bool(self.order_codes.get(action.referral or ""))
 
     def site_codings(self, key: str | None) -> list[dict[str, str]]:
         """The site's codings for ``key`` as FHIR Codings (``epic`` only; else none)."""

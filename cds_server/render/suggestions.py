@@ -98,7 +98,7 @@ def service_request(
 ) -> dict[str, Any]:
     """A draft, text-coded ServiceRequest (admission, observation, referral)."""
     code: dict[str, Any] = {"text": p.label.removeprefix("Order ")}
-    codings = profile.site_codings(p.order_key)
+    codings = profile.site_codings(p.referral)
     if p.coding is not None:
         codings.append(fhir_coding(Coding(p.coding.system, p.coding.code)))
     if codings:

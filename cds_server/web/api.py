@@ -34,6 +34,7 @@ from cds_server.cdshooks.errors import (
     UnsupportedMediaType,
 )
 from cds_server.fhirdata.client import HEAP
+from cds_server.knowledge.model import KnowledgeBase
 from cds_server.socketwatch import WATCHDOG
 from cds_server.web import auth, knowledge, limits, metrics
 from cds_server.web.runtime import EXTENSION, Runtime
@@ -55,6 +56,12 @@ JSON_TYPES = ("application/json", "application/fhir+json")
 
 def _runtime() -> Runtime:
     return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+
+
+def _knowledge() -> KnowledgeBase:
+    """The knowledge the caller sees: its trusted-clients entry's site view, else the
+    service's (never another client's)."""
+    return _runtime().kb_for(auth.caller_site())
 
 
 def _reject_constant(name: str) -> Any:
@@ -107,7 +114,7 @@ def _json_body() -> dict[str, Any]:
 
 @bp.get("/cds-services", strict_slashes=False)
 def discovery() -> Response:
-    return jsonify(protocol.dump_discovery(services.discovery(_runtime().kb)))
+    return jsonify(protocol.dump_discovery(services.discovery(_knowledge())))
 
 
 @bp.post("/cds-services/<service_id>", strict_slashes=False)
@@ -121,13 +128,14 @@ def call_service(service_id: str) -> Response:
         max_prefetch=current_app.config["MAX_PREFETCH_RESOURCES"],
     )
     runtime = _runtime()
-    profile = runtime.profiles[auth.client_profile()]
+    kb = _knowledge()
+    profile = runtime.profile_for(kb, auth.client_profile())
     now = datetime.now(UTC)
     cards_store = store.get_store()
     result = pipeline.run(
         body,
         service_id=service_id,
-        kb=runtime.kb,
+        kb=kb,
         settings=auth.fhir_settings(runtime.fhir),  # only the caller's trusted fhirServers
         now=now,
         client_factory=metrics.counted_client_factory(
@@ -139,9 +147,9 @@ def call_service(service_id: str) -> Response:
         profile=profile,
     )
     cards_store.log_cards(
-        result.situation.call, result.issued, issued_at=now, knowledge_version=runtime.kb.version
+        result.situation.call, result.issued, issued_at=now, knowledge_version=kb.version
     )
-    metrics.record_call(service_id, result.service.hook, result.response["cards"], runtime.kb)
+    metrics.record_call(service_id, result.service.hook, result.response["cards"], kb)
     trigger = result.request.epic_trigger
     log.info(
         "call service=%s hook=%s%s%s hookInstance=%s cards=%d held=%d fetched=%s warnings=%d "

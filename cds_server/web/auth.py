@@ -375,8 +375,17 @@ def client_profile() -> str:
     return named or str(current_app.config["CLIENT_PROFILE"])
 
 
-def init_app(app: Flask, *, blueprint: str) -> None:
-    """Require authentication on ``blueprint`` unless ``AUTH_REQUIRED`` is off (demo, tests).
+def caller_site() -> str | None:
+    """The site overlay folder of the authenticated caller's trusted-clients entry, if any."""
+    if EXTENSION not in current_app.extensions:
+        return None
+    caller: Caller | None = g.get("cds_caller")
+    return caller.client.site if caller else None
+
+
+def init_app(app: Flask, *, blueprint: str) -> TrustedClients | None:
+    """Require authentication on ``blueprint`` unless ``AUTH_REQUIRED`` is off (demo, tests);
+    return the trusted clients (None with authentication off).
 
     Raises ``ConfigError`` with a clear message when authentication is required but the
     trusted-clients file or the public URL is missing, or the shared cache is unreachable.
@@ -388,7 +397,7 @@ def init_app(app: Flask, *, blueprint: str) -> None:
                 "*** AUTHENTICATION IS OFF: any caller can use this service. "
                 "Only for the local demo; never with real patient data. ***"
             )
-        return
+        return None
     if not cfg.get("CLIENTS_FILE"):
         raise ConfigError(
             "Authentication is required, but no trusted-clients file is configured. "
@@ -428,3 +437,4 @@ def init_app(app: Flask, *, blueprint: str) -> None:
         len(clients.clients),
         where,
     )
+    return clients

@@ -1,5 +1,5 @@
-"""What the request handlers share, built once per app: the knowledge, the FHIR policy and
-the client profiles."""
+"""What the request handlers share, built once per app: the knowledge views, the FHIR policy
+and the client profiles."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from types import MappingProxyType
 from cds_server.fhirdata.client import FhirSettings, FhirTransport
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.knowledge_pages.content import Site, build_site
+from cds_server.model import Coding
 from cds_server.render.profiles import PROFILE_NAMES, ClientProfile
 
 
-def _profiles() -> Mapping[str, ClientProfile]:
-    return MappingProxyType({name: ClientProfile(name) for name in PROFILE_NAMES})
+def _order_codes(kb: KnowledgeBase) -> Mapping[str, tuple[Coding, ...]]:
+    """The site's own order codes of a knowledge view (none without a site overlay)."""
+    return kb.site.order_codes if kb.site is not None else MappingProxyType({})
 
 
 # Key of the Runtime in ``app.extensions``.
@@ -24,14 +26,37 @@ EXTENSION = "cds_server"
 
 @dataclass(frozen=True)
 class Runtime:
-    """What request handlers need, built once at start-up."""
+    """What request handlers need, built once at start-up.
+
+    ``kb`` is the knowledge as the service's own site folder (``SITE_DIR``) has it, or the
+    label knowledge alone; ``sites`` holds the view of each trusted client's own site folder.
+    """
 
     kb: KnowledgeBase
     fhir: FhirSettings
     # Request threads and keep-alive connections to FHIR servers (created per process).
     transport: FhirTransport = field(default_factory=FhirTransport)
-    # How cards are shaped for each kind of client, by profile name (built once, not per call).
-    profiles: Mapping[str, ClientProfile] = field(default_factory=_profiles)
+    sites: Mapping[str, KnowledgeBase] = field(default_factory=lambda: MappingProxyType({}))
+
+    def kb_for(self, site: str | None) -> KnowledgeBase:
+        """The knowledge a caller sees: its own site folder's view, else the service's."""
+        return self.sites[site] if site is not None else self.kb
+
+    @cached_property
+    def profiles(self) -> Mapping[tuple[str, str], ClientProfile]:
+        """How cards are shaped, by (knowledge version, profile name): each knowledge view
+        brings its site's own order codes (built once, not per call)."""
+        return MappingProxyType(
+            {
+                (kb.version, name): ClientProfile(name, _order_codes(kb))
+                for kb in (self.kb, *self.sites.values())
+                for name in PROFILE_NAMES
+            }
+        )
+
+    def profile_for(self, kb: KnowledgeBase, name: str) -> ClientProfile:
+        """The profile ``name`` for a caller who sees ``kb``."""
+        return self.profiles[(kb.version, name)]
 
     @cached_property
     def pages(self) -> Site:

@@ -11,10 +11,13 @@ as ``clients.<n>.<field>: message``)::
         fhir_servers: [https://ehr.example.org/fhir]   # where fhirAuthorization may be sent
         algorithms: [ES384, RS384]            # optional; ES256 and RS256 only if listed here
         profile: epic                         # optional: generic, epic, oracle or sandbox
+        site: sites/north-hospital            # optional: this client's site overlay folder
 
 Entries are keyed by (``iss``, ``tenant``); an entry without ``tenant`` accepts any tenant.
 ``profile`` shapes the cards sent to that client (``render.profiles``); without it, the
-``CLIENT_PROFILE`` setting (default ``generic``: spec-pure CDS Hooks 2.0).
+``CLIENT_PROFILE`` setting (default ``generic``: spec-pure CDS Hooks 2.0). A ``site`` folder
+(relative to the file's own folder) gives that client's calls its own site overlay
+(``cds_server.knowledge.overlay``) and its order codes; other clients never see it.
 Only public keys are accepted (a key with ``d`` is refused); ``none`` and HS* never are.
 """
 
@@ -54,6 +57,7 @@ class TrustedClient:
     fhir_servers: tuple[str, ...] = ()  # base_url_key() of each allowed fhirServer
     algorithms: frozenset[str] = DEFAULT_ALGORITHMS
     profile: str | None = None  # a ``render.profiles`` name; None = the CLIENT_PROFILE setting
+    site: str | None = None  # this client's site overlay folder (absolute path), if any
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,7 @@ class _ClientSchema(Schema):
     fhir_servers = fields.List(fields.String(validate=_fhir_base))
     algorithms = fields.List(fields.String(validate=_algorithm), validate=validate.Length(min=1))
     profile = fields.String(validate=validate.OneOf(PROFILE_NAMES))
+    site = fields.String(validate=validate.Length(min=1, max=4096))
 
     @validates_schema(skip_on_field_errors=True)
     def _keys(self, data: dict[str, Any], **kw: Any) -> None:
@@ -227,7 +232,7 @@ def _flatten(messages: Any, prefix: str = "") -> list[str]:
     return [f"{prefix or '(file)'}: {messages}"]
 
 
-def _build(entry: Mapping[str, Any]) -> TrustedClient:
+def _build(entry: Mapping[str, Any], folder: Path | None = None) -> TrustedClient:
     keys = None
     if "jwks" in entry:
         keys = MappingProxyType(
@@ -241,11 +246,13 @@ def _build(entry: Mapping[str, Any]) -> TrustedClient:
         fhir_servers=tuple(base_url_key(u) for u in entry.get("fhir_servers", ())),
         algorithms=frozenset(entry.get("algorithms") or DEFAULT_ALGORITHMS),
         profile=entry.get("profile"),
+        site=str((folder or Path.cwd()) / entry["site"]) if "site" in entry else None,
     )
 
 
-def parse(data: Any, source: str = "trusted clients") -> TrustedClients:
-    """Validate already-parsed YAML/JSON data; ``ConfigError`` lists every problem."""
+def parse(data: Any, source: str = "trusted clients", folder: Path | None = None) -> TrustedClients:
+    """Validate already-parsed YAML/JSON data; ``ConfigError`` lists every problem. A
+    client's ``site`` is taken relative to ``folder`` (the file's; default the working one)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: must be a mapping with a 'clients' list (see the README)")
     try:
@@ -253,7 +260,7 @@ def parse(data: Any, source: str = "trusted clients") -> TrustedClients:
     except ValidationError as exc:
         lines = "\n".join(f"  {line}" for line in sorted(_flatten(exc.messages)))
         raise ConfigError(f"{source} is invalid:\n{lines}") from None
-    return TrustedClients(tuple(_build(entry) for entry in loaded["clients"]))
+    return TrustedClients(tuple(_build(entry, folder) for entry in loaded["clients"]))
 
 
 def load(path: str | Path) -> TrustedClients:
@@ -270,4 +277,4 @@ def load(path: str | Path) -> TrustedClients:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigError(f"{source} is not valid YAML{where}") from None
-    return parse(data, source)
+    return parse(data, source, Path(path).resolve().parent)

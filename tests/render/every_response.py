@@ -3,8 +3,10 @@
 Each fixture request (``fixtures/fhir/requests/*.json``, posted as the file's text) and each
 scenario request (dates moved to today and posted as the scenario tests post it, keeping the
 literal ``1e400``) goes through the Flask test client of a fresh app, so no card is held back
-as a repeat of another call; the apps' knowledge pages are open, so cards carry their
-``source.url``. The answers are computed once per test session.
+as a repeat of another call; so does each request of the example site overlay
+(``fixtures/site-example/requests/``), to an app running that overlay. The apps' knowledge
+pages are open, so cards carry their ``source.url``. The answers are computed once per test
+session, per client profile.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from typing import Any
 from flask import Flask
 
 from tests.conformance import check_response
-from tests.conftest import REQUESTS, service_for
+from tests.conftest import REQUESTS, ROOT, service_for
 from tests.scenarios.test_scenarios import load_scenario, request_text, scenario_names
 
 Response = dict[str, Any]
 OPEN = {"KNOWLEDGE_PAGES_PUBLIC": True}  # the settings of every app: pages open to browsers
+SITE_EXAMPLE = ROOT / "fixtures" / "site-example"
 _CACHE: dict[str, dict[str, Response]] = {}  # per client profile
 _BODIES: dict[str, dict[str, Any]] = {}
 
@@ -52,6 +55,11 @@ def every_response(make_app: Callable[..., Flask], profile: str = "generic") -> 
             _BODIES[f"scenarios/{name}"] = body
             app = make_app(CLIENT_PROFILE=profile, **OPEN)
             cache[f"scenarios/{name}"] = _post(app, request_text(body), body)
+        for path in sorted((SITE_EXAMPLE / "requests").glob("*.json")):
+            text = path.read_text()
+            _BODIES[f"site-example/{path.stem}"] = json.loads(text)
+            app = make_app(CLIENT_PROFILE=profile, SITE_DIR=str(SITE_EXAMPLE), **OPEN)
+            cache[f"site-example/{path.stem}"] = _post(app, text, json.loads(text))
     return _CACHE[profile]
 
 

@@ -189,7 +189,8 @@ def test_every_summary_names_the_drug_and_the_fact(
 # -- detail budget and sources -----------------------------------------------------------------
 
 LINK = re.compile(r"\[((?:[^\]\\]|\\.)*)\]\(([^)]*)\)")
-EVIDENCE = {"verified": 0, "secondary": 1, "unverified": 2}
+# An institution's protocol (the example site overlay's cards) is listed first.
+EVIDENCE = {"institution": 0, "verified": 1, "secondary": 2, "unverified": 3}
 
 
 def _prose_and_sources(card: dict[str, Any]) -> tuple[str, list[str]]:
