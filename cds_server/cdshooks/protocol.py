@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from marshmallow import (
     EXCLUDE,
+    RAISE,
     Schema,
     ValidationError,
     fields,
@@ -513,6 +514,11 @@ class _Out(Schema):
     """Writes declared fields only and drops null/empty optional values."""
 
     KEEP_EMPTY: tuple[str, ...] = ()
+
+    class Meta:
+        # marshmallow's default, said: apispec before 6.8.3 writes ``additionalProperties:
+        # false`` into /openapi.json only for a schema that declares it
+        unknown = RAISE
 
     @post_dump
     def _prune(self, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
