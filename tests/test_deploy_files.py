@@ -386,3 +386,15 @@ def test_the_trusted_clients_example_is_a_valid_file(tmp_path: Path) -> None:
     path.write_text(text, encoding="utf-8")
     clients = trusted_clients.load(path)
     assert clients is not None
+
+
+def test_the_deployments_run_the_image_of_this_release(compose: dict[str, Any]) -> None:
+    """README, "Releasing": the version and the image tags change together."""
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]["version"]
+    image = f"infusion-safety-cds:{version}"
+    assert compose["x-cds-server"]["image"] == f"${{CDS_IMAGE:-{image}}}"
+    for workload in (_one("Deployment"), _one("Job")):
+        [container] = workload["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == image
