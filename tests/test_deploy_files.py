@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shlex
 import shutil
@@ -252,7 +253,7 @@ def test_make_secrets_writes_matching_secrets_once(tmp_path: Path) -> None:
     if shutil.which("openssl") is None:
         pytest.fail("make-secrets needs openssl (apt-get install -y openssl)")
     shutil.copy(DEPLOY / "make-secrets", tmp_path / "make-secrets")
-    env = {"PATH": "/usr/bin:/bin", "CDS_PUBLIC_URL": "https://cds.example.org"}
+    env = {"PATH": os.environ["PATH"], "CDS_PUBLIC_URL": "https://cds.example.org"}
     run = [str(tmp_path / "make-secrets")]
     first = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120, check=True)
     secrets = tmp_path / "secrets"
