@@ -236,7 +236,7 @@ def quiet_probes_logger(log_format: str = "text") -> type:
             if log_format != "json":
                 super().access(resp, req, environ, request_time)
                 return
-            if not self.access_log_enabled:
+            if not self.cfg.accesslog:  # serve always sets it; the check is gunicorn's own
                 return
             fields = logformat.access_fields(self.atoms(resp, req, environ, request_time))
             self.access_log.info(

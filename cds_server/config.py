@@ -6,7 +6,9 @@ This is the only module that reads the environment. Order of precedence (last wi
 2. ``config.py`` in the data folder (optional) — skipped when a test config is given;
 3. ``CDS_<KEY>`` environment variables via ``Config.from_prefixed_env("CDS")`` (values are
    parsed as JSON when possible: ``CDS_FHIR_READ_TIMEOUT=3``, ``CDS_FHIR_ALLOW_HTTP='"loopback"'``
-   or simply ``CDS_FHIR_ALLOW_HTTP=loopback``) — skipped when a test config is given;
+   or simply ``CDS_FHIR_ALLOW_HTTP=loopback``), and for the secrets (``SECRET_FILE_KEYS``)
+   ``CDS_<KEY>_FILE``, the path of a file holding the value (Docker and Kubernetes secrets) —
+   skipped when a test config is given;
 4. the ``test_config`` mapping, if any;
 5. ``overrides`` (set by the command line, e.g. ``--public-url`` or the demo profile).
 
@@ -177,6 +179,34 @@ class ConfigError(ValueError):
     """A configuration value is invalid."""
 
 
+# Settings that are secrets: each may come from a file named by CDS_<KEY>_FILE instead.
+SECRET_FILE_KEYS = ("DATABASE_URL", "PATIENT_HASH_KEY", "ADMIN_TOKEN", "AUTH_CACHE")
+
+
+def secrets_from_files() -> dict[str, str]:
+    """The secrets given as files: ``CDS_<KEY>_FILE=/run/secrets/…`` → the file's text, less
+    its final line break. Setting both ``CDS_<KEY>`` and ``CDS_<KEY>_FILE`` is an error, and so
+    is a file that cannot be read or is empty (the message names the variable and the path,
+    never the content)."""
+    found: dict[str, str] = {}
+    for key in SECRET_FILE_KEYS:
+        variable = f"CDS_{key}_FILE"
+        path = os.environ.get(variable)
+        if not path:
+            continue
+        if os.environ.get(f"CDS_{key}"):
+            raise ConfigError(f"set CDS_{key} or {variable}, not both")
+        try:
+            with open(path, encoding="utf-8") as secret:
+                value = secret.read().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{variable}: cannot read {path} ({type(exc).__name__})") from None
+        if not value.strip():
+            raise ConfigError(f"{variable}: {path} is empty")
+        found[key] = value
+    return found
+
+
 def load(
     config: Config | None = None,
     test_config: Mapping[str, Any] | None = None,
@@ -191,6 +221,7 @@ def load(
         if instance_path:
             cfg.from_pyfile(os.path.join(instance_path, "config.py"), silent=True)
         cfg.from_prefixed_env("CDS")
+        cfg.from_mapping(secrets_from_files())
     else:
         cfg.from_mapping(test_config)
     if overrides:

@@ -748,16 +748,10 @@ def test_roughened_cards_and_discovery_are_written_as_marshmallow_writes_them(kb
         _written_alike(protocol._DUMP_DISCOVERY, protocol.DiscoveryOut(), _roughen(doc, rnd))
 
 
-def test_compile_dump_refuses_what_it_does_not_reproduce() -> None:
+def test_compile_dump_writes_computed_renamed_and_defaulted_fields_as_marshmallow() -> None:
     from marshmallow import fields as mfields
-    from marshmallow import post_dump
 
     from cds_server.cdshooks import protocol
-
-    class Hooked(protocol.CardOut):
-        @post_dump
-        def _stamp(self, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
-            return {**data, "stamped": True}
 
     class Computed(protocol.CardOut):
         shown = mfields.Method("_shown")
@@ -768,9 +762,48 @@ def test_compile_dump_refuses_what_it_does_not_reproduce() -> None:
     class Renamed(protocol.CardOut):
         title = mfields.String(attribute="headline")
 
+    class Defaulted(protocol.CardOut):
+        indicator = mfields.String(dump_default="info")
+
+    class Keyed(protocol.CardOut):
+        items = mfields.String()  # a key a dict also answers as an attribute
+
+    card = {"uuid": "u-1", "summary": "s", "headline": "h", "source": {"label": "L"}}
+    for schema in (Computed(), Renamed(), Defaulted(), Keyed()):
+        for value in (card, {**card, "indicator": "warning", "items": "i"}, {}):
+            _written_alike(protocol.compile_dump(schema), schema, value)
+    assert protocol.compile_dump(Computed())(card)["shown"] == "x"
+    assert protocol.compile_dump(Renamed())(card)["title"] == "h"
+    assert protocol.compile_dump(Defaulted())(card)["indicator"] == "info"
+
+
+def test_compile_dump_refuses_what_it_does_not_reproduce() -> None:
+    from marshmallow import fields as mfields
+
+    from cds_server.cdshooks import protocol
+
     class Many(protocol.ResponseOut):
         cards = mfields.Nested(protocol.CardOut, many=True)
 
-    for schema in (Hooked(), Computed(), Renamed(), Many(), protocol.CardOut(many=True)):
+    class RenamedNested(protocol.CardOut):
+        source = mfields.Nested(protocol.SourceOut, attribute="origin")
+
+    for schema in (Many(), RenamedNested(), protocol.CardOut(many=True)):
         with pytest.raises(TypeError):
             protocol.compile_dump(schema)
+
+
+def test_a_hook_the_compiled_walk_does_not_run_is_caught_by_the_comparison() -> None:
+    """Marshmallow's public API cannot list a schema's hooks, so compile_dump cannot refuse
+    one; a hook that changes the output makes the fixture comparisons above fail."""
+    from marshmallow import post_dump
+
+    from cds_server.cdshooks import protocol
+
+    class Hooked(protocol.CardOut):
+        @post_dump
+        def _stamp(self, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
+            return {**data, "stamped": True}
+
+    with pytest.raises(AssertionError):
+        _written_alike(protocol.compile_dump(Hooked()), Hooked(), {"summary": "s"})

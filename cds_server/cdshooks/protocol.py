@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from marshmallow import (
     EXCLUDE,
+    RAISE,
     Schema,
     ValidationError,
     fields,
@@ -514,6 +515,11 @@ class _Out(Schema):
 
     KEEP_EMPTY: tuple[str, ...] = ()
 
+    class Meta:
+        # marshmallow's default, said: apispec before 6.8.3 writes ``additionalProperties:
+        # false`` into /openapi.json only for a schema that declares it
+        unknown = RAISE
+
     @post_dump
     def _prune(self, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
         return {k: v for k, v in data.items() if k in self.KEEP_EMPTY or not _empty(v)}
@@ -597,19 +603,19 @@ def compile_dump(schema: _Out) -> Dump:
 
     The ``_Out`` schemas stay the declaration (and the OpenAPI document's source); walking
     them through marshmallow on every call cost ≈ 7 % of an order-sign's CPU (py-spy).
-    Leaf fields keep marshmallow's own ``_serialize``; only the walk is compiled. Refuses
-    (``TypeError``) a schema using anything the walk does not reproduce, so a later edit to
-    the schemas fails at import instead of changing the output. ``tests/test_speedups.py``
-    compares both on every fixture's response and on mutated cards.
+    Only the walk over nested schemas is compiled; every other field is written by its
+    public ``Field.serialize``, as marshmallow's own walk does, and ``_Out``'s pruning is
+    repeated here. Marshmallow's public API only (no private attribute, so no version of it
+    can make this fail at import): the hooks a schema declares cannot be listed that way,
+    which is why ``tests/test_speedups.py`` compares both writers on every fixture's response
+    and on mutated cards. Refuses (``TypeError``) nested fields it does not reproduce.
     """
-    hooks = {tag: [h[0] for h in names] for tag, names in schema._hooks.items() if names}
-    if hooks != {"post_dump": ["_prune"]} or schema.only or schema.exclude or schema.many:
-        raise TypeError(f"{type(schema).__name__}: hooks or options compile_dump cannot copy")
-    steps: list[tuple[str, str, Callable[..., Any]]] = []
-    for name, fld in schema.dump_fields.items():
-        if fld.attribute is not None or fld.dump_default is not missing:
-            raise TypeError(f"{type(schema).__name__}.{name}: attribute or dump_default")
-        steps.append((name, fld.data_key or name, _compile_field(fld)))
+    if schema.only or schema.exclude or schema.many:
+        raise TypeError(f"{type(schema).__name__}: options compile_dump cannot copy")
+    steps = [
+        (fld.data_key or name, _compile_field(name, fld))
+        for name, fld in schema.dump_fields.items()
+    ]
     keep = frozenset(schema.KEEP_EMPTY)
 
     def dump(obj: Any) -> Any:
@@ -618,11 +624,10 @@ def compile_dump(schema: _Out) -> Dump:
         if not isinstance(obj, Mapping):
             return schema.dump(obj)  # attribute access: marshmallow's own walk
         out: dict[str, Any] = {}
-        for name, key, convert in steps:
-            value = obj.get(name, missing)
+        for key, write in steps:
+            value = write(obj)
             if value is missing:
                 continue
-            value = convert(value, name, obj)
             if key in keep or not _empty(value):
                 out[key] = value
         return out
@@ -630,21 +635,48 @@ def compile_dump(schema: _Out) -> Dump:
     return dump
 
 
-def _compile_field(fld: fields.Field) -> Callable[..., Any]:
-    """One field's ``_serialize(value, name, obj)``: nested schemas compiled, leaves as is."""
+def _compile_field(name: str, fld: fields.Field) -> Callable[[Mapping[str, Any]], Any]:
+    """How one field of a schema is written from a mapping: ``missing`` when it is absent."""
+    nested = _compile_nested(fld)
+    if nested is None:
+        if _reads_its_key(name, fld):
+            # marshmallow finds an absent key by catching a KeyError; most are absent
+            return lambda obj: fld.serialize(name, obj) if name in obj else missing
+        return lambda obj: fld.serialize(name, obj)
+    if fld.attribute is not None or fld.dump_default is not missing:
+        raise TypeError(f"field {name}: a nested field with attribute or dump_default")
+
+    def write(obj: Mapping[str, Any]) -> Any:
+        value = obj.get(name, missing)
+        return value if value is missing else nested(value)
+
+    return write
+
+
+def _reads_its_key(name: str, fld: fields.Field) -> bool:
+    """The field writes nothing when its own key is absent from a dict (no other attribute,
+    no default, not computed, not a name a dict answers as an attribute)."""
+    computed = isinstance(fld, fields.Method | fields.Function | fields.Constant)
+    return (
+        fld.attribute is None
+        and fld.dump_default is missing
+        and not computed
+        and not hasattr(dict, name)
+    )
+
+
+def _compile_nested(fld: fields.Field) -> Callable[[Any], Any] | None:
+    """A nested ``_Out`` schema (or a list of them) as a compiled function; None for a leaf."""
     if isinstance(fld, fields.Nested):
         if fld.many or not isinstance(fld.schema, _Out):
             raise TypeError(f"Nested field {fld.name}: only single _Out schemas compile")
-        nested = compile_dump(fld.schema)
-        return lambda value, name, obj: nested(value)
+        return compile_dump(fld.schema)
     if isinstance(fld, fields.List):
-        each = _compile_field(fld.inner)
-        return lambda value, name, obj: (
-            None if value is None else [each(v, name, obj) for v in value]
-        )
-    if not fld._CHECK_ATTRIBUTE or type(fld).serialize is not fields.Field.serialize:
-        raise TypeError(f"field {fld.name}: {type(fld).__name__} reads no value of its own")
-    return fld._serialize
+        each = _compile_nested(fld.inner)
+        if each is None:
+            return None  # a list of leaves: Field.serialize writes it
+        return lambda value: None if value is None else [each(v) for v in value]
+    return None
 
 
 # Built once, at import; they keep no state, so they serve every thread.
