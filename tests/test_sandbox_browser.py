@@ -442,7 +442,8 @@ def test_demo_with_auth_signed_calls_pass_and_unsigned_fail(
     page.get_by_role("button", name="Use this scenario's draft orders (1)").click()
     send(page)
     assert card_with(page, "Carboplatin").get_attribute("data-indicator") == "critical"
-    assert "Authorization: Bearer ey" in page.inner_text("#curl")
+    # The curl command is written after the cards are shown: wait for it (a flake under load).
+    page.locator("#curl", has_text="Authorization: Bearer ey").wait_for()
     card_with(page, "Carboplatin").get_by_role("button", name="Override").click()
     page.get_by_text("Feedback sent: HTTP 200").wait_for()  # feedback is signed too
     expected = "Failed to load resource: the server responded with a status of 401 (UNAUTHORIZED)"
