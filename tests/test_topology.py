@@ -48,7 +48,7 @@ from cds_server.sharedcache import CacheUnavailable, open_cache
 from tests import jwtkit, servekit
 from tests.conftest import ROOT, load_request, rule_of
 from tests.store.conftest import require_postgres
-from tests.store.flows import overridden, topics, with_session
+from tests.store.flows import LATER_RITUXIMAB, overridden, scenario, topics, with_session
 
 TEMPLATE = ROOT / "deploy" / "nginx" / "cds.conf.template"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -342,12 +342,13 @@ def test_an_override_through_one_instance_snoozes_the_card_on_the_other(
 ) -> None:
     a, b = (i.base for i in topology.instances)
     path = f"/cds-services/{SIGN}"
-    body = with_session(load_request(RITUXIMAB), encounter="enc-topology-1")
+    # A later infusion: its rate card offers "previously tolerated", which snoozes it.
+    body = with_session(scenario(LATER_RITUXIMAB), encounter="enc-topology-1")
     status, answer = topology.send(a, path, body, _token(_service_aud(SIGN)))
     assert status == 200
     [card] = [c for c in answer["cards"] if rule_of(c) == "rate-titration"]
     # Another ordering session on the other instance still shows it (no de-duplication).
-    later = with_session(load_request(RITUXIMAB), encounter="enc-topology-2")
+    later = with_session(scenario(LATER_RITUXIMAB), encounter="enc-topology-2")
     status, answer = topology.send(b, path, later, _token(_service_aud(SIGN)))
     assert ("rate-titration", "warning") in topics(answer["cards"])
     # The card log is written ≈ 0.2 s after the answer (README, "Status"): wait for the row.
@@ -358,7 +359,7 @@ def test_an_override_through_one_instance_snoozes_the_card_on_the_other(
     )
     assert status == 200, answer
     for base in (a, b, topology.proxy):
-        again = with_session(load_request(RITUXIMAB), encounter=f"enc-{uuid.uuid4().hex[:8]}")
+        again = with_session(scenario(LATER_RITUXIMAB), encounter=f"enc-{uuid.uuid4().hex[:8]}")
         status, answer = topology.send(base, path, again, _token(_service_aud(SIGN)))
         assert status == 200
         assert "rate-titration" not in {t for t, _ in topics(answer["cards"])}, base
