@@ -1183,8 +1183,8 @@ def _drug_overlays(
                     (("Duration", _words(_q(requirement.duration))),),
                 )
             )
-    for regimen in drug.local_regimens:
-        found["rate-titration"].append(_local_regimen(regimen, drug))
+    for local in drug.local_regimens:
+        found["rate-titration"].append(_local_regimen(local, drug))
     for entry in site.entries:
         if entry.kind == "rule-off" and entry.topic and drug_id in entry.drugs:
             topic = _topic_title(label, entry.topic)
