@@ -470,7 +470,9 @@ def _require_data_location(data_dir: Path | None) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Also write the knowledge pages into this folder as static files (index.html and "
-    "one page per drug, class, agent and protocol) for a committee's review.",
+    "one page per drug, class, agent and protocol) for a committee's review; with --site, "
+    "the site's entries beside the label facts they change and one page per institution "
+    "protocol.",
 )
 @site_option
 def check_cards(cards: Path | None, html_dir: Path | None, site: Path | None) -> None:

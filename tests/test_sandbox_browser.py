@@ -529,6 +529,42 @@ def test_a_card_source_link_opens_its_topic_on_the_drug_page(
     assert errors == []
 
 
+SITE_EXAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "site-example"
+
+
+def test_a_knowledge_page_shows_the_site_overlay_beside_the_label_fact(
+    live: Callable[..., tuple[Flask, str]], page: Any
+) -> None:
+    """With the example site overlay, the label fact and the institution entry that replaces
+    it stand side by side (label left, site right) at a desktop width, the label above the
+    site's entry on a narrow screen."""
+    _, base = live(SITE_DIR=str(SITE_EXAMPLE))
+    page.goto(f"{base}/knowledge/drugs/rituximab.html#rate-rapid-90-min")
+    state = page.evaluate(KNOWLEDGE_PAGE_STATE)
+    assert state["font"] == "14px" and state["target"] == "rate-rapid-90-min", state
+    for anchor, protocol in (
+        ("rate-rapid-90-min", "ONC-RIT-04 v2"),
+        ("premedication-every-infusion-2", "ONC-PRE-07 v3"),
+    ):
+        fact = page.locator(f"#{anchor}")
+        label = fact.locator(".label-side").bounding_box()
+        site = fact.locator(".site-side").bounding_box()
+        assert label["x"] + label["width"] <= site["x"], anchor
+        assert abs(label["y"] - site["y"]) < 4, anchor
+        assert f"Label (replaced here by {protocol})" in fact.locator(".label-side").inner_text()
+        assert f"Institution protocol {protocol}" in fact.locator(".site-side").inner_text()
+    page.evaluate(
+        "window.scrollTo(0, document.getElementById('premedication-every-infusion-2')"
+        ".getBoundingClientRect().top + window.scrollY - 60)"
+    )
+    screenshot(page, "knowledge-rituximab-site.png")
+    page.set_viewport_size({"width": 420, "height": 900})
+    fact = page.locator("#rate-rapid-90-min")
+    label = fact.locator(".label-side").bounding_box()
+    site = fact.locator(".site-side").bounding_box()
+    assert site["y"] >= label["y"] + label["height"]  # stacked: the label, then the site's
+
+
 def test_missing_browser_skips_or_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="apt-get install -y chromium"):

@@ -727,7 +727,7 @@ class SiteEntry:
     """One approved entry of a site overlay as a reviewer lists it: what it changes, where,
     on whose authority. ``drugs``: the drugs whose facts it changes (resolved against the
     label knowledge); ``agents``: the agents it chooses or replaces; ``replaces``: the label
-    facts it stands in for."""
+    facts it stands in for; ``topic``: the rule a ``rule-off`` entry switches off."""
 
     id: str
     kind: SiteEntryKind
@@ -739,6 +739,7 @@ class SiteEntry:
     drugs: tuple[str, ...] = ()
     replaces: tuple[str, ...] = ()
     agents: tuple[str, ...] = ()
+    topic: str | None = None
 
 
 @dataclass(frozen=True)

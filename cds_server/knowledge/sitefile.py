@@ -461,6 +461,7 @@ class _Builder:
         drugs: tuple[str, ...] = (),
         replaces: tuple[str, ...] = (),
         agents: tuple[str, ...] = (),
+        topic: str | None = None,
     ) -> None:
         self.entries.append(
             SiteEntry(
@@ -474,6 +475,7 @@ class _Builder:
                 drugs=drugs,
                 replaces=replaces,
                 agents=agents,
+                topic=topic,
             )
         )
 
@@ -775,6 +777,7 @@ class _Builder:
                     f"rule '{topic}' switched off",
                     protocol,
                     drugs=drugs,
+                    topic=topic,
                 )
             yield from ((topic, drug_id) for drug_id in drugs)
 

@@ -6,14 +6,17 @@ the card topics of ``cards/policy.yaml`` (anchor = topic id) that have facts for
 Each ``Fact`` carries when it applies (in words), its evidence level and its sources with
 their primary identifier and the copy read. Pure functions of the knowledge model.
 
-``OverlayEntry`` is the seam for a site's institution protocol: the page renderer takes, per
-section, the entries to show beside the label facts they change (none are built here).
+Built from a knowledge view with a site overlay (``kb.site``), the pages show the label
+knowledge (``kb.label_knowledge``) with each institution entry (``OverlayEntry``) beside the
+label fact it changes, the label fact kept and marked as replaced for this site; a page per
+institution protocol lists every entry it backs, and the index names the overlay.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date
 from types import MappingProxyType
 
@@ -26,10 +29,15 @@ from cds_server.knowledge.model import (
     DrugClass,
     Identity,
     KnowledgeBase,
+    LocalProtocol,
+    LocalRegimen,
     PremedAgent,
     Provenance,
+    SiteChange,
+    SiteEntry,
     Source,
 )
+from cds_server.knowledge.model import Site as SiteOverlay
 from cds_server.knowledge_pages.links import INDEX, PageIndex, PageKind, page_path
 from cds_server.model import ATC, NDC, RXNORM, SNOMED, Evidence, Quantity
 from cds_server.reasoning.dosing import fmt_number, fmt_qty
@@ -46,6 +54,15 @@ KIND_TITLES: dict[PageKind, str] = {
     "class": "Drug classes",
     "agent": "Premedication and rescue agents",
     "protocol": "Desensitization protocols",
+    "institution": "Institution protocols (site overlay)",
+}
+# The section of a page listing the site's entries about its subject.
+SITE_SECTION = "site-overlay"
+# The card topic a kind of site entry changes (its section on a drug page).
+ENTRY_TOPICS = {
+    "premedication": "premedication",
+    "rate-schedule": "rate-titration",
+    "observation-time": "monitoring-admission",
 }
 
 
@@ -122,6 +139,10 @@ class Page:
     sections: tuple[Section, ...]
     sources: tuple[CitedSource, ...]
     source_file: str
+    # Per section anchor, the site's entries shown there (none without a site overlay).
+    overlays: Mapping[str, tuple[OverlayEntry, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     @property
     def topics(self) -> frozenset[str]:
@@ -154,6 +175,7 @@ class Site:
     coverage: tuple[str, ...]
     index: PageIndex
     index_path: str = INDEX
+    overlay: OverlaySummary | None = None
     _by_key: MappingProxyType[tuple[str, str], Page] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -166,12 +188,12 @@ class Site:
 
 @dataclass(frozen=True)
 class OverlayEntry:
-    """An institution protocol entry shown beside the label fact it changes (the seam for the
-    site overlay: its loader builds these; the pages only show them).
+    """An institution protocol entry shown beside the label fact it changes.
 
     ``replaces`` is the anchor of the fact it changes on that page (None: it adds to the
     section); ``document``/``version``/``approved_by``/``approved_on`` say which local protocol
-    and who approved it.
+    and who approved it; ``protocol_path`` is that protocol's page. ``title`` names what the
+    site does (a local regimen's name), ``details`` are (label, value) rows like a fact's.
     """
 
     section: str
@@ -181,6 +203,33 @@ class OverlayEntry:
     approved_by: str
     approved_on: date
     replaces: str | None = None
+    entry_id: str | None = None
+    title: str | None = None
+    details: tuple[tuple[str, tuple[Link, ...]], ...] = ()
+    protocol_title: str | None = None
+    protocol_path: str | None = None
+    source_file: str | None = None
+    # The site switched the section's rule off for this page's drug.
+    switches_off: bool = False
+
+    @property
+    def short_name(self) -> str:
+        """ "ONC-PRE-07 v3"."""
+        return f"{self.document} v{self.version}"
+
+
+Overlays = Mapping[str, Sequence[OverlayEntry]]
+
+
+@dataclass(frozen=True)
+class OverlaySummary:
+    """Which site overlay the pages show: its name, hash, jurisdiction and files."""
+
+    name: str
+    digest: str
+    jurisdiction: str
+    files: tuple[str, ...]
+    entries: int
 
 
 # -- sources and evidence ----------------------------------------------------------------------
@@ -646,7 +695,10 @@ def _topic_title(kb: KnowledgeBase, code: str) -> str:
         return code
 
 
-def drug_page(drug: Drug, kb: KnowledgeBase) -> Page:
+def drug_page(drug: Drug, kb: KnowledgeBase, site_topics: Iterable[str] = ()) -> Page:
+    """The drug's page; ``site_topics``: topics a site overlay changes, given a section even
+    when the label has no fact there (a local regimen, a rule switched off)."""
+    site_topics = frozenset(site_topics)
     crs_intro = None
     if drug.crs_risk:
         crs_intro = "This drug can cause cytokine release syndrome (crs_risk)." + (
@@ -682,7 +734,18 @@ def drug_page(drug: Drug, kb: KnowledgeBase) -> Page:
         ("label-precaution", _precautions(drug, kb), None),
     ]
     sections = [
-        _section(code, _topic_title(kb, code), facts, topic=True, intro=intro)
+        _section(
+            code,
+            _topic_title(kb, code),
+            facts,
+            topic=True,
+            intro=intro
+            or (
+                "The label knowledge has no fact for this topic; this site's entry is below."
+                if code in site_topics and not facts
+                else None
+            ),
+        )
         for code, facts, intro in topics
     ]
     if kb.protocols:
@@ -941,13 +1004,37 @@ def protocol_page(p: DesensitizationProtocol, kb: KnowledgeBase) -> Page:
 
 
 def build_site(kb: KnowledgeBase) -> Site:
-    """Every page of the knowledge base, the index tables and the card-link index."""
-    pages = (
-        *(drug_page(kb.drugs[k], kb) for k in sorted(kb.drugs)),
+    """Every page of the knowledge base, the index tables and the card-link index.
+
+    With a site overlay (``kb.site``) the facts are the label knowledge's, each institution
+    entry shown beside the label fact it changes, and a page per institution protocol."""
+    view, kb = kb, kb.label_knowledge
+    overlay = view.site
+    drug_overlays = (
+        {k: _drug_overlays(view, overlay, k) for k in kb.drugs} if overlay is not None else {}
+    )
+    pages: tuple[Page, ...] = (
+        *(drug_page(kb.drugs[k], kb, drug_overlays.get(k, {}).keys()) for k in sorted(kb.drugs)),
         *(class_page(kb.classes[k], kb) for k in sorted(kb.classes)),
         *(agent_page(kb.agents[k], kb) for k in sorted(kb.agents)),
         *(protocol_page(kb.protocols[k], kb) for k in sorted(kb.protocols)),
     )
+    summary = None
+    tables = _tables(kb, pages)
+    if overlay is not None:
+        pages = tuple(_with_overlay(p, kb, overlay, drug_overlays.get(p.id)) for p in pages)
+        pages += tuple(
+            institution_page(p, kb, overlay)
+            for p in sorted(overlay.protocols.values(), key=lambda p: p.document)
+        )
+        summary = OverlaySummary(
+            name=overlay.name,
+            digest=overlay.digest,
+            jurisdiction=overlay.jurisdiction,
+            files=overlay.files,
+            entries=len(overlay.entries),
+        )
+        tables = (_institution_table(overlay), *tables)
     # Cards name a drug; a class or agent page answers for an id that is no drug.
     links: dict[str, tuple[str, frozenset[str]]] = {}
     for kind in ("drug", "class", "agent"):
@@ -955,11 +1042,12 @@ def build_site(kb: KnowledgeBase) -> Site:
             if page.kind == kind:
                 links.setdefault(page.id, (page.path, page.topics))
     return Site(
-        version=kb.version,
+        version=view.version,
         pages=pages,
-        tables=_tables(kb, pages),
+        tables=tables,
         coverage=tuple(coverage.citation_summary(kb)),
         index=PageIndex(MappingProxyType(links)),
+        overlay=summary,
     )
 
 
@@ -1010,3 +1098,323 @@ def _cell(kb: KnowledgeBase, column: str, value: str) -> Link:
     if column == "class" and value in kb.classes:
         return Link(kb.classes[value].name, page_path("class", value))
     return Link(value)
+
+
+# -- the site overlay --------------------------------------------------------------------------
+
+
+def _overlay(
+    section: str,
+    protocol: LocalProtocol,
+    text: str,
+    *,
+    entry: SiteEntry | None = None,
+    entry_id: str | None = None,
+    replaces: str | None = None,
+    title: str | None = None,
+    details: Sequence[tuple[str, Sequence[Link]]] = (),
+    switches_off: bool = False,
+) -> OverlayEntry:
+    return OverlayEntry(
+        section=section,
+        text=text,
+        document=protocol.document,
+        version=protocol.version,
+        approved_by=protocol.approved_by,
+        approved_on=protocol.approved_on,
+        replaces=replaces,
+        entry_id=entry.id if entry else entry_id,
+        title=title,
+        details=tuple((label, tuple(value)) for label, value in details if value),
+        protocol_title=protocol.title,
+        protocol_path=page_path("institution", protocol.id),
+        source_file=entry.source_file if entry else None,
+        switches_off=switches_off,
+    )
+
+
+def _change(
+    section: str, change: SiteChange, replaces: str, details: Sequence[tuple[str, Sequence[Link]]]
+) -> OverlayEntry:
+    """A site's change to one label fact, shown beside it."""
+    return _overlay(
+        section,
+        change.protocol,
+        change.statement,
+        entry_id=change.entry_id,
+        replaces=replaces,
+        details=details,
+    )
+
+
+def _drug_overlays(
+    view: KnowledgeBase, site: SiteOverlay, drug_id: str
+) -> dict[str, list[OverlayEntry]]:
+    """Per section of a drug's page, the site's entries: each change beside the label fact
+    it replaces (read from the view's facts), a rule switched off at the top of its topic."""
+    label = view.label_knowledge
+    drug = view.drugs[drug_id]
+    found: dict[str, list[OverlayEntry]] = defaultdict(list)
+    for regimen in drug.premedication:
+        for i, agent in enumerate(regimen.agents, 1):
+            if agent.site is None:
+                continue
+            found["premedication"].append(
+                _change(
+                    "premedication",
+                    agent.site,
+                    f"premedication-{regimen.id}-{i}",
+                    (
+                        ("Agent", (_agent_link(label, agent.agent),) if agent.agent else ()),
+                        ("Dose", _words(_dose(agent) or "as the institution's protocol says")),
+                        ("Route", _words(agent.route or "")),
+                        ("Timing", _words(agent.timing)),
+                        ("Alternatives", tuple(_agent_link(label, a) for a in agent.alternatives)),
+                    ),
+                )
+            )
+    for requirement in drug.monitoring:
+        if requirement.site is not None:
+            found["monitoring-admission"].append(
+                _change(
+                    "monitoring-admission",
+                    requirement.site,
+                    f"monitoring-{requirement.id}",
+                    (("Duration", _words(_q(requirement.duration))),),
+                )
+            )
+    for local in drug.local_regimens:
+        found["rate-titration"].append(_local_regimen(local, drug))
+    for entry in site.entries:
+        if entry.kind == "rule-off" and entry.topic and drug_id in entry.drugs:
+            topic = _topic_title(label, entry.topic)
+            found[entry.topic].append(
+                _overlay(
+                    entry.topic,
+                    entry.protocol,
+                    f"The “{topic}” rule gives no card for {drug.display} at this site: nothing "
+                    "is shown, logged or counted about it. The label facts below are kept for "
+                    "reference; they do not reach a prescriber here.",
+                    entry=entry,
+                    title="Rule switched off at this site",
+                    switches_off=True,
+                )
+            )
+    return dict(found)
+
+
+def _local_regimen(regimen: LocalRegimen, drug: Drug) -> OverlayEntry:
+    """A local regimen beside the label schedule it replaces, with who it is for: what the
+    engine checks, what the prescriber confirms."""
+    rules = regimen.eligibility
+    checked = []
+    if rules.from_infusion is not None:
+        checked.append(
+            f"this is at least the {_ordinal(rules.from_infusion)} infusion of {drug.name} "
+            "(prior doses on record)"
+        )
+    if rules.no_reaction_on_record:
+        checked.append(f"no reaction to {drug.name} in the allergy records")
+    text = f"{regimen.site.statement} ({fmt_number(regimen.minutes)} min in all)."
+    return _overlay(
+        "rate-titration",
+        regimen.site.protocol,
+        f"{text} {regimen.text}" if regimen.text else text,
+        entry_id=regimen.id,
+        replaces=f"rate-{regimen.replaces.id}" if regimen.replaces else None,
+        title=f"Local regimen: {regimen.label} (eligible patients only)",
+        details=(
+            (
+                "The service checks",
+                _words("; ".join(checked) or "nothing: every condition is the prescriber's"),
+            ),
+            (
+                "The prescriber confirms",
+                _words("; ".join(rules.not_checked) or "nothing more"),
+            ),
+            (
+                "On the rate card",
+                _words(
+                    "for an eligible patient, an order within the first phase's rate is "
+                    "accepted and the conditions to confirm are named, a faster order is "
+                    "offered this regimen beside the label's schedule; when a checked "
+                    "condition fails the label's schedule applies, and when one cannot be "
+                    "checked the card says so"
+                ),
+            ),
+        ),
+    )
+
+
+def _entry_links(
+    kb: KnowledgeBase, entry: SiteEntry, drug: Drug | None = None
+) -> tuple[tuple[str, tuple[Link, ...]], ...]:
+    """Where an entry applies, as links: its subject's page, the drugs it changes (at the
+    topic it changes), the label facts it stands in for (``drug``'s alone on its page)."""
+    topic = ENTRY_TOPICS.get(entry.kind) or entry.topic
+    subject: tuple[Link, ...]
+    if entry.scope == "site":
+        subject = _words("the whole site")
+    elif entry.scope == "referral":
+        subject = _words(f"the referral {entry.target}")
+    elif entry.scope == "class" and entry.target in kb.classes:
+        subject = (Link(kb.classes[entry.target].name, page_path("class", entry.target)),)
+    else:
+        subject = (_subject_link(kb, entry.target),)
+    drugs = tuple(
+        Link(
+            kb.drugs[d].display,
+            page_path("drug", d) + (f"#{topic}" if topic else ""),
+        )
+        for d in entry.drugs
+        if d in kb.drugs
+    )
+    return (
+        ("For", subject),
+        ("Drugs it changes", drugs if entry.scope != "drug" or len(drugs) > 1 else ()),
+        ("Agents it chooses or replaces", tuple(_agent_link(kb, a) for a in entry.agents)),
+        (
+            "Label facts it stands in for",
+            _words(
+                "; ".join(
+                    r
+                    for r in entry.replaces
+                    if drug is None or r.startswith(f"{drug.source_file}:")
+                )
+            ),
+        ),
+    )
+
+
+def _codes_text(site: SiteOverlay, target: str) -> tuple[Link, ...]:
+    return tuple(
+        Link(f"{c.code}" + (f" ({c.display})" if c.display else "") + f" — {c.system}")
+        for c in site.order_codes.get(target, ())
+    )
+
+
+def _summary_entry(
+    kb: KnowledgeBase,
+    site: SiteOverlay,
+    entry: SiteEntry,
+    shown: Sequence[Link],
+    drug: Drug | None,
+) -> OverlayEntry:
+    """An entry in the "at this site" list at the top of a page."""
+    details: list[tuple[str, Sequence[Link]]] = [*_entry_links(kb, entry, drug)]
+    if entry.kind == "order-codes":
+        details.append(("Codes", _codes_text(site, entry.target)))
+    details.append(("Shown beside", tuple(shown)))
+    return _overlay(SITE_SECTION, entry.protocol, entry.summary, entry=entry, details=details)
+
+
+def _with_overlay(
+    page: Page,
+    kb: KnowledgeBase,
+    site: SiteOverlay,
+    beside: Mapping[str, Sequence[OverlayEntry]] | None,
+) -> Page:
+    """The page with the site's entries: beside the label facts they change (drug pages) and
+    listed in a section of their own at the top (drug, class and agent pages)."""
+    if page.kind not in ("drug", "class", "agent"):
+        return page
+    scope = page.kind
+    entries = site.entries_for(scope, page.id)
+    if not entries:
+        return page
+    titles = {s.anchor: s.title for s in page.sections}
+    facts = {f.anchor: f.title for s in page.sections for top in s.facts for f in (top, *top.parts)}
+    where: dict[str, list[Link]] = defaultdict(list)
+    for section, shown in (beside or {}).items():
+        for item in shown:
+            anchor = item.replaces or section
+            text = titles.get(section, section) + (
+                f" › {facts[item.replaces]}" if item.replaces in facts else ""
+            )
+            link = Link(text, f"{page.path}#{anchor}")
+            if item.entry_id and link not in where[item.entry_id]:
+                where[item.entry_id].append(link)
+    drug = kb.drugs.get(page.id) if scope == "drug" else None
+    listed = tuple(_summary_entry(kb, site, e, where.get(e.id, ()), drug) for e in entries)
+    overlays = {SITE_SECTION: listed, **{k: tuple(v) for k, v in (beside or {}).items()}}
+    name = site.name
+    intro = (
+        f"These pages show the knowledge with the site overlay of {name}. Its entries about "
+        f"this {scope} are listed here"
+        + (", and each is shown beside the label fact it changes." if beside else ".")
+    )
+    top = Section(
+        anchor=SITE_SECTION, title="At this site: institution protocols", facts=(), intro=intro
+    )
+    return replace(page, sections=(top, *page.sections), overlays=MappingProxyType(overlays))
+
+
+def institution_page(protocol: LocalProtocol, kb: KnowledgeBase, site: SiteOverlay) -> Page:
+    """One institution protocol: its document, version, approval and every entry it backs."""
+    entries = [e for e in site.entries if e.protocol.id == protocol.id]
+    backed = []
+    for entry in entries:
+        details: list[tuple[str, Sequence[Link]]] = [
+            ("Entry", _words(f"{entry.id} ({entry.kind}) in {entry.source_file}")),
+            *_entry_links(kb, entry),
+        ]
+        if entry.kind == "order-codes":
+            details.append(("Codes", _codes_text(site, entry.target)))
+        backed.append(
+            Fact(
+                anchor=f"entry-{entry.id}",
+                title=entry.summary[0].upper() + entry.summary[1:],
+                details=tuple((label, tuple(value)) for label, value in details if value),
+            )
+        )
+    sections = [_section("entries", "Entries it backs", backed, topic=False)]
+    overview = [
+        ("Document", _words(protocol.document)),
+        ("Title", _words(protocol.title)),
+        ("Version", _words(protocol.version)),
+        ("Approved by", _words(protocol.approved_by)),
+        ("Approved on", _words(protocol.approved_on.isoformat())),
+        ("Address", _words(protocol.url or "")),
+        ("Site", _words(site.name)),
+    ]
+    notes = (
+        "An institution's own approved protocol, from the site overlay: cards built from its "
+        "entries cite it next to the label fact they replace.",
+        "Its sources below are the published documents it rests on (based_on)."
+        if protocol.based_on
+        else "It names no published source it rests on (based_on).",
+    )
+    return _page(
+        "institution",
+        protocol.id,
+        protocol.name,
+        overview,
+        notes,
+        sections,
+        ", ".join(sorted({e.source_file for e in entries})) or "the site overlay",
+        tuple(cited(s) for s in protocol.based_on),
+    )
+
+
+def _institution_table(site: SiteOverlay) -> IndexTable:
+    counts: dict[str, int] = defaultdict(int)
+    for entry in site.entries:
+        counts[entry.protocol.id] += 1
+    return IndexTable(
+        kind="institution",
+        title=KIND_TITLES["institution"],
+        columns=("title", "version", "approved by", "approved on", "entries"),
+        rows=tuple(
+            IndexRow(
+                Link(p.document, page_path("institution", p.id)),
+                _words(
+                    p.title,
+                    p.version,
+                    p.approved_by,
+                    p.approved_on.isoformat(),
+                    str(counts[p.id]),
+                ),
+            )
+            for p in sorted(site.protocols.values(), key=lambda p: p.document)
+        ),
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
@@ -19,7 +18,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 
 from cds_server.knowledge.model import KnowledgeBase
-from cds_server.knowledge_pages.content import OverlayEntry, Page, Site, build_site
+from cds_server.knowledge_pages.content import Overlays, Page, Site, build_site
 from cds_server.knowledge_pages.links import INDEX, relative
 
 STYLE = resources.files("cds_server.knowledge_pages").joinpath("templates/knowledge/style.css")
@@ -32,9 +31,6 @@ CSP_META = (
     "form-action 'none'"
 )
 CSP = f"{CSP_META}; frame-ancestors 'none'"
-
-Overlays = Mapping[str, Sequence[OverlayEntry]]
-
 
 # Characters a URL may hold as they are; anything else (a quote, a space) is percent-encoded.
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~-._"
@@ -71,10 +67,14 @@ def render_index(site: Site) -> str:
 
 
 def render_page(site: Site, page: Page, overlays: Overlays | None = None) -> str:
-    """One page. ``overlays``: per section anchor, the institution entries to show there,
-    each beside the fact it ``replaces`` (or at the section's top)."""
+    """One page. Its site overlay entries (``page.overlays``) and ``overlays`` (per section
+    anchor, more entries) are shown each beside the fact it ``replaces`` (or at the section's
+    top)."""
+    shown = dict(page.overlays)
+    for section, entries in (overlays or {}).items():
+        shown[section] = (*shown.get(section, ()), *entries)
     return ENV.get_template("knowledge/page.html").render(
-        site=site, page=page, here=page.path, overlays=overlays or {}
+        site=site, page=page, here=page.path, overlays=shown
     )
 
 

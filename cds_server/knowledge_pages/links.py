@@ -2,8 +2,11 @@
 
 Paths are the same served (under ``/knowledge/``) and written as static files
 (``check-cards --html DIR``): ``index.html``, ``drugs/<id>.html``, ``classes/<id>.html``,
-``agents/<id>.html``, ``protocols/<id>.html``. A page's sections about a card topic have the
-topic id (``cards/policy.yaml``) as their anchor, so a card links to exactly that part.
+``agents/<id>.html``, ``protocols/<id>.html`` and, with a site overlay,
+``institution-protocols/<id>.html``. A page's sections about a card topic have the topic id
+(``cards/policy.yaml``) as their anchor, so a card links to exactly that part. The service
+serves its own knowledge view at ``/knowledge/`` and each other view (a trusted client's own
+site folder) at ``/knowledge/site-<hash>/`` (``view_root``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from types import MappingProxyType
 from typing import Literal
 from urllib.parse import quote
 
-PageKind = Literal["drug", "class", "agent", "protocol"]
+PageKind = Literal["drug", "class", "agent", "protocol", "institution"]
 
 # URL prefix of the served pages (``cds_server/web/knowledge.py``).
 PREFIX = "/knowledge"
@@ -25,12 +28,21 @@ FOLDERS: dict[PageKind, str] = {
     "class": "classes",
     "agent": "agents",
     "protocol": "protocols",
+    "institution": "institution-protocols",
 }
+# Characters of a site overlay's hash in the folder of its pages (the knowledge version's).
+VIEW_HASH_LENGTH = 12
 
 
 def page_path(kind: PageKind, page_id: str) -> str:
     """``drugs/rituximab.html``: the page's path below the pages' root."""
     return f"{FOLDERS[kind]}/{quote(page_id, safe='')}.html"
+
+
+def view_root(site_digest: str) -> str:
+    """``site-d81d668a10de``: the folder (below ``/knowledge/``) of the pages of a knowledge
+    view with a site overlay, other than the service's own."""
+    return f"site-{site_digest[:VIEW_HASH_LENGTH]}"
 
 
 def relative(from_path: str, to_path: str) -> str:
@@ -66,11 +78,16 @@ class PageIndex:
 @dataclass(frozen=True)
 class PageLinks:
     """What ``render`` needs to give a card its ``source.url``: the absolute base URL of the
-    service (``PUBLIC_URL``, else the request's root URL) and the page index."""
+    service (``PUBLIC_URL``, else the request's root URL), the page index of the caller's
+    knowledge view, and that view's folder below ``/knowledge/`` ("" for the service's own)."""
 
     base_url: str
     index: PageIndex
+    root: str = ""
 
     def card_url(self, subject: str, topic: str) -> str | None:
         path = self.index.card_path(subject, topic)
-        return f"{self.base_url.rstrip('/')}{PREFIX}/{path}" if path else None
+        if not path:
+            return None
+        folder = f"{PREFIX}/{self.root}" if self.root else PREFIX
+        return f"{self.base_url.rstrip('/')}{folder}/{path}"

@@ -143,7 +143,7 @@ def call_service(service_id: str) -> Response:
         ),
         history=cards_store,
         caller=auth.caller_namespace(),
-        page_links=knowledge.card_links(),
+        page_links=knowledge.card_links(kb),
         profile=profile,
     )
     cards_store.log_cards(

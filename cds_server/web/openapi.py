@@ -292,6 +292,7 @@ PAGE_PARAMETERS: tuple[tuple[PageKind, str], ...] = (
     ("class", "class_id"),
     ("agent", "agent"),
     ("protocol", "protocol"),
+    ("institution", "protocol_id"),
 )
 
 
@@ -303,46 +304,71 @@ def _knowledge_pages(spec: APISpec) -> None:
         "for the analytics."
     )
     pages: list[tuple[str, str, str, str | None]] = [
-        ("/knowledge/", "knowledge-root", "The knowledge pages' index", None),
-        ("/knowledge/index.html", "knowledge-index", "The knowledge pages' index", None),
+        ("/", "knowledge-root", "The knowledge pages' index", None),
+        ("/index.html", "knowledge-index", "The knowledge pages' index", None),
     ]
     pages += [
         (
-            f"/knowledge/{FOLDERS[kind]}/{{{parameter}}}.html",
+            f"/{FOLDERS[kind]}/{{{parameter}}}.html",
             f"knowledge-{kind}",
             f"The knowledge page of a {kind}: every fact with when it applies, its evidence "
-            "level and its sources",
+            "level and its sources"
+            + (
+                " (a site overlay's protocol: its approval and every entry it backs)"
+                if kind == "institution"
+                else ""
+            ),
             parameter,
         )
         for kind, parameter in PAGE_PARAMETERS
     ]
-    for path, operation_id, summary, parameter in pages:
-        operation: dict[str, Any] = {
-            "operationId": operation_id,
-            "summary": summary,
-            "description": access,
-            "tags": ["knowledge"],
-            "responses": {
-                "200": {
-                    "description": "The page (no script, no external resource)",
-                    "content": html,
+    view = {
+        "name": "view",
+        "in": "path",
+        "required": True,
+        "description": "The hash of a site overlay (the knowledge version's +site- part): the "
+        "pages of a trusted client's own site view, which its cards link to",
+        "schema": {"type": "string", "pattern": "^[0-9a-f]+$"},
+    }
+    for root, prefix, extra in (
+        ("/knowledge", "", None),
+        ("/knowledge/site-{view}", "view-", view),
+    ):
+        for tail, operation_id, summary, parameter in pages:
+            path = root + tail
+            operation_id = operation_id.replace("knowledge-", f"knowledge-{prefix}", 1)
+            operation: dict[str, Any] = {
+                "operationId": operation_id,
+                "summary": summary,
+                "description": access,
+                "tags": ["knowledge"],
+                "responses": {
+                    "200": {
+                        "description": "The page (no script, no external resource)",
+                        "content": html,
+                    },
+                    "304": {
+                        "description": "Not modified since the ETag sent (same knowledge version)"
+                    },
+                    **_errors(401, 403, 404, 405, 500),
                 },
-                "304": {"description": "Not modified since the ETag sent (same knowledge version)"},
-                **_errors(401, 403, 404, 405, 500),
-            },
-            "security": [{}, {"adminToken": []}],
-        }
-        if parameter:
-            operation["parameters"] = [
-                {
-                    "name": parameter,
-                    "in": "path",
-                    "required": True,
-                    "description": "Its id in cards/ (the file name without .yaml)",
-                    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
-                }
-            ]
-        spec.path(path=path, operations={"get": operation})
+                "security": [{}, {"adminToken": []}],
+            }
+            parameters = [extra] if extra else []
+            if parameter:
+                parameters.append(
+                    {
+                        "name": parameter,
+                        "in": "path",
+                        "required": True,
+                        "description": "Its id in cards/ (the file name without .yaml), or in the "
+                        "site overlay for an institution protocol",
+                        "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
+                    }
+                )
+            if parameters:
+                operation["parameters"] = parameters
+            spec.path(path=path, operations={"get": operation})
 
 
 def _probes(spec: APISpec) -> None:

@@ -11,6 +11,7 @@ from types import MappingProxyType
 from cds_server.fhirdata.client import FhirSettings, FhirTransport
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.knowledge_pages.content import Site, build_site
+from cds_server.knowledge_pages.links import view_root
 from cds_server.model import Coding
 from cds_server.render.profiles import PROFILE_NAMES, ClientProfile
 
@@ -59,7 +60,30 @@ class Runtime:
         return self.profiles[(kb.version, name)]
 
     @cached_property
+    def page_sites(self) -> Mapping[str, Site]:
+        """The knowledge pages of each view and their card-link index, by folder below
+        ``/knowledge/``: "" the service's own view, ``site-<hash>`` (``view_root``) each
+        trusted client's own site view (and the service's own, if it has a site overlay).
+        Built at first use (about 20 ms a view: not paid by an app that never serves a page
+        or links a card)."""
+        own = build_site(self.kb)
+        sites = {"": own}
+        if self.kb.site is not None:
+            sites[view_root(self.kb.site.digest)] = own
+        for kb in self.sites.values():
+            root = self.pages_root(kb)
+            if root not in sites:
+                sites[root] = build_site(kb)
+        return MappingProxyType(sites)
+
+    @property
     def pages(self) -> Site:
-        """The knowledge pages and their card-link index, built at first use (about 20 ms:
-        not paid by an app that never serves a page or links a card)."""
-        return build_site(self.kb)
+        """The pages of the service's own knowledge view."""
+        return self.page_sites[""]
+
+    def pages_root(self, kb: KnowledgeBase) -> str:
+        """The folder below ``/knowledge/`` of the pages of ``kb`` (a view of this runtime):
+        "" for the service's own, ``site-<hash>`` for a trusted client's own site view."""
+        if kb is self.kb or kb.site is None:
+            return ""
+        return view_root(kb.site.digest)
