@@ -33,7 +33,7 @@ from cds_server.cli import main
 from cds_server.knowledge.model import KnowledgeBase, Provenance, Source
 from cds_server.knowledge.overlay import load_view
 from cds_server.knowledge_pages import content, html
-from cds_server.knowledge_pages.links import FOLDERS, INDEX, view_root
+from cds_server.knowledge_pages.links import FOLDERS, INDEX
 from tests import jwtkit, servekit
 from tests.conftest import ROOT, load_request, rule_of, service_for
 from tests.render.every_response import every_card
@@ -697,7 +697,7 @@ def test_site_example_cards_link_to_their_anchor_on_the_pages_of_the_view(
             followed += 1
     assert followed >= 2
     # Served as the static copy check-cards --site writes (also under the view's own folder).
-    root = view_root(app.extensions["cds_server"].kb.site.digest)
+    root = app.extensions["cds_server"].kb.site.label
     served = client.get("/knowledge/drugs/rituximab.html").get_data(as_text=True)
     assert served == (site_static / "drugs" / "rituximab.html").read_text()
     assert client.get(f"/knowledge/{root}/drugs/rituximab.html").get_data(as_text=True) == served
@@ -731,7 +731,7 @@ def test_a_tenants_cards_link_to_the_pages_of_its_own_view(
     plain = _tenant_call(client, 0, body)["rate-titration"]["source"]["url"]
     local = _tenant_call(client, 1, body)["rate-titration"]["source"]["url"]
     assert example_view.site is not None
-    root = view_root(example_view.site.digest)
+    root = example_view.site.label
     assert urlsplit(plain).path == "/knowledge/drugs/rituximab.html"
     assert urlsplit(local).path == f"/knowledge/{root}/drugs/rituximab.html"
     plain_page = client.get(urlsplit(plain).path)

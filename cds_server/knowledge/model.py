@@ -770,6 +770,10 @@ class ObservationTime:
     protocol: LocalProtocol
 
 
+# Characters of a site overlay's hash in the knowledge version (and its pages' folder).
+SITE_HASH_LENGTH = 12
+
+
 @dataclass(frozen=True)
 class Site:
     """A validated site overlay: an institution's approved changes to the label knowledge.
@@ -792,6 +796,12 @@ class Site:
         default_factory=lambda: MappingProxyType({})
     )
     files: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """``site-d81d668a10de``: how the knowledge version names this overlay (and the folder
+        of its knowledge pages)."""
+        return f"site-{self.digest[:SITE_HASH_LENGTH]}"
 
     def switched_off(self, topic: str, drug_id: str) -> bool:
         """Did the site switch the rule ``topic`` off for this drug?"""

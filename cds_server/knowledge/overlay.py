@@ -46,7 +46,7 @@ def site_view(base: KnowledgeBase, site: Site) -> KnowledgeBase:
     drugs = {d.id: _drug(d, base, site) for d in base.drugs.values()}
     return replace(
         base,
-        version=f"{base.version}+site-{site.digest[:12]}",
+        version=f"{base.version}+{site.label}",
         drugs=MappingProxyType(drugs),
         jurisdiction=site.jurisdiction,
         site=site,

@@ -6,7 +6,7 @@ Paths are the same served (under ``/knowledge/``) and written as static files
 ``institution-protocols/<id>.html``. A page's sections about a card topic have the topic id
 (``cards/policy.yaml``) as their anchor, so a card links to exactly that part. The service
 serves its own knowledge view at ``/knowledge/`` and each other view (a trusted client's own
-site folder) at ``/knowledge/site-<hash>/`` (``view_root``).
+site folder) at ``/knowledge/site-<hash>/`` (``knowledge.model.Site.label``).
 """
 
 from __future__ import annotations
@@ -30,19 +30,11 @@ FOLDERS: dict[PageKind, str] = {
     "protocol": "protocols",
     "institution": "institution-protocols",
 }
-# Characters of a site overlay's hash in the folder of its pages (the knowledge version's).
-VIEW_HASH_LENGTH = 12
 
 
 def page_path(kind: PageKind, page_id: str) -> str:
     """``drugs/rituximab.html``: the page's path below the pages' root."""
     return f"{FOLDERS[kind]}/{quote(page_id, safe='')}.html"
-
-
-def view_root(site_digest: str) -> str:
-    """``site-d81d668a10de``: the folder (below ``/knowledge/``) of the pages of a knowledge
-    view with a site overlay, other than the service's own."""
-    return f"site-{site_digest[:VIEW_HASH_LENGTH]}"
 
 
 def relative(from_path: str, to_path: str) -> str:

@@ -4,7 +4,7 @@
 * ``GET /knowledge/{drugs,classes,agents,protocols,institution-protocols}/<id>.html`` — one
   page each (``cds_server.knowledge_pages``), strict Content-Security-Policy, no script;
 * ``GET /knowledge/site-<hash>/…`` — the same pages of another knowledge view: a trusted
-  client's own site folder (``links.view_root``), whose cards link there.
+  client's own site folder (``Site.label``), whose cards link there.
 
 Access: open in demo mode and when ``KNOWLEDGE_PAGES_PUBLIC`` is set; otherwise as the
 analytics (``admin.require_admin``): the bearer admin token, 403 without one configured.

@@ -11,7 +11,6 @@ from types import MappingProxyType
 from cds_server.fhirdata.client import FhirSettings, FhirTransport
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.knowledge_pages.content import Site, build_site
-from cds_server.knowledge_pages.links import view_root
 from cds_server.model import Coding
 from cds_server.render.profiles import PROFILE_NAMES, ClientProfile
 
@@ -62,14 +61,14 @@ class Runtime:
     @cached_property
     def page_sites(self) -> Mapping[str, Site]:
         """The knowledge pages of each view and their card-link index, by folder below
-        ``/knowledge/``: "" the service's own view, ``site-<hash>`` (``view_root``) each
+        ``/knowledge/``: "" the service's own view, ``site-<hash>`` (``Site.label``) each
         trusted client's own site view (and the service's own, if it has a site overlay).
         Built at first use (about 20 ms a view: not paid by an app that never serves a page
         or links a card)."""
         own = build_site(self.kb)
         sites = {"": own}
         if self.kb.site is not None:
-            sites[view_root(self.kb.site.digest)] = own
+            sites[self.kb.site.label] = own
         for kb in self.sites.values():
             root = self.pages_root(kb)
             if root not in sites:
@@ -86,4 +85,4 @@ class Runtime:
         "" for the service's own, ``site-<hash>`` for a trusted client's own site view."""
         if kb is self.kb or kb.site is None:
             return ""
-        return view_root(kb.site.digest)
+        return kb.site.label
