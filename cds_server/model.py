@@ -7,6 +7,7 @@ Missing data is represented explicitly (``None`` or a ``*_known`` flag), never a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -33,6 +34,16 @@ MICROGRAM_UNITS = frozenset({"µg", "ug", "mcg"})
 CODES_SHOWN_PER_ORDER = 5
 ORDER_KEY_MAX = 50
 ORDER_KEY_HASH = 16
+
+# SNOMED CT fully specified names end in a semantic tag: "Anaphylaxis (disorder)".
+SEMANTIC_TAG = re.compile(
+    r"\s*\((?:disorder|finding|qualifier value|morphologic abnormality|substance|product|"
+    r"medicinal product|medicinal product form|clinical drug|procedure|observable entity|"
+    r"situation|event|body structure|organism|physical object|regime/therapy|"
+    r"record artifact|environment|attribute|specimen|social concept|occupation|person|"
+    r"life style|special concept|physical force|cell|cell structure|real clinical drug)\)",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,14 @@ Then, one card per ordered drug, tiered:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 from cds_server.knowledge.model import Drug, KnowledgeBase, Provenance, ReactionGuidance
 from cds_server.model import (
     MINUTES_PER_HOUR,
+    SEMANTIC_TAG,
     Citation,
     Finding,
     Indicator,
@@ -228,9 +230,9 @@ def describe(match: Match) -> str:
         "cross-reactive": "a cross-reactive drug of the same class",
     }[match.relation]
     bits = []
-    manifestations = [t for r in a.reactions for t in r.manifestation_texts]
+    manifestations = _each_once(t for r in a.reactions for t in r.manifestation_texts)
     if manifestations:
-        bits.append(", ".join(dict.fromkeys(manifestations)))
+        bits.append(", ".join(manifestations))
     severities = [r.severity for r in a.reactions if r.severity]
     if severities:
         bits.append(f"severity {', '.join(dict.fromkeys(severities))}")
@@ -243,6 +245,16 @@ def describe(match: Match) -> str:
     detail = f" — {'; '.join(bits)}" if bits else ""
     name = a.texts[0] if a.texts else match.allergy.target_id
     return f"Reaction to {what} on record{when}: {name}{detail}."
+
+
+def _each_once(texts: Iterable[str]) -> list[str]:
+    """Manifestation texts with each manifestation said once: a concept's text and its coded
+    display ("Anaphylaxis", "anaphylaxis (disorder)") are one manifestation; the first wording
+    is kept."""
+    kept: dict[str, str] = {}
+    for text in texts:
+        kept.setdefault(SEMANTIC_TAG.sub("", text).strip().casefold(), text)
+    return list(kept.values())
 
 
 def related_name(match: Match, kb: KnowledgeBase) -> str:

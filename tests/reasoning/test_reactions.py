@@ -2,6 +2,8 @@
 
 import pytest
 
+from cds_server.fhirdata.parse import ParseLog, parse_allergy
+from cds_server.model import SNOMED, RecognisedAllergy
 from cds_server.reasoning import reactions
 
 from .builders import allergy, days_ago, given, order, situation
@@ -109,3 +111,84 @@ def test_missing_volume_reports_what_blocked_the_schedule(kb):
 
 def test_allergy_to_another_drug_class_is_ignored(kb):
     assert reactions.evaluate(carbo([allergy("rituximab", anaphylaxis=True)]), kb) == []
+
+
+def _epic_allergy(manifestation: dict) -> RecognisedAllergy:
+    """An AllergyIntolerance as Epic sends it (coded manifestation with a text), parsed."""
+    resource = {
+        "resourceType": "AllergyIntolerance",
+        "id": "eKd8Pt3ZjVxQbWmRlT9sNcA3",
+        "clinicalStatus": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                    "code": "active",
+                    "display": "Active",
+                }
+            ]
+        },
+        "verificationStatus": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
+                    "code": "confirmed",
+                    "display": "Confirmed",
+                }
+            ]
+        },
+        "category": ["medication"],
+        "criticality": "high",
+        "code": {
+            "coding": [
+                {
+                    "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                    "code": "40048",
+                    "display": "carboplatin",
+                }
+            ],
+            "text": "CARBOplatin",
+        },
+        "patient": {"reference": "Patient/eq081-VQEgP8drUUqCWzHfw3", "display": "Lymph, Test"},
+        "recordedDate": "2026-03-02T15:20:00Z",
+        "reaction": [{"manifestation": [manifestation], "severity": "severe"}],
+    }
+    parsed = parse_allergy(resource, "prefetch.allergies", ParseLog())
+    assert parsed is not None
+    return RecognisedAllergy(parsed, "drug", "carboplatin", "rxnorm")
+
+
+@pytest.mark.parametrize(
+    "manifestation",
+    [
+        {
+            "coding": [{"system": SNOMED, "code": "39579001", "display": "Anaphylaxis"}],
+            "text": "Anaphylaxis",
+        },
+        {
+            "coding": [{"system": SNOMED, "code": "39579001", "display": "Anaphylaxis (disorder)"}],
+            "text": "Anaphylaxis",
+        },
+        {
+            "coding": [{"system": SNOMED, "code": "39579001", "display": "Anaphylaxis"}],
+            "text": "anaphylaxis",
+        },
+    ],
+    ids=["same", "semantic-tag", "case"],
+)
+def test_a_manifestation_whose_display_repeats_its_text_is_said_once(kb, manifestation):
+    [f] = reactions.evaluate(carbo([_epic_allergy(manifestation)]), kb)
+    [record] = [p for p in f.points if "on record" in p and "CARBOplatin" in p]
+    assert record.casefold().count("anaphylaxis") == 1, record
+
+
+def test_distinct_manifestations_are_all_named(kb):
+    manifestation = {
+        "coding": [
+            {"system": SNOMED, "code": "39579001", "display": "Anaphylaxis"},
+            {"system": SNOMED, "code": "271807003", "display": "Eruption of skin"},
+        ],
+        "text": "Anaphylaxis",
+    }
+    [f] = reactions.evaluate(carbo([_epic_allergy(manifestation)]), kb)
+    [record] = [p for p in f.points if "on record" in p and "CARBOplatin" in p]
+    assert "Anaphylaxis, Eruption of skin;" in record
