@@ -402,6 +402,7 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
         tocilizumab=toci,
         reactions=reactions,
         desensitization_eligible=d["desensitization_eligible"],
+        desensitization_protocol=d["desensitization_protocol"],
         crs_risk=d["crs_risk"],
         notes=tuple(d.get("notes", ())),
         source_file=ctx.name,
@@ -595,6 +596,15 @@ def _cross_checks(kb: dict[str, dict[str, Any]], problems: list[Problem]) -> Non
         if drug.drug_class and drug.drug_class not in classes:
             problems.append(
                 Problem(drug.source_file, "drug_class", f"unknown class '{drug.drug_class}'")
+            )
+        protocol = drug.desensitization_protocol
+        if protocol and protocol not in kb["protocol"]:
+            problems.append(
+                Problem(
+                    drug.source_file,
+                    "desensitization_protocol",
+                    f"unknown protocol '{protocol}' (add cards/protocols/{protocol}.yaml)",
+                )
             )
         for i, reg in enumerate(drug.premedication):
             for j, ag in enumerate(reg.agents):

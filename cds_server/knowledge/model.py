@@ -573,6 +573,9 @@ class Drug:
     source_file: str
     restart: tuple[RestartRule, ...] = ()
     course_alerts: tuple[CourseAlert, ...] = ()
+    # The protocol a desensitization of this drug follows (``protocols/<id>``); None: the
+    # knowledge base's only protocol, if it has exactly one.
+    desensitization_protocol: str | None = None
     allergy_risks: tuple[AllergyRisk, ...] = ()
     avoided_agents: tuple[AvoidedAgent, ...] = ()
     # Days without a dose after which the next dose starts a new cycle (blinatumomab: an

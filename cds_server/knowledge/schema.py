@@ -373,6 +373,7 @@ class DrugFileSchema(_FileHeader):
     label = fields.String(validate=ID)
     crs_risk = fields.Boolean(load_default=False)
     desensitization_eligible = fields.Boolean(load_default=False)
+    desensitization_protocol = fields.String(validate=ID, load_default=None)
     identity = fields.Nested(IdentitySchema, required=True)
     premedication = fields.List(fields.Nested(PremedRegimenSchema))
     rate_schedules = fields.List(fields.Nested(RateScheduleSchema))

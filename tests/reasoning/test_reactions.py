@@ -1,8 +1,14 @@
 """Prior-reaction tiering: critical only for a definite severe same-agent reaction."""
 
+import shutil
+from dataclasses import replace
+from types import MappingProxyType
+
 import pytest
+import yaml
 
 from cds_server.fhirdata.parse import ParseLog, parse_allergy
+from cds_server.knowledge.loader import DEFAULT_CARDS_DIR, KnowledgeError, load_knowledge
 from cds_server.model import SNOMED, RecognisedAllergy
 from cds_server.reasoning import reactions
 
@@ -192,3 +198,56 @@ def test_distinct_manifestations_are_all_named(kb):
     [f] = reactions.evaluate(carbo([_epic_allergy(manifestation)]), kb)
     [record] = [p for p in f.points if "on record" in p and "CARBOplatin" in p]
     assert "Anaphylaxis, Eruption of skin;" in record
+
+
+def _with_protocols(kb, protocols, *, named: str | None = None):
+    """The knowledge base with these desensitization protocols, carboplatin naming ``named``."""
+    carboplatin = replace(kb.drugs["carboplatin"], desensitization_protocol=named)
+    return replace(
+        kb,
+        protocols=MappingProxyType({p.id: p for p in protocols}),
+        drugs=MappingProxyType({**kb.drugs, "carboplatin": carboplatin}),
+    )
+
+
+def _slow_copy(kb):
+    [twelve] = kb.protocols.values()
+    return replace(twelve, id="slow-copy", name="Slower copy", step_minutes=twelve.step_minutes * 2)
+
+
+def test_the_drugs_named_protocol_gives_the_schedule(kb):
+    [twelve] = kb.protocols.values()
+    several = _with_protocols(kb, [twelve, _slow_copy(kb)], named="slow-copy")
+    [f] = reactions.evaluate(carbo([allergy("carboplatin", anaphylaxis=True)]), several)
+    assert f.indicator == "critical"
+    assert f.table and any("Slower copy" in p for p in f.table_notes)
+    assert f.table[1][4] == f"{twelve.step_minutes * 2:.4g}"  # the named protocol's minutes
+
+
+def test_several_protocols_and_none_named_gives_no_schedule_and_says_why(kb):
+    [twelve] = kb.protocols.values()
+    several = _with_protocols(kb, [twelve, _slow_copy(kb)])
+    [f] = reactions.evaluate(carbo([allergy("carboplatin", anaphylaxis=True)]), several)
+    assert not f.table
+    [why] = [u for u in f.unknowns if "desensitization protocol" in u]
+    assert f"several ({twelve.id}, slow-copy)" in why
+    assert "drugs/carboplatin.yaml names none" in why
+
+
+def test_the_only_protocol_serves_a_drug_that_names_none(kb):
+    assert kb.drugs["carboplatin"].desensitization_protocol is None
+    [only] = kb.protocols.values()
+    [f] = reactions.evaluate(carbo([allergy("carboplatin", anaphylaxis=True)]), kb)
+    assert any(only.name in p for p in f.table_notes)
+
+
+def test_check_cards_rejects_an_unknown_named_protocol(tmp_path):
+    target = tmp_path / "cards"
+    shutil.copytree(DEFAULT_CARDS_DIR, target)
+    path = target / "drugs" / "carboplatin.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["desensitization_protocol"] = "no-such-protocol"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(KnowledgeError) as err:
+        load_knowledge(target)
+    assert "desensitization_protocol: unknown protocol 'no-such-protocol'" in str(err.value)
