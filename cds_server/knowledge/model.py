@@ -843,6 +843,23 @@ class KnowledgeBase:
     def drug(self, drug_id: str) -> Drug:
         return self.drugs[drug_id]
 
+    def desensitization_protocol(self, drug: Drug) -> tuple[DesensitizationProtocol | None, str]:
+        """The protocol a desensitization of ``drug`` follows: the one its file names
+        (``desensitization_protocol``), else the knowledge base's only one. Without either,
+        None and what could not be told (a schedule from an arbitrary protocol would be a
+        guess)."""
+        if drug.desensitization_protocol:
+            return self.protocols[drug.desensitization_protocol], ""
+        if len(self.protocols) == 1:
+            return next(iter(self.protocols.values())), ""
+        if not self.protocols:
+            return None, "a desensitization protocol in the knowledge base"
+        names = ", ".join(sorted(self.protocols))
+        return None, (
+            f"which desensitization protocol applies: the knowledge base has several ({names}) "
+            f"and {drug.source_file} names none (desensitization_protocol)"
+        )
+
     def classes_of(self, drug_id: str) -> tuple[DrugClass, ...]:
         """Every class that lists ``drug_id`` as a member."""
         return tuple(c for c in self.classes.values() if drug_id in c.members)

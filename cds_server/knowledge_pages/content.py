@@ -685,15 +685,18 @@ def drug_page(drug: Drug, kb: KnowledgeBase) -> Page:
         _section(code, _topic_title(kb, code), facts, topic=True, intro=intro)
         for code, facts, intro in topics
     ]
+    protocol, why_none = kb.desensitization_protocol(drug)
     if kb.protocols:
         sections.append(
             Section(
                 anchor="desensitization-protocols",
                 title="Desensitization protocol",
-                facts=tuple(_protocol_summary(p) for p in kb.protocols.values()),
+                facts=(_protocol_summary(protocol),) if protocol else (),
                 intro="After a definite severe reaction to this drug, the prior-reaction card "
                 "shows this protocol's schedule computed from the order's dose, bag volume and "
-                "final rate.",
+                "final rate."
+                if protocol
+                else f"No schedule is computed for this drug: not known {why_none}.",
             )
         )
     sections.append(_section(CODES, "Names and codes", _identity(drug.identity), topic=False))

@@ -23,13 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from cds_server.knowledge.model import (
-    DesensitizationProtocol,
-    Drug,
-    KnowledgeBase,
-    Provenance,
-    ReactionGuidance,
-)
+from cds_server.knowledge.model import Drug, KnowledgeBase, Provenance, ReactionGuidance
 from cds_server.model import (
     MINUTES_PER_HOUR,
     SEMANTIC_TAG,
@@ -181,7 +175,7 @@ def _critical_backing(drug: Drug, kb: KnowledgeBase) -> tuple[Provenance, ...]:
         for r in drug.reactions
         if r.kind in ("after-severe", "contraindication") and r.provenance.evidence == "verified"
     )
-    protocol, _ = protocol_for(drug, kb)
+    protocol, _ = kb.desensitization_protocol(drug)
     if (
         drug.desensitization_eligible
         and protocol is not None
@@ -189,23 +183,6 @@ def _critical_backing(drug: Drug, kb: KnowledgeBase) -> tuple[Provenance, ...]:
     ):
         backing += (protocol.provenance,)
     return backing
-
-
-def protocol_for(drug: Drug, kb: KnowledgeBase) -> tuple[DesensitizationProtocol | None, str]:
-    """The protocol a desensitization of ``drug`` follows: the one its file names
-    (``desensitization_protocol``), else the knowledge base's only one. Without either, None
-    and what could not be told (a table from an arbitrary protocol would be a guess)."""
-    if drug.desensitization_protocol:
-        return kb.protocols[drug.desensitization_protocol], ""
-    if len(kb.protocols) == 1:
-        return next(iter(kb.protocols.values())), ""
-    if not kb.protocols:
-        return None, "a desensitization protocol in the knowledge base"
-    names = ", ".join(sorted(kb.protocols))
-    return None, (
-        f"which desensitization protocol applies: the knowledge base has several ({names}) "
-        f"and {drug.source_file} names none (desensitization_protocol)"
-    )
 
 
 def _contraindicated_after_any_reaction(drug: Drug) -> bool:
@@ -446,7 +423,7 @@ def _schedule(
     situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBase
 ) -> tuple[tuple[tuple[str, ...], ...], list[str], list[str]]:
     """The desensitization table computed from the order, or what was missing to compute it."""
-    protocol, why_none = protocol_for(kb.drug(recognised.drug_id), kb)
+    protocol, why_none = kb.desensitization_protocol(kb.drug(recognised.drug_id))
     order = recognised.order
     weight = situation.record.weight.kg if situation.record.weight else None
     dose = dose_in_mg(order.dose, weight)
