@@ -27,6 +27,7 @@ SNOMED = "http://snomed.info/sct"
 NDC = "http://hl7.org/fhir/sid/ndc"
 UCUM = "http://unitsofmeasure.org"
 MINUTES_PER_HOUR = 60.0
+DAYS_PER_WEEK = 7
 MICROGRAMS_PER_MG = 1000.0
 MICROGRAM_UNITS = frozenset({"µg", "ug", "mcg"})
 # Presentation limits of "could not check" cards (not clinical facts): codes listed per order,
@@ -111,6 +112,9 @@ class MedicationOrder:
     # Texts that may place the dose in its plan (basedOn display, groupIdentifier, timing code
     # text, notes), read for cycle and day; draft orders only (the dose being placed).
     plan_texts: tuple[str, ...] = ()
+    # Days between doses when the order states a repeat of once per period in days or weeks
+    # (``dosageInstruction.timing.repeat``: "every 2 weeks" → 14); else None.
+    repeat_days: float | None = None
     is_draft: bool = False
     selected: bool = True
     # "administration" for a MedicationAdministration read as a dose given (its effective time

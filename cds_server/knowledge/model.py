@@ -406,6 +406,17 @@ class RestartRule:
     restart_at: str | None
     text: str
     provenance: Provenance
+    # The dosing schedule the row is for, when the label's table has one row set per schedule
+    # (teclistamab: weekly, every 2 weeks); None: any schedule.
+    schedule: DosingSchedule | None = None
+
+
+@dataclass(frozen=True)
+class DosingSchedule:
+    """A maintenance dosing schedule a restart row is for: "weekly" (every 7 days)."""
+
+    label: str
+    every_days: int
 
 
 @dataclass(frozen=True)

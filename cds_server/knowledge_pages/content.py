@@ -424,6 +424,16 @@ def _course(drug: Drug) -> list[Fact]:
             r.provenance,
             details=(
                 ("Last dose given", _words(_series(step_names(drug, r.after_steps)))),
+                *(
+                    (
+                        (
+                            "Dosing schedule",
+                            _words(f"{r.schedule.label} (every {r.schedule.every_days} days)"),
+                        ),
+                    )
+                    if r.schedule
+                    else ()
+                ),
                 ("Time since it", _words(r.gap_days.describe())),
                 (
                     "Next dose",
