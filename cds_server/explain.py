@@ -181,6 +181,8 @@ def course_text(course: TreatmentCourse) -> str:
             f"restart at {course.restart.restart_at}" if course.restart.restart_at else "continue"
         )
         bits.append(f"restart row {course.restart.id}: {action}")
+    if course.schedule_unknown:
+        bits.append(f"rows of every dosing schedule shown: {course.schedule_unknown}")
     return "; ".join(bits)
 
 

@@ -7,6 +7,7 @@ Missing data is represented explicitly (``None`` or a ``*_known`` flag), never a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -26,6 +27,7 @@ SNOMED = "http://snomed.info/sct"
 NDC = "http://hl7.org/fhir/sid/ndc"
 UCUM = "http://unitsofmeasure.org"
 MINUTES_PER_HOUR = 60.0
+DAYS_PER_WEEK = 7
 MICROGRAMS_PER_MG = 1000.0
 MICROGRAM_UNITS = frozenset({"µg", "ug", "mcg"})
 # Presentation limits of "could not check" cards (not clinical facts): codes listed per order,
@@ -33,6 +35,16 @@ MICROGRAM_UNITS = frozenset({"µg", "ug", "mcg"})
 CODES_SHOWN_PER_ORDER = 5
 ORDER_KEY_MAX = 50
 ORDER_KEY_HASH = 16
+
+# SNOMED CT fully specified names end in a semantic tag: "Anaphylaxis (disorder)".
+SEMANTIC_TAG = re.compile(
+    r"\s*\((?:disorder|finding|qualifier value|morphologic abnormality|substance|product|"
+    r"medicinal product|medicinal product form|clinical drug|procedure|observable entity|"
+    r"situation|event|body structure|organism|physical object|regime/therapy|"
+    r"record artifact|environment|attribute|specimen|social concept|occupation|person|"
+    r"life style|special concept|physical force|cell|cell structure|real clinical drug)\)",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,9 @@ class MedicationOrder:
     # Texts that may place the dose in its plan (basedOn display, groupIdentifier, timing code
     # text, notes), read for cycle and day; draft orders only (the dose being placed).
     plan_texts: tuple[str, ...] = ()
+    # Days between doses when the order states a repeat of once per period in days or weeks
+    # (``dosageInstruction.timing.repeat``: "every 2 weeks" → 14); else None.
+    repeat_days: float | None = None
     is_draft: bool = False
     selected: bool = True
     # "administration" for a MedicationAdministration read as a dose given (its effective time

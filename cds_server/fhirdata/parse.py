@@ -31,6 +31,7 @@ from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
 from cds_server.model import (
+    DAYS_PER_WEEK,
     UCUM,
     Allergy,
     Coding,
@@ -705,6 +706,7 @@ def parse_medication_request(
     dose = rate = None
     route = dosage_text = None
     when = None
+    repeat_days = None
     for d, dosage in enumerate(mr.get("dosageInstruction") or ()):
         dosage_text = dosage_text or dosage.get("text")
         route = route or _route(dosage.get("route"))
@@ -720,6 +722,7 @@ def parse_medication_request(
         for e, event in enumerate(timing.get("event") or ()):
             moment = read.moment(event, f"dosageInstruction[{d}].timing.event[{e}]")
             when = when or moment
+        repeat_days = repeat_days or _repeat_days(timing.get("repeat"))
         bounds = (timing.get("repeat") or {}).get("boundsPeriod") or {}
         if when is None and isinstance(bounds, Mapping):
             when = _datetime(bounds.get("start"))
@@ -741,12 +744,27 @@ def parse_medication_request(
         authored_on=authored,
         planned=when,
         plan_texts=_plan_texts(mr) if is_draft else (),
+        repeat_days=repeat_days,
         is_draft=is_draft,
         selected=selected,
         unread=tuple(lost),
         draft_index=draft_index,
         resource=dict(resource),
     )
+
+
+_PERIOD_DAYS = {"d": 1, "wk": DAYS_PER_WEEK}
+
+
+def _repeat_days(repeat: Any) -> float | None:
+    """Days between doses of a ``timing.repeat`` of once per period in days or weeks ("every
+    2 weeks": frequency 1, period 2, periodUnit wk → 14); None for any other repeat."""
+    if not isinstance(repeat, Mapping) or repeat.get("frequency", 1) != 1:
+        return None
+    period, unit = _number(repeat.get("period")), repeat.get("periodUnit")
+    if period is None or period <= 0 or unit not in _PERIOD_DAYS:
+        return None
+    return period * _PERIOD_DAYS[unit]
 
 
 def _plan_texts(mr: JSON) -> tuple[str, ...]:

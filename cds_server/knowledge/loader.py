@@ -30,6 +30,7 @@ from cds_server.knowledge.model import (
     DesensitizationProtocol,
     DoseRange,
     DoseStep,
+    DosingSchedule,
     Drug,
     DrugClass,
     EngineSettings,
@@ -311,6 +312,7 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
             restart_at=r.get("restart_at"),
             text=r["text"],
             provenance=ctx.provenance(r, f"restart.{i}"),
+            schedule=DosingSchedule(**r["schedule"]) if r.get("schedule") else None,
         )
         for i, r in enumerate(d.get("restart", ()))
     )
@@ -380,6 +382,8 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
     for step in {s for r in restart for s in r.after_steps}:
         rows = [r for r in restart if step in r.after_steps]
         for a, b in ((a, b) for i, a in enumerate(rows) for b in rows[i + 1 :]):
+            if a.schedule and b.schedule and a.schedule != b.schedule:
+                continue  # one row per schedule: they may cover the same gap
             lo = max(a.gap_days.first or 0, b.gap_days.first or 0)
             ends = [d.last for d in (a.gap_days, b.gap_days) if d.last is not None]
             hi = min(ends) if ends else lo
@@ -402,6 +406,7 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
         tocilizumab=toci,
         reactions=reactions,
         desensitization_eligible=d["desensitization_eligible"],
+        desensitization_protocol=d["desensitization_protocol"],
         crs_risk=d["crs_risk"],
         notes=tuple(d.get("notes", ())),
         source_file=ctx.name,
@@ -595,6 +600,15 @@ def _cross_checks(kb: dict[str, dict[str, Any]], problems: list[Problem]) -> Non
         if drug.drug_class and drug.drug_class not in classes:
             problems.append(
                 Problem(drug.source_file, "drug_class", f"unknown class '{drug.drug_class}'")
+            )
+        protocol = drug.desensitization_protocol
+        if protocol and protocol not in kb["protocol"]:
+            problems.append(
+                Problem(
+                    drug.source_file,
+                    "desensitization_protocol",
+                    f"unknown protocol '{protocol}' (add cards/protocols/{protocol}.yaml)",
+                )
             )
         for i, reg in enumerate(drug.premedication):
             for j, ag in enumerate(reg.agents):

@@ -406,6 +406,17 @@ class RestartRule:
     restart_at: str | None
     text: str
     provenance: Provenance
+    # The dosing schedule the row is for, when the label's table has one row set per schedule
+    # (teclistamab: weekly, every 2 weeks); None: any schedule.
+    schedule: DosingSchedule | None = None
+
+
+@dataclass(frozen=True)
+class DosingSchedule:
+    """A maintenance dosing schedule a restart row is for: "weekly" (every 7 days)."""
+
+    label: str
+    every_days: int
 
 
 @dataclass(frozen=True)
@@ -573,6 +584,9 @@ class Drug:
     source_file: str
     restart: tuple[RestartRule, ...] = ()
     course_alerts: tuple[CourseAlert, ...] = ()
+    # The protocol a desensitization of this drug follows (``protocols/<id>``); None: the
+    # knowledge base's only protocol, if it has exactly one.
+    desensitization_protocol: str | None = None
     allergy_risks: tuple[AllergyRisk, ...] = ()
     avoided_agents: tuple[AvoidedAgent, ...] = ()
     # Days without a dose after which the next dose starts a new cycle (blinatumomab: an
@@ -850,6 +864,23 @@ class KnowledgeBase:
 
     def drug(self, drug_id: str) -> Drug:
         return self.drugs[drug_id]
+
+    def desensitization_protocol(self, drug: Drug) -> tuple[DesensitizationProtocol | None, str]:
+        """The protocol a desensitization of ``drug`` follows: the one its file names
+        (``desensitization_protocol``), else the knowledge base's only one. Without either,
+        None and what could not be told (a schedule from an arbitrary protocol would be a
+        guess)."""
+        if drug.desensitization_protocol:
+            return self.protocols[drug.desensitization_protocol], ""
+        if len(self.protocols) == 1:
+            return next(iter(self.protocols.values())), ""
+        if not self.protocols:
+            return None, "a desensitization protocol in the knowledge base"
+        names = ", ".join(sorted(self.protocols))
+        return None, (
+            f"which desensitization protocol applies: the knowledge base has several ({names}) "
+            f"and {drug.source_file} names none (desensitization_protocol)"
+        )
 
     def classes_of(self, drug_id: str) -> tuple[DrugClass, ...]:
         """Every class that lists ``drug_id`` as a member."""

@@ -264,10 +264,16 @@ class StepUpScheduleSchema(ProvenanceFields):
     steps = fields.List(fields.Nested(DoseStepSchema), required=True, validate=NON_EMPTY)
 
 
+class DosingScheduleSchema(_Strict):
+    label = fields.String(required=True, validate=NON_EMPTY)
+    every_days = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+
+
 class RestartRuleSchema(ProvenanceFields):
     id = fields.String(required=True, validate=ID)
     after_steps = fields.List(fields.String(validate=ID), required=True, validate=NON_EMPTY)
     gap_days = fields.Nested(DayRangeSchema, required=True)
+    schedule = fields.Nested(DosingScheduleSchema)
     restart_at = fields.String(validate=ID)
     text = fields.String(required=True, validate=NON_EMPTY)
 
@@ -373,6 +379,7 @@ class DrugFileSchema(_FileHeader):
     label = fields.String(validate=ID)
     crs_risk = fields.Boolean(load_default=False)
     desensitization_eligible = fields.Boolean(load_default=False)
+    desensitization_protocol = fields.String(validate=ID, load_default=None)
     identity = fields.Nested(IdentitySchema, required=True)
     premedication = fields.List(fields.Nested(PremedRegimenSchema))
     rate_schedules = fields.List(fields.Nested(RateScheduleSchema))

@@ -473,6 +473,16 @@ def _course(drug: Drug) -> list[Fact]:
             r.provenance,
             details=(
                 ("Last dose given", _words(_series(step_names(drug, r.after_steps)))),
+                *(
+                    (
+                        (
+                            "Dosing schedule",
+                            _words(f"{r.schedule.label} (every {r.schedule.every_days} days)"),
+                        ),
+                    )
+                    if r.schedule
+                    else ()
+                ),
                 ("Time since it", _words(r.gap_days.describe())),
                 (
                     "Next dose",
@@ -748,15 +758,18 @@ def drug_page(drug: Drug, kb: KnowledgeBase, site_topics: Iterable[str] = ()) ->
         )
         for code, facts, intro in topics
     ]
+    protocol, why_none = kb.desensitization_protocol(drug)
     if kb.protocols:
         sections.append(
             Section(
                 anchor="desensitization-protocols",
                 title="Desensitization protocol",
-                facts=tuple(_protocol_summary(p) for p in kb.protocols.values()),
+                facts=(_protocol_summary(protocol),) if protocol else (),
                 intro="After a definite severe reaction to this drug, the prior-reaction card "
                 "shows this protocol's schedule computed from the order's dose, bag volume and "
-                "final rate.",
+                "final rate."
+                if protocol
+                else f"No schedule is computed for this drug: not known {why_none}.",
             )
         )
     sections.append(_section(CODES, "Names and codes", _identity(drug.identity), topic=False))

@@ -49,6 +49,9 @@ class GivenDose:
     evidence: Literal["administration", "order"]
     ref: str | None
     steps: frozenset[str] = frozenset()
+    # Days between doses its order states (``timing.repeat``), for an administration the order
+    # it carried out; None when no order we hold states it.
+    repeat_days: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ class TreatmentCourse:
     earlier dose). ``last_steps``: step-up steps whose dose level the last dose matches.
     ``cycle``/``day``: from the order's own text, else inferred from the dates
     (``cycle_source``). ``restart``: the restart-table row that applies, if any.
+    ``restart_rows``: the rows that may apply: the row of the last dose's dosing schedule, or,
+    when the table has a row per schedule and the schedule cannot be told, one per schedule
+    (``schedule_unknown`` then says why); ``restart`` is the earliest restart among them.
     """
 
     drug_id: str
@@ -75,6 +81,8 @@ class TreatmentCourse:
     cycle_source: str | None
     restart: RestartRule | None
     unknowns: tuple[str, ...] = ()
+    restart_rows: tuple[RestartRule, ...] = ()
+    schedule_unknown: str | None = None
 
     @property
     def cycle_start(self) -> bool | None:
@@ -169,6 +177,7 @@ def doses_given(
 def _given(
     situation: Situation, drug: Drug, order: MedicationOrder, weight: float | None, tol: float
 ) -> list[GivenDose]:
+    stated = {r.order.ref: r.order.repeat_days for r in situation.history if r.order.ref}
     return [
         GivenDose(
             o.authored_on,
@@ -177,6 +186,9 @@ def _given(
             "administration" if o.source == "administration" else "order",
             o.fulfils if o.source == "administration" else o.ref,
             steps_at_level(drug, o.dose, weight, tol) or frozenset(),
+            (stated.get(o.fulfils) if o.fulfils else None)
+            if o.source == "administration"
+            else o.repeat_days,
         )
         for o in doses_given(situation, drug.id, order)
     ]
@@ -217,7 +229,11 @@ def build(situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBase) 
     cycle, day, source = _cycle(
         drug, order, given if dates_usable else None, when, record.history_known
     )
-    restart = _restart_row(drug, last_steps, gap) if record.history_known else None
+    rows, schedule_unknown = (
+        _restart_rows(drug, last_steps, gap, last.repeat_days if last else None)
+        if record.history_known
+        else ((), None)
+    )
     return TreatmentCourse(
         drug_id=drug.id,
         reference=when,
@@ -230,18 +246,44 @@ def build(situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBase) 
         cycle=cycle,
         day=day,
         cycle_source=source,
-        restart=restart,
+        restart=_earliest_restart(drug, rows),
         unknowns=tuple(unknowns),
+        restart_rows=rows,
+        schedule_unknown=schedule_unknown,
     )
 
 
-def _restart_row(
-    drug: Drug, last_steps: frozenset[str] | None, gap: int | None
-) -> RestartRule | None:
-    """The restart-table row for the last step given and the gap; the earliest restart wins."""
+def _restart_rows(
+    drug: Drug, last_steps: frozenset[str] | None, gap: int | None, every_days: float | None
+) -> tuple[tuple[RestartRule, ...], str | None]:
+    """The restart-table rows for the last step given and the gap: of the last dose's dosing
+    schedule when the table has rows per schedule and the record states it; else every
+    schedule's row, with why the schedule could not be told."""
     if not drug.restart or not last_steps or gap is None:
-        return None
-    rows = [r for r in drug.restart if last_steps & set(r.after_steps) and r.gap_days.contains(gap)]
+        return (), None
+    rows = tuple(
+        r for r in drug.restart if last_steps & set(r.after_steps) and r.gap_days.contains(gap)
+    )
+    schedules = sorted({r.schedule for r in rows if r.schedule}, key=lambda s: s.every_days)
+    if not schedules:
+        return rows, None
+    mine = tuple(r for r in rows if r.schedule is None or r.schedule.every_days == every_days)
+    if any(r.schedule for r in mine):
+        return mine, None
+    names = " or ".join(s.label for s in schedules)
+    if every_days is None:
+        return rows, (
+            f"the dosing schedule of the last dose ({names}) is not stated in its order "
+            "(no repeat interval), so each schedule's row is shown"
+        )
+    return rows, (
+        f"the last dose's order repeats every {every_days:g} days, which is not a schedule of "
+        f"the label's table ({names}), so each schedule's row is shown"
+    )
+
+
+def _earliest_restart(drug: Drug, rows: tuple[RestartRule, ...]) -> RestartRule | None:
+    """The row to follow among ``rows``: the earliest restart (the safer reading)."""
     if not rows:
         return None
     order = {st.id: i for s in drug.step_up for i, st in enumerate(s.steps)}

@@ -19,12 +19,14 @@ Then, one card per ordered drug, tiered:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 from cds_server.knowledge.model import Drug, KnowledgeBase, Provenance, ReactionGuidance
 from cds_server.model import (
     MINUTES_PER_HOUR,
+    SEMANTIC_TAG,
     Citation,
     Finding,
     Indicator,
@@ -173,10 +175,13 @@ def _critical_backing(drug: Drug, kb: KnowledgeBase) -> tuple[Provenance, ...]:
         for r in drug.reactions
         if r.kind in ("after-severe", "contraindication") and r.provenance.evidence == "verified"
     )
-    if drug.desensitization_eligible:
-        backing += tuple(
-            p.provenance for p in kb.protocols.values() if p.provenance.evidence == "verified"
-        )
+    protocol, _ = kb.desensitization_protocol(drug)
+    if (
+        drug.desensitization_eligible
+        and protocol is not None
+        and protocol.provenance.evidence == "verified"
+    ):
+        backing += (protocol.provenance,)
     return backing
 
 
@@ -228,9 +233,9 @@ def describe(match: Match) -> str:
         "cross-reactive": "a cross-reactive drug of the same class",
     }[match.relation]
     bits = []
-    manifestations = [t for r in a.reactions for t in r.manifestation_texts]
+    manifestations = _each_once(t for r in a.reactions for t in r.manifestation_texts)
     if manifestations:
-        bits.append(", ".join(dict.fromkeys(manifestations)))
+        bits.append(", ".join(manifestations))
     severities = [r.severity for r in a.reactions if r.severity]
     if severities:
         bits.append(f"severity {', '.join(dict.fromkeys(severities))}")
@@ -243,6 +248,16 @@ def describe(match: Match) -> str:
     detail = f" — {'; '.join(bits)}" if bits else ""
     name = a.texts[0] if a.texts else match.allergy.target_id
     return f"Reaction to {what} on record{when}: {name}{detail}."
+
+
+def _each_once(texts: Iterable[str]) -> list[str]:
+    """Manifestation texts with each manifestation said once: a concept's text and its coded
+    display ("Anaphylaxis", "anaphylaxis (disorder)") are one manifestation; the first wording
+    is kept."""
+    kept: dict[str, str] = {}
+    for text in texts:
+        kept.setdefault(SEMANTIC_TAG.sub("", text).strip().casefold(), text)
+    return list(kept.values())
 
 
 def related_name(match: Match, kb: KnowledgeBase) -> str:
@@ -408,7 +423,7 @@ def _schedule(
     situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBase
 ) -> tuple[tuple[tuple[str, ...], ...], list[str], list[str]]:
     """The desensitization table computed from the order, or what was missing to compute it."""
-    protocol = next(iter(kb.protocols.values()), None)
+    protocol, why_none = kb.desensitization_protocol(kb.drug(recognised.drug_id))
     order = recognised.order
     weight = situation.record.weight.kg if situation.record.weight else None
     dose = dose_in_mg(order.dose, weight)
@@ -424,7 +439,7 @@ def _schedule(
         if value is None
     ]
     if protocol is None:
-        return (), [], ["a desensitization protocol in the knowledge base"]
+        return (), [], [why_none]
     if missing:
         return (), [], [f"the order's {', '.join(missing)} (desensitization schedule not computed)"]
     assert dose is not None and volume is not None and rate is not None

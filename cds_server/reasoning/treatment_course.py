@@ -144,7 +144,7 @@ def _restart(
     points = [
         f"- **Restart at {label}.**",
         _last_dose_line(course),
-        f"- Label restart table: {row.text}",
+        *_table_lines(course),
     ]
     unknowns = list(course.unknowns)
     if not comparable:
@@ -159,6 +159,11 @@ def _restart(
         "step again."
     )
     indicator = _tier(row.provenance.evidence == "verified", situation) if comparable else "warning"
+    if len({r.restart_at for r in course.restart_rows}) > 1:
+        indicator = "warning"  # the schedules' rows disagree and the schedule is not known
+    citations = tuple(
+        dict.fromkeys(c for r in course.restart_rows for c in r.provenance.citations())
+    )
     return Finding(
         topic=TOPIC,
         drug_id=drug.id,
@@ -167,10 +172,28 @@ def _restart(
         headline=f"{course.gap_days} days since the last dose: restart at "
         + (fmt_qty(target.dose) if target else label),
         points=tuple(p for p in points if p),
-        citations=row.provenance.citations(),
+        citations=citations or row.provenance.citations(),
         unknowns=tuple(unknowns),
         order_ref=recognised.order.ref,
     )
+
+
+def _table_lines(course: TreatmentCourse) -> list[str]:
+    """The label's restart row for this dose; one per dosing schedule, and why, when the
+    schedule of the last dose cannot be told."""
+    rows = [r for r in course.restart_rows if r.schedule] if course.schedule_unknown else []
+    if not rows:
+        assert course.restart is not None
+        return [f"- Label restart table: {course.restart.text}"]
+    return [
+        *(
+            f"- Label restart table, {r.schedule.label} schedule: {r.text}"
+            for r in rows
+            if r.schedule
+        ),
+        f"- Which row applies was not decided: {course.schedule_unknown}; the earlier restart is "
+        "asked for.",
+    ]
 
 
 def _step(drug: Drug, step_id: str) -> DoseStep | None:

@@ -12,20 +12,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from cds_server.model import SEMANTIC_TAG
+
 # "<" before a letter, "/", "!" or "?" opens raw HTML or an autolink in CommonMark.
 _TAG_OPEN = re.compile(r"<(?=[A-Za-z/!?])")
 # "&" before "#" or a name and ";" is a character reference ("&amp;", "&#60;").
 _ENTITY = re.compile(r"&(?=#?[A-Za-z0-9]+;)")
 _LINK_CLOSE = re.compile(r"\]\(")
-# SNOMED CT fully specified names end in a semantic tag: "Anaphylaxis (disorder)".
-SEMANTIC_TAG = re.compile(
-    r"\s*\((?:disorder|finding|qualifier value|morphologic abnormality|substance|product|"
-    r"medicinal product|medicinal product form|clinical drug|procedure|observable entity|"
-    r"situation|event|body structure|organism|physical object|regime/therapy|"
-    r"record artifact|environment|attribute|specimen|social concept|occupation|person|"
-    r"life style|special concept|physical force|cell|cell structure|real clinical drug)\)",
-    re.IGNORECASE,
-)
 _EMPTY_PARENS = re.compile(r"\s*\(\s*\)")
 # Brackets inside brackets ("(first treatment dose (1.5 mg/kg, day 7))") read as one level.
 _NESTED = re.compile(r"\(([^()]*?)\s*\(([^()]*)\)([^()]*)\)")

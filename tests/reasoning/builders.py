@@ -40,6 +40,7 @@ def order(
     text: str = "",
     draft: bool | None = None,
     selected: bool = True,
+    repeat_days: float | None = None,
 ) -> MedicationOrder:
     resource = {
         "resourceType": "MedicationRequest",
@@ -55,7 +56,16 @@ def order(
                         **({"doseQuantity": {"value": dose, "unit": unit}} if dose else {}),
                         **({"rateQuantity": {"value": rate, "unit": rate_unit}} if rate else {}),
                     }
-                ]
+                ],
+                **(
+                    {
+                        "timing": {
+                            "repeat": {"frequency": 1, "period": repeat_days, "periodUnit": "d"}
+                        }
+                    }
+                    if repeat_days
+                    else {}
+                ),
             }
         ],
     }
@@ -70,6 +80,7 @@ def order(
         authored_on=when,
         is_draft=(status == "draft") if draft is None else draft,
         selected=selected,
+        repeat_days=repeat_days,
         resource=resource,
     )
 

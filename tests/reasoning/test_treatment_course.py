@@ -3,6 +3,7 @@ cycle starts, unknown courses, and the knowledge format's new constructs."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,17 @@ def _step(drug: Drug, step_id: str):
     return next(st for s in drug.step_up for st in s.steps if st.id == step_id)
 
 
-def _case(kb: KnowledgeBase, drug_id: str, row: RestartRule, gap: int, ordered_step: str):
-    """Last dose: the row's first step, ``gap`` days before a draft of ``ordered_step``."""
+def _case(
+    kb: KnowledgeBase,
+    drug_id: str,
+    row: RestartRule,
+    gap: int,
+    ordered_step: str,
+    *,
+    repeat_days: float | None = None,
+):
+    """Last dose: the row's first step, ``gap`` days before a draft of ``ordered_step``; its
+    order states the row's dosing schedule (``repeat_days``, else the row's own, if any)."""
     drug = kb.drug(drug_id)
     last = _step(drug, row.after_steps[0])
     target = _step(drug, ordered_step)
@@ -41,6 +51,7 @@ def _case(kb: KnowledgeBase, drug_id: str, row: RestartRule, gap: int, ordered_s
                 unit=last.dose.unit,
                 status="completed",
                 when=days_ago(gap),
+                repeat_days=repeat_days or (row.schedule.every_days if row.schedule else None),
             ),
             drug_id,
             "test",
@@ -388,3 +399,90 @@ def test_cycle_and_day_are_read_from_the_plan_an_ehr_order_carries(extra: dict, 
     parsed = parse_medication_request(resource, "draft", ParseLog(), is_draft=True)
     assert parsed is not None
     assert cycle_day_in_text(parsed) == expected
+
+
+def _teclistamab_after(gap: int, repeat_days: float | None, kb: KnowledgeBase):
+    drug = kb.drug("teclistamab")
+    weekly = next(r for r in drug.restart if r.id == "after-treatment-dose-29-to-56-days")
+    s = _case(kb, "teclistamab", weekly, gap, "tec-full1", repeat_days=repeat_days)
+    if repeat_days is None:  # the row's own schedule would be stated: state none
+        last = s.history[0]
+        s = situation(
+            [("teclistamab", s.orders[0].order)],
+            history=[RecognisedOrder(replace(last.order, repeat_days=None), "teclistamab", "t")],
+            weight_kg=WEIGHT,
+        )
+    return s
+
+
+def test_a_weekly_patient_sees_only_the_weekly_restart_row(kb: KnowledgeBase) -> None:
+    s = _teclistamab_after(40, 7, kb)
+    [finding] = treatment_course.evaluate(s, kb)
+    assert finding.indicator == "critical"
+    text = "\n".join(finding.points)
+    assert "weekly treatment dose, 29 to 56 days ago" in text
+    assert "every 2 weeks" not in text.lower()
+    assert "was not decided" not in text
+
+
+def test_an_every_2_weeks_patient_continues_where_a_weekly_one_restarts(kb: KnowledgeBase) -> None:
+    s = _teclistamab_after(40, 14, kb)
+    course = course_of(s, s.orders[0], kb)
+    assert course.restart is not None and course.restart.id == "after-2-weekly-dose-up-to-63-days"
+    assert course.schedule_unknown is None
+    assert treatment_course.evaluate(s, kb) == []
+    later = _teclistamab_after(70, 14, kb)
+    [finding] = treatment_course.evaluate(later, kb)
+    assert "every 2 weeks, 64 to 112 days ago" in "\n".join(finding.points)
+    assert "weekly treatment dose" not in "\n".join(finding.points)
+
+
+def test_an_untold_schedule_shows_both_rows_says_why_and_is_not_critical(kb: KnowledgeBase) -> None:
+    s = _teclistamab_after(40, None, kb)
+    [finding] = treatment_course.evaluate(s, kb)
+    text = "\n".join(finding.points)
+    assert finding.indicator == "warning"
+    assert "weekly schedule: Last dose a weekly treatment dose, 29 to 56 days ago" in text
+    assert "every 2 weeks schedule: Last dose a treatment dose every 2 weeks, 63 days" in text
+    assert "not stated in its order (no repeat interval)" in text
+    assert "step-up dose 2" in finding.headline or "0.3 mg/kg" in finding.headline
+
+
+def test_an_untold_schedule_where_both_rows_agree_keeps_the_tier(kb: KnowledgeBase) -> None:
+    s = _teclistamab_after(120, None, kb)
+    [finding] = treatment_course.evaluate(s, kb)
+    assert finding.indicator == "critical"  # both schedules restart at step-up dose 1
+    assert "was not decided" in "\n".join(finding.points)
+
+
+@pytest.mark.parametrize(
+    ("repeat", "days"),
+    [
+        ({"frequency": 1, "period": 2, "periodUnit": "wk"}, 14),
+        ({"period": 1, "periodUnit": "wk"}, 7),
+        ({"frequency": 1, "period": 14, "periodUnit": "d"}, 14),
+        ({"frequency": 2, "period": 1, "periodUnit": "wk"}, None),
+        ({"frequency": 1, "period": 1, "periodUnit": "mo"}, None),
+        ({"boundsPeriod": {"start": "2026-01-01"}}, None),
+    ],
+)
+def test_an_orders_repeat_interval_is_read_in_days(repeat: dict, days: float | None) -> None:
+    from cds_server.fhirdata.parse import ParseLog, parse_medication_request
+
+    resource = {
+        "resourceType": "MedicationRequest",
+        "id": "tec-q2w",
+        "status": "completed",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {"text": "teclistamab-cqyv 1.5 mg/kg SC"},
+        "authoredOn": "2026-01-05",
+        "dosageInstruction": [
+            {
+                "timing": {"repeat": repeat},
+                "doseAndRate": [{"doseQuantity": {"value": 1.5, "unit": "mg/kg"}}],
+            }
+        ],
+    }
+    parsed = parse_medication_request(resource, "history", ParseLog())
+    assert parsed is not None and parsed.repeat_days == days
