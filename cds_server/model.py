@@ -26,6 +26,11 @@ ATC = "http://www.whocc.no/atc"
 SNOMED = "http://snomed.info/sct"
 NDC = "http://hl7.org/fhir/sid/ndc"
 UCUM = "http://unitsofmeasure.org"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+# The same code systems by OID, as Epic sends diagnoses (HL7 terminology: ICD-10-CM
+# 2.16.840.1.113883.6.90, SNOMED CT 2.16.840.1.113883.6.96).
+ICD10CM_OID = "urn:oid:2.16.840.1.113883.6.90"
+SNOMED_OID = "urn:oid:2.16.840.1.113883.6.96"
 MINUTES_PER_HOUR = 60.0
 DAYS_PER_WEEK = 7
 MICROGRAMS_PER_MG = 1000.0
@@ -128,6 +133,9 @@ class MedicationOrder:
     unread: tuple[UnreadElement, ...] = ()
     # 0-based position in ``draftOrders`` (draft orders only), to name an order without an id.
     draft_index: int | None = None
+    # The order's indication (draft orders only): the codings of its ``reasonCode`` and of the
+    # Conditions its ``reasonReference`` names that the request carries.
+    reasons: tuple[Coding, ...] = ()
     resource: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 

@@ -20,6 +20,7 @@ from cds_server import reasoning, recognition, suppression
 from cds_server.cdshooks import protocol, services
 from cds_server.fhirdata import prefetch, record
 from cds_server.fhirdata.client import FhirSettings
+from cds_server.fhirdata.parse import resources_of
 from cds_server.knowledge.model import KnowledgeBase
 from cds_server.knowledge_pages.links import PageLinks
 from cds_server.model import Finding, HookCall, PatientRecord, Situation
@@ -108,6 +109,10 @@ def run(
         reads_history_order=lambda terms, status: history_order_read(
             recogniser.medicine_kind(*terms), status
         ),
+        carried=[
+            *draft_resources,
+            *(r for value in (request.prefetch or {}).values() for r in resources_of(value)),
+        ],
     )
     patient_record = record.with_administrations(
         patient_record,

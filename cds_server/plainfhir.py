@@ -145,6 +145,7 @@ _MEDICATION_REQUEST = _compile(
             "requester": _REFERENCE,
             "recorder": _REFERENCE,
             "reasonCode": [_CONCEPT],
+            "reasonReference": [_REFERENCE],
             "courseOfTherapyType": _CONCEPT,
             "note": [_ANNOTATION],
             "dosageInstruction": [_DOSAGE],

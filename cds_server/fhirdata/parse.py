@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
+from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.medication import Medication
 from fhir.resources.R4B.medicationadministration import MedicationAdministration
 from fhir.resources.R4B.medicationrequest import MedicationRequest
@@ -45,7 +46,15 @@ from cds_server.plainfhir import is_plain
 
 # Fields that are lists in R4 but that some clients send as a single object.
 _LIST_FIELDS = {
-    "MedicationRequest": ("category", "dosageInstruction", "identifier", "note", "reasonCode"),
+    "MedicationRequest": (
+        "category",
+        "dosageInstruction",
+        "identifier",
+        "note",
+        "reasonCode",
+        "reasonReference",
+    ),
+    "Condition": ("category", "identifier", "note"),
     "AllergyIntolerance": ("category", "reaction", "note", "identifier"),
     "Observation": ("category", "identifier", "performer"),
     "Medication": ("ingredient", "identifier"),
@@ -65,6 +74,7 @@ _MODELS = {
     "Medication": Medication,
     "Patient": Patient,
     "MedicationAdministration": MedicationAdministration,
+    "Condition": Condition,
 }
 _UNIT_ALIASES = {
     "milligram": "mg",
@@ -292,6 +302,12 @@ def salvaged(
                 # A required child is missing: drop its parent element instead.
                 loc, found = loc[:-1], _at(work, loc[:-1]) if len(loc) > 1 else None
                 path = element_path(loc)
+            for cut in range(len(loc) - 1, 0, -1):
+                if found is not None:
+                    break
+                # The error names a place the data does not have (a model validator's
+                # "root" under a number in a list of objects): drop the element it is in.
+                found, path = _at(work, loc[:cut]), element_path(loc[:cut])
             if found is None:
                 continue
             parent, key = found
@@ -357,7 +373,8 @@ def resources_of(value: Any) -> list[Mapping[str, Any]]:
         return []
     if value.get("resourceType") == "Bundle":
         out = []
-        for entry in value.get("entry") or ():
+        entries = value.get("entry")
+        for entry in entries if isinstance(entries, list) else ():
             if not isinstance(entry, Mapping):
                 continue
             search = entry.get("search")
@@ -493,6 +510,49 @@ def medication_ref_key(reference: str | None) -> str | None:
     # Up to 256 characters: Epic's ids are longer than FHIR's 64.
     match = re.search(r"(Medication/[A-Za-z0-9\-.]{1,256})(/_history/.*)?$", reference)
     return match.group(1) if match else None
+
+
+def condition_ref_key(reference: Any) -> str | None:
+    """``Condition/123``, ``https://x/fhir/Condition/123`` → ``Condition/123``."""
+    if not isinstance(reference, str):
+        return None
+    match = re.search(r"(Condition/[A-Za-z0-9\-.]{1,256})(/_history/.*)?$", reference)
+    return match.group(1) if match else None
+
+
+# Verification statuses that take a Condition back: it names no indication.
+_WITHDRAWN = frozenset({"refuted", "entered-in-error"})
+
+
+def _reasons(mr: JSON, conditions: Mapping[str, JSON] | None) -> tuple[Coding, ...]:
+    """The order's indication: codings of its ``reasonCode`` and of the Conditions its
+    ``reasonReference`` names (contained, or among ``conditions``: checked Condition JSON by
+    ``Condition/<id>``) unless refuted or entered in error. A reference the request does not
+    carry is not fetched: the indication is then what ``reasonCode`` says."""
+    found = [c for concept in mr.get("reasonCode") or () for c in _codings(concept)]
+    for ref in mr.get("reasonReference") or ():
+        target = ref.get("reference")
+        condition: JSON | None = None
+        if isinstance(target, str) and target.startswith("#"):
+            condition = next(
+                (
+                    c
+                    for c in mr.get("contained") or ()
+                    if c.get("resourceType") == "Condition" and c.get("id") == target[1:]
+                ),
+                None,
+            )
+        elif conditions:
+            key = condition_ref_key(target)
+            condition = conditions.get(key) if key else None
+        if condition is not None and _status(condition.get("verificationStatus")) not in _WITHDRAWN:
+            found.extend(_codings(condition.get("code")))
+    return tuple(c for c in found if c.code)
+
+
+def parse_condition(resource: Any, where: str, log: ParseLog) -> dict[str, Any] | None:
+    """A Condition resource as checked JSON (for ``reasonReference`` resolution)."""
+    return checked(resource, where, log)
 
 
 def parse_medication(
@@ -685,6 +745,7 @@ def parse_medication_request(
     terms: MedicationTerms | None = None,
     draft_index: int | None = None,
     unread: list[UnreadElement] | None = None,
+    conditions: Mapping[str, JSON] | None = None,
 ) -> MedicationOrder | None:
     """Flatten one MedicationRequest, resolving contained or referenced Medications.
 
@@ -693,6 +754,8 @@ def parse_medication_request(
     if already read; used when the check kept the resource's own medication elements.
     A draft order is read tolerantly: invalid elements are left out and listed in
     ``MedicationOrder.unread`` (and in ``unread``, when given, also if nothing could be read).
+    A draft order's indication is read (``reasons``), resolving ``reasonReference`` against
+    ``conditions`` (``parse_condition`` JSON by ``Condition/<id>``).
     """
     lost: list[UnreadElement] = [] if unread is None else unread
     mr = checked(resource, where, log, plain=plain, unread=lost if is_draft else None)
@@ -749,6 +812,7 @@ def parse_medication_request(
         selected=selected,
         unread=tuple(lost),
         draft_index=draft_index,
+        reasons=_reasons(mr, conditions) if is_draft else (),
         resource=dict(resource),
     )
 

@@ -5,7 +5,10 @@
   MedicationRequest with invalid elements is kept: what can be read is read and the rest is
   listed in ``MedicationOrder.unread``; an entry no MedicationRequest can be built from is
   kept in ``PatientRecord.unreadable_drafts`` (the ``unchecked`` rule reports both). At
-  order-select only the orders named in ``selections`` are ``selected``.
+  order-select only the orders named in ``selections`` are ``selected``. A draft order's
+  indication is its ``reasonCode`` and the Conditions its ``reasonReference`` names that the
+  request carries (contained, in ``draftOrders`` or in any prefetch value: Epic's prefetch
+  may carry the encounter diagnoses); a reference to a Condition not carried is not fetched.
 * Medication history: every MedicationRequest of the ``medications`` data, minus those that
   are also draft orders (a client may send an existing order as the draft, e.g. re-signing),
   and minus those no rule reads (``reads_history_order``, when given: e.g. medicines no rule
@@ -32,9 +35,11 @@ from cds_server.fhirdata.parse import (
     MedicationTerms,
     ParseLog,
     birth_date,
+    condition_ref_key,
     latest_weight,
     medication_ref_key,
     parse_allergy,
+    parse_condition,
     parse_medication,
     parse_medication_administration,
     parse_medication_request,
@@ -109,11 +114,36 @@ def _draft_entries(draft_orders: Any) -> list[tuple[int, Any]]:
     return out
 
 
+def _referenced_conditions(
+    draft_orders: Any, resources: Sequence[Mapping[str, Any]], log: ParseLog
+) -> dict[str, Any]:
+    """The checked Conditions among ``resources`` that a draft order's ``reasonReference``
+    names, by ``Condition/<id>`` (only those are checked)."""
+    wanted: set[str] = set()
+    for _, res in _draft_entries(draft_orders):
+        refs = res.get("reasonReference") if isinstance(res, Mapping) else None
+        for ref in refs if isinstance(refs, list) else [refs]:
+            key = condition_ref_key(ref.get("reference")) if isinstance(ref, Mapping) else None
+            if key:
+                wanted.add(key)
+    found: dict[str, Any] = {}
+    for res in resources:
+        rid = res.get("id")
+        key = f"Condition/{rid}" if isinstance(rid, str) else None
+        if res.get("resourceType") != "Condition" or key not in wanted or key in found:
+            continue
+        condition = _safely(log, "Condition", parse_condition, res, "Condition (indication)", log)
+        if condition is not None and key is not None:
+            found[key] = condition
+    return found
+
+
 def _draft_orders(
     draft_orders: Any,
     selected: set[str] | None,
     meds: Mapping[str, Mapping[str, Any]],
     log: ParseLog,
+    conditions: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[list[MedicationOrder], list[UnreadableDraft]]:
     """The draft MedicationRequests, read tolerantly, and the entries none could be built from."""
     drafts: list[MedicationOrder] = []
@@ -150,6 +180,7 @@ def _draft_orders(
                 selected=is_selected,
                 draft_index=i,
                 unread=lost,
+                conditions=conditions,
             )
         except MODEL_FAILURES:
             order = None
@@ -178,12 +209,15 @@ def build_record(
     medication_index: Mapping[str, Mapping[str, Any]] | None = None,
     warnings: Sequence[str] = (),
     reads_history_order: Callable[[MedicationTerms, Any], bool] | None = None,
+    carried: Sequence[Mapping[str, Any]] = (),
 ) -> PatientRecord:
     """Parse everything into one immutable record; ``None`` key data means unknown.
 
     ``reads_history_order(terms, status)``: whether some rule reads a history order whose
     medication (codings, ingredient codings, texts) and ``status`` are these, both as sent
     (unchecked); history orders it certainly does not read are skipped unread.
+    ``carried``: every other resource the request carries (``draftOrders`` entries, prefetch
+    values), where a draft order's ``reasonReference`` is looked up.
     """
     log = ParseLog()
     patient = patient or _UNKNOWN
@@ -198,7 +232,8 @@ def build_record(
             meds[ref] = med
 
     selected = set(selections) if selections is not None else None
-    drafts, unreadable = _draft_orders(draft_orders, selected, meds, log)
+    conditions = _referenced_conditions(draft_orders, carried, log)
+    drafts, unreadable = _draft_orders(draft_orders, selected, meds, log, conditions)
     if selected is not None:
         refs = {
             f"{r.get('resourceType')}/{r.get('id')}" for r in draft_order_resources(draft_orders)

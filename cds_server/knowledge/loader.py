@@ -35,6 +35,8 @@ from cds_server.knowledge.model import (
     DrugClass,
     EngineSettings,
     Identity,
+    Indication,
+    IndicationCode,
     KnowledgeBase,
     MonitoringRequirement,
     NotCovering,
@@ -100,10 +102,13 @@ class _FileContext:
         sources: Mapping[str, Any],
         problems: list[Problem],
         census: _Census | None = None,
+        indications: Mapping[str, Indication] | None = None,
     ):
         self.name = name
         self.problems = problems
         self.census = census or _Census()
+        # None when policy.yaml could not be read: its own problems are reported instead.
+        self.indications = indications
         self.sources = {
             sid: Source(
                 id=sid,
@@ -154,8 +159,16 @@ def _days(data: Mapping[str, Any] | None) -> DayRange | None:
     return DayRange(**data) if data else None
 
 
-def _applies(data: Mapping[str, Any]) -> Applicability:
+def _applies(ctx: _FileContext, data: Mapping[str, Any]) -> Applicability:
     cycles = data.get("cycle_start")
+    indications = []
+    for name in data.get("indications", ()):
+        if ctx.indications is None:
+            continue
+        if name in ctx.indications:
+            indications.append(ctx.indications[name])
+        else:
+            ctx.problem("applies.indications", f"unknown indication '{name}' (cards/policy.yaml)")
     return Applicability(
         infusions=data.get("infusions", "all"),
         infusion_numbers=tuple(data.get("infusion_numbers", ())),
@@ -166,6 +179,7 @@ def _applies(data: Mapping[str, Any]) -> Applicability:
         cycle_start=tuple(cycles) if isinstance(cycles, list) else cycles,
         restart=data.get("restart"),
         jurisdictions=tuple(data.get("jurisdictions", ())),
+        indications=tuple(indications),
     )
 
 
@@ -205,7 +219,7 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
     premeds = tuple(
         PremedRegimen(
             id=r["id"],
-            applies=_applies(r["applies"]),
+            applies=_applies(ctx, r["applies"]),
             agents=tuple(
                 PremedAgent(
                     role=a["role"],
@@ -239,7 +253,7 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
             id=r["id"],
             label=r["label"],
             kind=r["kind"],
-            applies=_applies(r["applies"]),
+            applies=_applies(ctx, r["applies"]),
             start=_qty(r.get("start")),
             increment=_qty(r.get("increment")),
             every_min=r.get("every_min"),
@@ -267,7 +281,7 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
         MonitoringRequirement(
             id=m["id"],
             kind=m["kind"],
-            applies=_applies(m["applies"]),
+            applies=_applies(ctx, m["applies"]),
             duration=_qty(m.get("duration")),
             text=m["text"],
             provenance=ctx.provenance(m, f"monitoring.{i}"),
@@ -277,7 +291,7 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
     prereqs = tuple(
         Prerequisite(
             id=p["id"],
-            applies=_applies(p["applies"]),
+            applies=_applies(ctx, p["applies"]),
             requires_drug=p["requires_drug"],
             lookback_days=p.get("lookback_days"),
             text=p["text"],
@@ -287,7 +301,7 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
     )
     toci = tuple(
         TocilizumabReadiness(
-            applies=_applies(t["applies"]),
+            applies=_applies(ctx, t["applies"]),
             doses_on_hand=t.get("doses_on_hand"),
             text=t["text"],
             provenance=ctx.provenance(t, f"tocilizumab.{i}"),
@@ -319,7 +333,7 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
     alerts = tuple(
         CourseAlert(
             id=a["id"],
-            applies=_applies(a["applies"]),
+            applies=_applies(ctx, a["applies"]),
             indicator=a["indicator"],
             headline=a["headline"],
             text=a["text"],
@@ -331,7 +345,7 @@ def _build_drug(ctx: _FileContext, d: Mapping[str, Any]) -> Drug:
         AllergyRisk(
             id=a["id"],
             terms=tuple(t.lower() for t in a["terms"]),
-            applies=_applies(a["applies"]),
+            applies=_applies(ctx, a["applies"]),
             indicator=a["indicator"],
             headline=a["headline"],
             text=a["text"],
@@ -527,7 +541,24 @@ def _build_policy(d: Mapping[str, Any], problems: list[Problem], census: _Census
             for i, c in enumerate(severe["manifestation_codes"])
         ),
     )
+    indications: dict[str, Indication] = {}
+    for i, ind in enumerate(d["indications"]):
+        if ind["id"] in indications:
+            problems.append(Problem("policy.yaml", f"indications.{i}.id", "defined twice"))
+        indications[ind["id"]] = Indication(
+            id=ind["id"],
+            display=ind["display"],
+            codes=tuple(
+                _indication_code(ctx, c, f"indications.{i}.codes.{j}")
+                for j, c in enumerate(ind["codes"])
+            ),
+        )
     return CardPolicy(
+        indications=MappingProxyType(indications),
+        not_indications=tuple(
+            _indication_code(ctx, c, f"not_indications.{i}")
+            for i, c in enumerate(d["not_indications"])
+        ),
         engine=engine,
         system=d["topic_system"],
         topics=tuple(
@@ -547,6 +578,15 @@ def _build_policy(d: Mapping[str, Any], problems: list[Problem], census: _Census
         ),
         publisher=d["publisher"],
         publisher_url=d.get("publisher_url"),
+    )
+
+
+def _indication_code(ctx: _FileContext, data: Mapping[str, Any], path: str) -> IndicationCode:
+    return IndicationCode(
+        system=data["system"],
+        code=data["code"],
+        display=data["display"],
+        provenance=ctx.provenance(data, path),
     )
 
 
@@ -717,7 +757,9 @@ def load_knowledge(cards_dir: Path | str | None = None) -> KnowledgeBase:
                 continue
             if data["id"] != path.stem:
                 problems.append(Problem(rel, "id", f"must equal the file name '{path.stem}'"))
-            ctx = _FileContext(rel, data["sources"], problems, census)
+            ctx = _FileContext(
+                rel, data["sources"], problems, census, policy.indications if policy else None
+            )
             built[kind][data["id"]] = _BUILDERS[kind](ctx, data)
 
     _cross_checks(built, problems)

@@ -224,6 +224,28 @@ class DayRange:
 
 
 @dataclass(frozen=True)
+class IndicationCode:
+    """A code an order's indication is matched against: an ICD-10-CM code or category, which
+    matches itself and every code under it (``C83.3`` matches ``C83.30``), or a SNOMED CT
+    concept, which matches only itself (no terminology server: no subsumption)."""
+
+    system: Literal["icd-10-cm", "snomed"]
+    code: str
+    display: str
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class Indication:
+    """An indication a fact may hold for only (``applies.indications``), defined once in
+    ``cards/policy.yaml``: how it reads on a card and the codes that name it."""
+
+    id: str
+    display: str
+    codes: tuple[IndicationCode, ...]
+
+
+@dataclass(frozen=True)
 class Applicability:
     """Which administrations a fact applies to (every key given must hold).
 
@@ -236,6 +258,10 @@ class Applicability:
     condition the service cannot check; facts with a condition are shown as "consider" notes
     and never turned into suggestions. ``jurisdictions``: the fact holds only where the
     service's jurisdiction (a site overlay's setting, default ``US``) is one of these.
+    ``indications``: the fact holds only for these indications, checked against the order's
+    own (its ``reasonCode``/``reasonReference``): shown when they match, left out when the
+    order names another, a "consider" note when it names none (``condition``, when given, is
+    the text shown; else the indications' displays).
     """
 
     infusions: Literal["first", "subsequent", "all"] = "all"
@@ -247,6 +273,7 @@ class Applicability:
     cycle_start: tuple[int, ...] | Literal["every"] | None = None
     restart: bool | None = None
     jurisdictions: tuple[str, ...] = ()
+    indications: tuple[Indication, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -709,6 +736,10 @@ class CardPolicy:
     publisher: str
     publisher_url: str | None
     engine: EngineSettings
+    # Indications facts may be restricted to, by id; ICD-10-CM codes or categories that say
+    # why a patient is seen rather than what is treated (ignored in an order's indication).
+    indications: Mapping[str, Indication] = field(default_factory=lambda: MappingProxyType({}))
+    not_indications: tuple[IndicationCode, ...] = ()
 
     def topic(self, code: str) -> Topic:
         for t in self.topics:

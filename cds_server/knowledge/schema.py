@@ -172,6 +172,7 @@ class ApplicabilitySchema(_Strict):
     cycle_start = CycleStartField()
     restart = fields.Boolean(truthy={True}, falsy={False})
     jurisdictions = fields.List(fields.String(validate=JURISDICTION), validate=NON_EMPTY)
+    indications = fields.List(fields.String(validate=ID), validate=NON_EMPTY)
 
 
 class CodeSchema(ProvenanceFields):
@@ -522,6 +523,43 @@ class EngineSchema(_Strict):
     severe_reaction = fields.Nested(SevereReactionSchema, required=True)
 
 
+# An ICD-10-CM code or category as written in the classification ("M05", "C83.3", "G35.A");
+# a SNOMED CT concept id (digits).
+ICD10CM_CODE = validate.Regexp(
+    r"^[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$", error="must be an ICD-10-CM code such as C83.3"
+)
+SNOMED_CONCEPT = validate.Regexp(r"^[1-9][0-9]{5,17}$", error="must be a SNOMED CT concept id")
+
+
+class IndicationCodeSchema(ProvenanceFields):
+    system = fields.String(required=True, validate=validate.OneOf(["icd-10-cm", "snomed"]))
+    code = fields.String(required=True, validate=NON_EMPTY)
+    display = fields.String(required=True, validate=NON_EMPTY)
+
+    @validates_schema
+    def _code_of_its_system(self, data: dict[str, Any], **_: Any) -> None:
+        check = ICD10CM_CODE if data.get("system") == "icd-10-cm" else SNOMED_CONCEPT
+        try:
+            check(data.get("code", ""))
+        except ValidationError as err:
+            raise ValidationError(err.messages, field_name="code") from err
+
+
+class NotIndicationSchema(ProvenanceFields):
+    """ICD-10-CM codes that say why a patient is seen, not what is treated (a chapter letter
+    such as ``Z`` is allowed here)."""
+
+    system = fields.String(required=True, validate=validate.Equal("icd-10-cm"))
+    code = fields.String(required=True, validate=validate.Regexp(r"^[A-Z][0-9A-Z.]{0,7}$"))
+    display = fields.String(required=True, validate=NON_EMPTY)
+
+
+class IndicationSchema(_Strict):
+    id = fields.String(required=True, validate=ID)
+    display = fields.String(required=True, validate=NON_EMPTY)
+    codes = fields.List(fields.Nested(IndicationCodeSchema), required=True, validate=NON_EMPTY)
+
+
 class PolicyFileSchema(_Strict):
     format = fields.String(required=True, validate=validate.Equal(FORMAT))
     kind = fields.String(required=True, validate=validate.Equal("policy"))
@@ -537,6 +575,8 @@ class PolicyFileSchema(_Strict):
         keys=fields.String(validate=ID), values=fields.Nested(SourceSchema), required=True
     )
     engine = fields.Nested(EngineSchema, required=True)
+    indications = fields.List(fields.Nested(IndicationSchema), load_default=list)
+    not_indications = fields.List(fields.Nested(NotIndicationSchema), load_default=list)
 
 
 SCHEMAS: dict[str, type[Schema]] = {

@@ -309,6 +309,9 @@ def step_names(drug: Drug, step_ids: Iterable[str]) -> list[str]:
     return out
 
 
+_SYSTEM_NAMES = {"icd-10-cm": "ICD-10-CM", "snomed": "SNOMED CT"}
+
+
 def applies_in_words(app: Applicability, drug: Drug | None = None) -> str:
     """When a fact applies, as a sentence; checked keys first, the unchecked condition last."""
     parts: list[str] = []
@@ -337,6 +340,16 @@ def applies_in_words(app: Applicability, drug: Drug | None = None) -> str:
         parts.append("a dose that does not restart the course")
     checked = "; ".join(parts) if parts else "every infusion"
     text = f"Applies to {checked}."
+    if app.indications:
+        named = "; ".join(
+            f"{i.display} ({', '.join(f'{_SYSTEM_NAMES[c.system]} {c.code}' for c in i.codes)})"
+            for i in app.indications
+        )
+        text += (
+            f" For: {named} — checked against the indication the order names (its reason "
+            "codes): left out when it names another diagnosis, a “consider” note when it names "
+            "none."
+        )
     if app.condition:
         text += (
             f" Only if: {app.condition} — the service cannot check this, so the card shows it "

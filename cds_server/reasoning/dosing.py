@@ -16,6 +16,7 @@ from cds_server.model import (
     RecognisedOrder,
     Situation,
 )
+from cds_server.reasoning import indications
 from cds_server.reasoning.course import (
     TreatmentCourse,
     course_of,
@@ -36,7 +37,9 @@ class DosePosition:
     what the history we do have proves (2 once one earlier dose is seen). ``steps`` is None
     when the step cannot be determined (no dose, or an mg/kg step without a weight), and
     empty when the dose is not a step-up dose. ``jurisdiction``: the knowledge's setting,
-    against which facts restricted to some jurisdictions are checked.
+    against which facts restricted to some jurisdictions are checked. ``indication``: what
+    the order names as its indication, against which facts restricted to indications are
+    checked.
     """
 
     number: int | None
@@ -47,6 +50,7 @@ class DosePosition:
     min_number: int = 1
     course: TreatmentCourse | None = None
     jurisdiction: str = "US"
+    indication: indications.OrderIndication = indications.NONE
 
     @property
     def restarted(self) -> bool:
@@ -121,6 +125,7 @@ def _position(situation: Situation, recognised: RecognisedOrder, kb: KnowledgeBa
         len(prior) + 1,
         course=course,
         jurisdiction=kb.jurisdiction,
+        indication=indications.of_order(order, kb.policy),
     )
 
 
@@ -182,10 +187,19 @@ def applies(app: Applicability, pos: DosePosition) -> Applies:
     """Does a fact apply to this dose? Every key given must hold (they are ANDed).
 
     ``value`` is False as soon as one key fails, None when one cannot be determined.
+    ``conditional``: the fact holds only under a condition left unchecked, its ``condition``
+    or its indications when the order's indication does not decide them.
     """
     checks: list[bool | None] = []
+    conditional = app.condition is not None
     if app.jurisdictions:  # a setting, always known
         checks.append(pos.jurisdiction in app.jurisdictions)
+    if app.indications:
+        held = indications.holds(app.indications, pos.indication)
+        if held is False:
+            checks.append(False)
+        elif held is None:
+            conditional = True
     if app.steps:
         checks.append(None if pos.steps is None else bool(pos.steps & set(app.steps)))
     if app.infusion_numbers:
@@ -223,7 +237,18 @@ def applies(app: Applicability, pos: DosePosition) -> Applies:
         value = False
     elif None in checks:
         value = None
-    return Applies(value=value, conditional=app.condition is not None)
+    return Applies(value=value, conditional=conditional)
+
+
+def unchecked_condition(app: Applicability, pos: DosePosition) -> str:
+    """The condition a note about this fact names ("" when nothing is left unchecked): its
+    ``condition`` (written whole, indication included), else its indications when the
+    order's indication does not decide them ("rheumatoid arthritis")."""
+    if app.condition:
+        return app.condition
+    if app.indications and indications.holds(app.indications, pos.indication) is None:
+        return " or ".join(i.display for i in app.indications)
+    return ""
 
 
 def step_labels(drug: Drug, step_ids: Iterable[str]) -> list[str]:

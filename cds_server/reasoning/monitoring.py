@@ -22,7 +22,14 @@ from cds_server.model import (
     Situation,
 )
 from cds_server.reasoning import wording
-from cds_server.reasoning.dosing import DosePosition, applies, fmt_qty, position, step_labels
+from cds_server.reasoning.dosing import (
+    DosePosition,
+    applies,
+    fmt_qty,
+    position,
+    step_labels,
+    unchecked_condition,
+)
 from cds_server.reasoning.orders import each_order
 from cds_server.reasoning.regimens import institution_point
 
@@ -92,18 +99,18 @@ def _conditional_only(
         drug_name=display,
         indicator="info",
         headline="check whether this dose needs admission or proximity monitoring",
-        points=tuple(_if_point(r) for r in relevant),
+        points=tuple(_if_point(r, pos) for r in relevant),
         citations=tuple(c for r in relevant for c in r.provenance.citations()),
         unknowns=(*pos.unknowns, "the condition that decides it (not in the FHIR data)"),
         order_ref=recognised.order.ref,
     )
 
 
-def _if_point(req: MonitoringRequirement) -> str:
+def _if_point(req: MonitoringRequirement, pos: DosePosition) -> str:
     """ "- If <condition>: **Hospitalization (24 h)** — <text>"; without the "If" when the text
     states the condition itself."""
     duration = f" ({fmt_qty(req.duration)})" if req.duration else ""
-    condition = req.applies.condition or ""
+    condition = unchecked_condition(req.applies, pos)
     lead = "- " if wording.states(req.text, condition) else f"- If {condition}: "
     return f"{lead}**{req.kind.capitalize()}{duration}** — {req.text}"
 
@@ -136,7 +143,7 @@ def _for_order(
     for req in maybe:
         points.append(f"- **If this is the dose concerned — {req.kind}:** {req.text}")
     for req in conditional:
-        points.append(wording.conditional("Also", req.applies.condition or "", req.text))
+        points.append(wording.conditional("Also", unchecked_condition(req.applies, pos), req.text))
     unknowns = list(pos.unknowns)
     if maybe:
         unknowns.append("which dose of the schedule this is")

@@ -34,7 +34,13 @@ from cds_server.model import (
     Situation,
 )
 from cds_server.reasoning import wording
-from cds_server.reasoning.dosing import DosePosition, applies, fmt_number, position
+from cds_server.reasoning.dosing import (
+    DosePosition,
+    applies,
+    fmt_number,
+    position,
+    unchecked_condition,
+)
 from cds_server.reasoning.orders import each_order, ordered_agents, role_covered, ruled_out
 from cds_server.reasoning.regimens import institution_point
 
@@ -192,7 +198,9 @@ def _for_order(
             points.append(f"- Label: {regimen.text}")
     for regimen in conditional:
         points.append(
-            wording.conditional("Consider", regimen.applies.condition or "", regimen.text or "")
+            wording.conditional(
+                "Consider", unchecked_condition(regimen.applies, pos), regimen.text or ""
+            )
         )
     unknowns = list(pos.unknowns)
     if undecided:

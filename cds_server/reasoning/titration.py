@@ -32,7 +32,14 @@ from cds_server.model import (
     Situation,
 )
 from cds_server.reasoning import regimens
-from cds_server.reasoning.dosing import DosePosition, applies, fmt_number, fmt_qty, position
+from cds_server.reasoning.dosing import (
+    DosePosition,
+    applies,
+    fmt_number,
+    fmt_qty,
+    position,
+    unchecked_condition,
+)
 from cds_server.reasoning.orders import each_order
 
 TOPIC = "rate-titration"
@@ -231,7 +238,8 @@ def _for_order(
     if schedule.text:
         points.append(f"- {schedule.text}")
     for opt in optional:
-        condition = f" if {opt.applies.condition}" if opt.applies.condition else ""
+        unchecked = unchecked_condition(opt.applies, pos)
+        condition = f" if {unchecked}" if unchecked else ""
         detail = opt.text or (fmt_qty(opt.duration) if opt.duration else "")
         if opt.kind == "rapid":
             points.append(f"- May be eligible{condition}: **{opt.label}** — {detail}")
