@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import yaml
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from cds_server.knowledge.loader import KnowledgeError, Problem
+from cds_server.knowledge.loader import KnowledgeError, Problem, source_of
 from cds_server.knowledge.model import (
     ROLE_NAMES,
     AgentPreference,
@@ -39,7 +39,6 @@ from cds_server.knowledge.model import (
     SiteEntry,
     SiteEntryKind,
     SiteScope,
-    Source,
 )
 from cds_server.knowledge.schema import (
     ID,
@@ -330,7 +329,7 @@ class _Folder:
                 approved_by=p["approved_by"],
                 approved_on=p["approved_on"],
                 url=p.get("url"),
-                based_on=tuple(_source(sid, s) for sid, s in (p.get("based_on") or {}).items()),
+                based_on=tuple(source_of(sid, s) for sid, s in (p.get("based_on") or {}).items()),
             )
             self.protocol_files[pid] = name
         if "jurisdiction" in data:
@@ -357,27 +356,6 @@ class _Folder:
         if found is None:
             self.problem(raw.file, f"{raw.path}.protocol", f"unknown protocol '{pid}'")
         return found
-
-
-def _source(sid: str, s: Mapping[str, Any]) -> Source:
-    return Source(
-        id=sid,
-        title=s["title"],
-        url=s.get("url"),
-        label_version=s.get("label_version"),
-        jurisdiction=s.get("jurisdiction"),
-        kind=s.get("kind"),
-        spl_set_id=s.get("spl_set_id"),
-        doi=s.get("doi"),
-        pmid=s.get("pmid"),
-        pmcid=s.get("pmcid"),
-        publisher=s.get("publisher"),
-        year=s.get("year"),
-        section=s.get("section"),
-        read_title=s.get("read", {}).get("title"),
-        read_url=s.get("read", {}).get("url"),
-        no_primary_id=s.get("no_primary_id"),
-    )
 
 
 def load_site(folder: Path | str, base: KnowledgeBase) -> Site:
