@@ -28,6 +28,7 @@ from cds_server.knowledge.model import (
     ROLE_NAMES,
     AgentPreference,
     DoseRange,
+    Drug,
     Eligibility,
     KnowledgeBase,
     LocalProtocol,
@@ -610,16 +611,21 @@ class _Builder:
                     )
         return _Targets(tuple(changed), tuple(replaced), tuple(agents), bool(refused))
 
+    def _drug(self, raw: _Raw) -> Drug | None:
+        """The drug an entry names, or None with a problem said."""
+        name = raw.data["drug"]
+        drug = self.kb.drugs.get(name)
+        if drug is None:
+            self.problem(raw, "drug", f"unknown drug '{name}' (no cards/drugs/{name}.yaml)")
+        return drug
+
     def _regimens(self) -> Iterator[LocalRegimen]:
         per_drug: dict[str, str] = {}
         for raw in self.found.sections["rate_schedules"]:
             d = raw.data
             protocol = self.found.protocol(raw)
-            drug = self.kb.drugs.get(d["drug"])
+            drug = self._drug(raw)
             if drug is None:
-                self.problem(
-                    raw, "drug", f"unknown drug '{d['drug']}' (no cards/drugs/{d['drug']}.yaml)"
-                )
                 continue
             if drug.id in per_drug:
                 self.problem(
@@ -678,11 +684,8 @@ class _Builder:
         for raw in self.found.sections["observation_times"]:
             d = raw.data
             protocol = self.found.protocol(raw)
-            drug = self.kb.drugs.get(d["drug"])
+            drug = self._drug(raw)
             if drug is None:
-                self.problem(
-                    raw, "drug", f"unknown drug '{d['drug']}' (no cards/drugs/{d['drug']}.yaml)"
-                )
                 continue
             req = next((m for m in drug.monitoring if m.id == d["requirement"]), None)
             if req is None:
