@@ -106,9 +106,17 @@ def _absolute_uri(value: str) -> None:
         )
 
 
-def _not_a_time(value: date) -> None:
-    if isinstance(value, datetime):
-        raise ValidationError("must be a date (YYYY-MM-DD), without a time")
+class YamlDate(fields.Date):
+    """A date as YAML gives it: PyYAML reads ``2026-09-14`` as a ``date`` already (marshmallow
+    before 3.23 accepts only strings), a quoted one as a string; a date with a time is refused."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> date:
+        if isinstance(value, datetime):
+            raise ValidationError("must be a date (YYYY-MM-DD), without a time")
+        if isinstance(value, date):
+            return value
+        parsed: date = super()._deserialize(value, attr, data, **kwargs)
+        return parsed
 
 
 class ProtocolSchema(_Strict):
@@ -118,7 +126,7 @@ class ProtocolSchema(_Strict):
     title = fields.String(required=True, validate=NON_EMPTY)
     version = fields.String(required=True, validate=NON_EMPTY)
     approved_by = fields.String(required=True, validate=NON_EMPTY)
-    approved_on = fields.Date(required=True, validate=_not_a_time)
+    approved_on = YamlDate(required=True)
     url = fields.Url(schemes={"https"})
     based_on = fields.Dict(keys=fields.String(validate=ID), values=fields.Nested(SourceSchema))
 
