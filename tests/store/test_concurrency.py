@@ -39,7 +39,9 @@ def test_parallel_feedback_from_several_processes_is_stored_exactly_once(
     ]
     # Exactly-once under contention, not latency: the processes migrate the empty database
     # while the others post, and a lock wait past the default 1.5 s deadline would answer 503
-    # (correct, the client retries; tests/store/test_silent_database.py covers that bound).
+    # (correct, the client retries; tests/store/test_silent_database.py covers that bound). A
+    # transaction PostgreSQL aborts as one of two waiting on each other also answers 503: the
+    # workers retry a 503 as an EHR would, and every batch must end stored (200), once.
     settings = {"DATABASE_URL": db_url, "PATIENT_HASH_KEY": HASH_KEY, "DATABASE_TIMEOUT": 30.0}
     if cards_dir:
         settings["CARDS_DIR"] = str(cards_dir)
