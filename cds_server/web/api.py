@@ -149,7 +149,7 @@ def call_service(service_id: str) -> Response:
     cards_store.log_cards(
         result.situation.call, result.issued, issued_at=now, knowledge_version=kb.version
     )
-    metrics.record_call(service_id, result.service.hook, result.response["cards"], kb)
+    metrics.record_call(service_id, result.service.hook, result.issued)
     trigger = result.request.epic_trigger
     log.info(
         "call service=%s hook=%s%s%s hookInstance=%s cards=%d held=%d fetched=%s warnings=%d "

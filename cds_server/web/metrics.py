@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -46,7 +46,7 @@ from prometheus_client import (
 from cds_server import config
 from cds_server.cdshooks import services
 from cds_server.fhirdata.client import FetchResult, FhirClient, FhirSettings, FhirTransport
-from cds_server.knowledge.model import KnowledgeBase
+from cds_server.suppression import IssuedCard
 from cds_server.web import admin
 
 UNKNOWN = "unknown"
@@ -202,24 +202,14 @@ def _answered(response: Response) -> Response:
     return response
 
 
-def record_call(
-    service_id: str, hook: str, cards: list[Mapping[str, Any]], kb: KnowledgeBase
-) -> None:
-    """A hook call was answered with ``cards`` (topics outside ``kb``'s policy: unknown)."""
+def record_call(service_id: str, hook: str, issued: Iterable[IssuedCard]) -> None:
+    """A hook call was answered with the cards ``issued`` (labelled by their rule, the
+    topic's own name in cards/policy.yaml, as the card log records it)."""
     g.cds_hook = hook
-    rules = {t.wire_code: t.code for t in kb.policy.topics}
     service, hook_name = service_label(service_id), hook_label(service_id, hook)
-    for card in cards:
-        indicator = card.get("indicator")
-        source = card.get("source")
-        topic = source.get("topic") if isinstance(source, Mapping) else None
-        code = topic.get("code") if isinstance(topic, Mapping) else None
-        CARDS.labels(
-            service,
-            hook_name,
-            indicator if indicator in INDICATORS else UNKNOWN,
-            rules.get(code, UNKNOWN) if isinstance(code, str) else UNKNOWN,
-        ).inc()
+    for card in issued:
+        indicator = card.indicator if card.indicator in INDICATORS else UNKNOWN
+        CARDS.labels(service, hook_name, indicator, card.rule).inc()
 
 
 def record_feedback(
