@@ -85,28 +85,6 @@ class KnowledgeError(Exception):
         super().__init__(f"{len(problems)} problem(s) in the knowledge base:\n{lines}")
 
 
-def source_of(sid: str, s: Mapping[str, Any]) -> Source:
-    """A validated ``sources:`` entry (``SourceSchema``) as a ``Source``."""
-    return Source(
-        id=sid,
-        title=s["title"],
-        url=s.get("url"),
-        label_version=s.get("label_version"),
-        jurisdiction=s.get("jurisdiction"),
-        kind=s.get("kind"),
-        spl_set_id=s.get("spl_set_id"),
-        doi=s.get("doi"),
-        pmid=s.get("pmid"),
-        pmcid=s.get("pmcid"),
-        publisher=s.get("publisher"),
-        year=s.get("year"),
-        section=s.get("section"),
-        read_title=s.get("read", {}).get("title"),
-        read_url=s.get("read", {}).get("url"),
-        no_primary_id=s.get("no_primary_id"),
-    )
-
-
 class _Census:
     """What the whole base cites: every source (with its file) and facts per evidence level."""
 
@@ -131,7 +109,7 @@ class _FileContext:
         self.census = census or _Census()
         # None when policy.yaml could not be read: its own problems are reported instead.
         self.indications = indications
-        self.sources = {sid: source_of(sid, s) for sid, s in sources.items()}
+        self.sources = {sid: Source.from_yaml(sid, s) for sid, s in sources.items()}
         self.census.sources.extend((name, src) for src in self.sources.values())
 
     def problem(self, path: str, message: str) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 from cds_server.model import Citation, Coding, Evidence, Quantity
 
@@ -76,6 +76,28 @@ class Source:
         if self.kind in ("guideline", "dataset") and self.publisher and self.year:
             return f"{self.publisher} {self.year}" + (f", {self.section}" if self.section else "")
         return None
+
+    @classmethod
+    def from_yaml(cls, sid: str, s: Mapping[str, Any]) -> Source:
+        """A ``sources:`` entry as the schema (``SourceSchema``) reads it."""
+        return cls(
+            id=sid,
+            title=s["title"],
+            url=s.get("url"),
+            label_version=s.get("label_version"),
+            jurisdiction=s.get("jurisdiction"),
+            kind=s.get("kind"),
+            spl_set_id=s.get("spl_set_id"),
+            doi=s.get("doi"),
+            pmid=s.get("pmid"),
+            pmcid=s.get("pmcid"),
+            publisher=s.get("publisher"),
+            year=s.get("year"),
+            section=s.get("section"),
+            read_title=s.get("read", {}).get("title"),
+            read_url=s.get("read", {}).get("url"),
+            no_primary_id=s.get("no_primary_id"),
+        )
 
     def shown_evidence(self, fact_evidence: Evidence) -> Evidence:
         """The level a card shows beside this source: a website (a manufacturer, patient or

@@ -11,7 +11,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from cds_server.knowledge.model import DayRange
+from cds_server.knowledge.model import DayRange, Source
 
 FORMAT = "infusion-cds-knowledge/2"
 
@@ -87,12 +87,7 @@ class SourceSchema(_Strict):
     @validates_schema
     def _primary_or_why_not(self, data: dict[str, Any], **_: Any) -> None:
         """A reviewer must be able to open the primary document, or read why there is none."""
-        has_primary = any(data.get(k) for k in ("spl_set_id", "doi", "pmid", "pmcid")) or (
-            data.get("kind") in ("guideline", "dataset")
-            and data.get("publisher")
-            and data.get("year")
-        )
-        if not has_primary and not data.get("no_primary_id"):
+        if not Source.from_yaml("", data).primary_identifier and not data.get("no_primary_id"):
             raise ValidationError(
                 "name the primary document (spl_set_id, doi, pmid, pmcid, or publisher and "
                 "year for a guideline or dataset) or say why none exists in no_primary_id",

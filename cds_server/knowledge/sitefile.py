@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import yaml
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from cds_server.knowledge.loader import KnowledgeError, Problem, source_of
+from cds_server.knowledge.loader import KnowledgeError, Problem
 from cds_server.knowledge.model import (
     ROLE_NAMES,
     AgentPreference,
@@ -40,6 +40,7 @@ from cds_server.knowledge.model import (
     SiteEntry,
     SiteEntryKind,
     SiteScope,
+    Source,
 )
 from cds_server.knowledge.schema import (
     ID,
@@ -338,7 +339,9 @@ class _Folder:
                 approved_by=p["approved_by"],
                 approved_on=p["approved_on"],
                 url=p.get("url"),
-                based_on=tuple(source_of(sid, s) for sid, s in (p.get("based_on") or {}).items()),
+                based_on=tuple(
+                    Source.from_yaml(sid, s) for sid, s in (p.get("based_on") or {}).items()
+                ),
             )
             self.protocol_files[pid] = name
         if "jurisdiction" in data:
